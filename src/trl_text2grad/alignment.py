@@ -1,0 +1,132 @@
+"""Character spans → per-token rewards, through a fast tokenizer's offset mapping.
+
+The rule (see ``DESIGN.md``): a token takes a span's score when its character range overlaps at least one
+non-whitespace character of the span. Spans are applied in order, so where spans overlap the later one wins.
+Tokens outside every span, and tokens without a character range (special tokens), get 0.
+
+The rule is evaluated with NumPy on code-point arrays: one prefix sum of "is non-whitespace" over the text, then
+for each span one vectorised overlap test over all tokens. No chat template is involved: offsets always refer to
+the response text itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "spans_to_token_rewards",
+    "batch_spans_to_token_rewards",
+    "token_rewards_from_offsets",
+    "require_fast_tokenizer",
+]
+
+SpanLike = tuple[int, int, float]
+
+# Every code point for which str.isspace() is true.
+_WHITESPACE = np.array(sorted(ord(c) for c in map(chr, range(0x3001)) if c.isspace()), dtype=np.uint32)
+
+
+def require_fast_tokenizer(tokenizer) -> None:
+    """Raise a clear error when ``tokenizer`` cannot return offset mappings."""
+    if not getattr(tokenizer, "is_fast", False):
+        name = getattr(tokenizer, "name_or_path", type(tokenizer).__name__)
+        raise TypeError(
+            f"Span alignment needs a fast tokenizer (character offsets), but {type(tokenizer).__name__} for "
+            f"'{name}' is a slow one. Load it with AutoTokenizer.from_pretrained(..., use_fast=True), or convert "
+            "it with transformers' convert_slow_tokenizer."
+        )
+
+
+def _non_whitespace_prefix(text: str) -> np.ndarray:
+    """``prefix[k]`` = number of non-whitespace characters in ``text[:k]``."""
+    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    prefix = np.zeros(len(codepoints) + 1, dtype=np.int64)
+    np.cumsum(~np.isin(codepoints, _WHITESPACE), out=prefix[1:])
+    return prefix
+
+
+def _validate_spans(text: str, spans: Sequence) -> list[SpanLike]:
+    checked = []
+    for index, span in enumerate(spans):
+        try:
+            start, end, score = span
+        except (TypeError, ValueError):
+            raise ValueError(f"span #{index} must be (start, end, score), got {span!r}") from None
+        start, end, score = int(start), int(end), float(score)
+        if not (0 <= start <= end <= len(text)):
+            raise ValueError(
+                f"span #{index} ({start}, {end}) is out of range for a response of {len(text)} characters; spans "
+                "are half-open character offsets into the response text."
+            )
+        if not np.isfinite(score):
+            raise ValueError(f"span #{index} has a non-finite score {score!r}.")
+        checked.append((start, end, score))
+    return checked
+
+
+def token_rewards_from_offsets(
+    text: str, offsets: Sequence[tuple[int, int]] | np.ndarray, spans: Sequence[SpanLike]
+) -> np.ndarray:
+    """Per-token rewards for tokens with the given character ``offsets`` into ``text``.
+
+    Args:
+        text: The string the offsets index.
+        offsets: ``(start, end)`` per token; ``(0, 0)`` (special tokens) never overlaps anything.
+        spans: ``(start, end, score)`` half-open character spans, applied in order (later wins).
+
+    Returns:
+        ``float32`` array with one reward per token.
+    """
+    if text is None:
+        raise ValueError("token_rewards_from_offsets: text is None.")
+    spans = _validate_spans(text, spans)
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    rewards = np.zeros(len(offsets), dtype=np.float32)
+    if not spans or len(offsets) == 0:
+        return rewards
+    prefix = _non_whitespace_prefix(text)
+    token_start, token_end = offsets[:, 0], np.minimum(offsets[:, 1], len(text))
+    for start, end, score in spans:
+        low = np.maximum(token_start, start)
+        high = np.minimum(token_end, end)
+        high = np.maximum(high, low)
+        hit = prefix[high] - prefix[low] > 0
+        rewards[hit] = score
+    return rewards
+
+
+def spans_to_token_rewards(text: str, spans: Sequence[SpanLike], tokenizer) -> list[float]:
+    """One reward per token of ``tokenizer(text, add_special_tokens=False)``.
+
+    Args:
+        text: The response text.
+        spans: ``(start, end, score)`` character spans (e.g. ``LocatedCritique.span_tuples()``).
+        tokenizer: Any fast (Rust-backed) tokenizer: byte-level BPE, SentencePiece/Metaspace, WordPiece, ...
+
+    Returns:
+        A list of floats, one per token.
+    """
+    if text is None:
+        raise ValueError("spans_to_token_rewards: text is None; pass the response string ('' for an empty one).")
+    require_fast_tokenizer(tokenizer)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return token_rewards_from_offsets(text, encoding["offset_mapping"], spans).tolist()
+
+
+def batch_spans_to_token_rewards(
+    texts: Sequence[str], spans: Sequence[Sequence[SpanLike]], tokenizer
+) -> list[list[float]]:
+    """Batched :func:`spans_to_token_rewards` (one tokenizer call for the whole batch)."""
+    if len(texts) != len(spans):
+        raise ValueError(f"got {len(texts)} texts but {len(spans)} span lists")
+    for index, text in enumerate(texts):
+        if text is None:
+            raise ValueError(f"batch_spans_to_token_rewards: text #{index} is None.")
+    require_fast_tokenizer(tokenizer)
+    encoding = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    return [
+        token_rewards_from_offsets(text, offsets, text_spans).tolist()
+        for text, offsets, text_spans in zip(texts, encoding["offset_mapping"], spans)
+    ]

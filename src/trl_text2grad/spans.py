@@ -1,0 +1,300 @@
+"""Critiques, scored character spans, and locating quoted phrases in a response.
+
+A critic quotes phrases of a response it judged good or poor. Before they can become token rewards the
+quotes must be found in the response as *character* spans. :func:`locate_quotes` does that in three stages:
+
+1. **exact**: ``str.find``;
+2. **normalised**: the same search after Unicode compatibility decomposition (NFKD), case folding, curly →
+   straight quotes and apostrophes, every dash → ``-``, and runs of whitespace → one space. The match is mapped
+   back to the original characters, so the span always indexes the original text;
+3. **fuzzy**: :func:`rapidfuzz.fuzz.partial_ratio_alignment` on the normalised strings, accepted only when the
+   score reaches ``fuzzy_threshold`` (default 90) and the quote has at least ``fuzzy_min_length`` characters, so
+   that a phrase that is absent from the text is not "found".
+
+A quote that occurs several times resolves to its first occurrence that starts at or after the end of the
+previously located quote of the same list (critics quote in reading order), else to its first occurrence.
+Quotes that cannot be located are returned as ``None``: they are reported and counted, never guessed.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from rapidfuzz import fuzz
+
+__all__ = [
+    "Critique",
+    "ScoredSpan",
+    "LocatedCritique",
+    "locate_quotes",
+    "locate_critique",
+    "normalize_with_offsets",
+]
+
+DEFAULT_FUZZY_THRESHOLD = 90.0
+DEFAULT_FUZZY_MIN_LENGTH = 8
+
+_CHAR_MAP = {
+    "\u2018": "'",  # left single quotation mark
+    "\u2019": "'",  # right single quotation mark / apostrophe
+    "\u201a": "'",
+    "\u201b": "'",
+    "\u2032": "'",  # prime
+    "\u00b4": "'",
+    "`": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u201e": '"',
+    "\u201f": '"',
+    "\u2033": '"',
+    "\u00ab": '"',
+    "\u00bb": '"',
+    "\u2010": "-",
+    "\u2011": "-",
+    "\u2012": "-",
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2015": "-",
+    "\u2212": "-",
+    "\ufe58": "-",
+    "\ufe63": "-",
+    "\uff0d": "-",
+}
+
+
+@dataclass
+class Critique:
+    """A natural-language critique of one response, with the phrases it quotes.
+
+    Args:
+        text: The critique itself (free text; may be empty for programmatic critics).
+        good: Phrases quoted verbatim (or nearly) from the response that the critic judged good.
+        poor: Phrases quoted from the response that the critic judged poor.
+    """
+
+    text: str = ""
+    good: list[str] = field(default_factory=list)
+    poor: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"critique": self.text, "good_spans": list(self.good), "poor_spans": list(self.poor)}
+
+    @classmethod
+    def from_dict(cls, row: dict) -> Critique:
+        """Build from the annotation schema ``{"critique", "good_spans", "poor_spans"}``."""
+        return cls(
+            text=row.get("critique") or "",
+            good=[q for q in (row.get("good_spans") or []) if isinstance(q, str)],
+            poor=[q for q in (row.get("poor_spans") or []) if isinstance(q, str)],
+        )
+
+
+@dataclass(frozen=True)
+class ScoredSpan:
+    """A half-open character range ``[start, end)`` of a response with a reward score."""
+
+    start: int
+    end: int
+    score: float
+    quote: str | None = None
+
+    def as_tuple(self) -> tuple[int, int, float]:
+        return (self.start, self.end, self.score)
+
+
+@dataclass
+class LocatedCritique:
+    """The result of locating a :class:`Critique`'s quotes in its response.
+
+    ``spans`` lists the good spans first and the poor spans after them, so that where a good and a poor span
+    overlap, the poor one wins under the "later span wins" alignment rule (criticism takes precedence).
+    """
+
+    spans: list[ScoredSpan]
+    unlocated_good: list[str] = field(default_factory=list)
+    unlocated_poor: list[str] = field(default_factory=list)
+    empty_quotes: int = 0
+
+    @property
+    def num_located(self) -> int:
+        return len(self.spans)
+
+    @property
+    def num_unlocated(self) -> int:
+        return len(self.unlocated_good) + len(self.unlocated_poor)
+
+    def span_tuples(self) -> list[tuple[int, int, float]]:
+        return [s.as_tuple() for s in self.spans]
+
+
+def _normalize_char(ch: str) -> str:
+    mapped = _CHAR_MAP.get(ch)
+    if mapped is not None:
+        return mapped
+    if ch.isspace():
+        return " "
+    if ch.isascii():
+        return ch.lower()
+    out = []
+    for c in unicodedata.normalize("NFKD", ch):
+        c = _CHAR_MAP.get(c, c)
+        out.append(" " if c.isspace() else c.casefold())
+    return "".join(out)
+
+
+def normalize_with_offsets(text: str) -> tuple[str, list[int]]:
+    """Normalise ``text`` for matching and map every normalised character back to its source character.
+
+    Returns ``(normalised, origin)`` where ``origin[i]`` is the index in ``text`` of the character that produced
+    ``normalised[i]``. Runs of whitespace collapse to a single space; leading/trailing whitespace is kept as one
+    space so offsets stay meaningful.
+    """
+    chars: list[str] = []
+    origin: list[int] = []
+    previous_space = False
+    for index, ch in enumerate(text):
+        for c in _normalize_char(ch):
+            if c == " ":
+                if previous_space:
+                    continue
+                previous_space = True
+            else:
+                previous_space = False
+            chars.append(c)
+            origin.append(index)
+    return "".join(chars), origin
+
+
+def _normalize_quote(quote: str) -> str:
+    normalised, _ = normalize_with_offsets(quote.strip())
+    return normalised
+
+
+def _find_preferring(haystack: str, needle: str, after: int) -> int:
+    """First occurrence of ``needle`` starting at or after ``after``, else the first occurrence, else -1."""
+    if after > 0:
+        position = haystack.find(needle, after)
+        if position >= 0:
+            return position
+    return haystack.find(needle)
+
+
+def _check_text(text: object) -> str:
+    if text is None:
+        raise ValueError("locate_quotes: the response text is None; pass the decoded response string.")
+    if not isinstance(text, str):
+        raise TypeError(f"locate_quotes: the response text must be a str, got {type(text).__name__}.")
+    return text
+
+
+def locate_quotes(
+    text: str,
+    quotes: Sequence[str],
+    *,
+    fuzzy: bool = True,
+    fuzzy_threshold: float = DEFAULT_FUZZY_THRESHOLD,
+    fuzzy_min_length: int = DEFAULT_FUZZY_MIN_LENGTH,
+) -> list[tuple[int, int] | None]:
+    """Find each quoted phrase in ``text`` and return its character span ``(start, end)`` or ``None``.
+
+    Args:
+        text: The response the quotes were taken from.
+        quotes: Phrases to find. Empty or whitespace-only quotes raise ``ValueError`` (filter them first, as
+            :func:`locate_critique` does, if your critic may produce them).
+        fuzzy: Allow the fuzzy stage.
+        fuzzy_threshold: Minimum rapidfuzz ``partial_ratio`` score (0–100) for a fuzzy match.
+        fuzzy_min_length: Quotes shorter than this (after normalisation) are never matched fuzzily: short
+            strings reach high partial-ratio scores by chance.
+
+    Returns:
+        One entry per quote: ``(start, end)`` half-open character offsets into ``text``, or ``None`` when the quote
+        could not be located. Leading/trailing whitespace of a quote is not part of its span.
+    """
+    text = _check_text(text)
+    for index, quote in enumerate(quotes):
+        if not isinstance(quote, str):
+            raise TypeError(f"locate_quotes: quote #{index} must be a str, got {type(quote).__name__}.")
+        if not quote.strip():
+            raise ValueError(
+                f"locate_quotes: quote #{index} is empty or whitespace-only ({quote!r}); an empty quote names no "
+                "part of the response. Drop it before locating (locate_critique does and counts it)."
+            )
+
+    results: list[tuple[int, int] | None] = []
+    normalised_text: str | None = None
+    origin: list[int] = []
+    previous_end = 0
+    for quote in quotes:
+        stripped = quote.strip()
+        span: tuple[int, int] | None = None
+        position = _find_preferring(text, stripped, previous_end)
+        if position >= 0:
+            span = (position, position + len(stripped))
+        else:
+            if normalised_text is None:
+                normalised_text, origin = normalize_with_offsets(text)
+            needle = _normalize_quote(stripped)
+            after = _first_normalised_index_at_or_after(origin, previous_end)
+            n_pos = _find_preferring(normalised_text, needle, after)
+            if n_pos >= 0 and needle:
+                span = (origin[n_pos], origin[n_pos + len(needle) - 1] + 1)
+            elif fuzzy and len(needle) >= fuzzy_min_length and normalised_text:
+                alignment = fuzz.partial_ratio_alignment(needle, normalised_text, score_cutoff=fuzzy_threshold)
+                if alignment is not None and alignment.dest_end > alignment.dest_start:
+                    start = origin[alignment.dest_start]
+                    end = origin[alignment.dest_end - 1] + 1
+                    # Trim whitespace the fuzzy window may have caught at its edges.
+                    while start < end and text[start].isspace():
+                        start += 1
+                    while end > start and text[end - 1].isspace():
+                        end -= 1
+                    if end > start:
+                        span = (start, end)
+        if span is not None:
+            previous_end = span[1]
+        results.append(span)
+    return results
+
+
+def _first_normalised_index_at_or_after(origin: list[int], char_index: int) -> int:
+    if char_index <= 0:
+        return 0
+    from bisect import bisect_left
+
+    return bisect_left(origin, char_index)
+
+
+def locate_critique(
+    text: str,
+    critique: Critique,
+    *,
+    good_score: float = 1.0,
+    poor_score: float = -1.0,
+    fuzzy: bool = True,
+    fuzzy_threshold: float = DEFAULT_FUZZY_THRESHOLD,
+    fuzzy_min_length: int = DEFAULT_FUZZY_MIN_LENGTH,
+) -> LocatedCritique:
+    """Locate a critique's good and poor quotes in ``text`` and return scored spans plus what was not found.
+
+    Empty quotes are dropped and counted in ``empty_quotes``; unlocated quotes are listed, never guessed.
+    """
+    text = _check_text(text)
+    kwargs = {"fuzzy": fuzzy, "fuzzy_threshold": fuzzy_threshold, "fuzzy_min_length": fuzzy_min_length}
+    spans: list[ScoredSpan] = []
+    unlocated: dict[str, list[str]] = {"good": [], "poor": []}
+    empty = 0
+    for polarity, quotes, score in (("good", critique.good, good_score), ("poor", critique.poor, poor_score)):
+        kept = []
+        for quote in quotes or []:
+            if not isinstance(quote, str) or not quote.strip():
+                empty += 1
+            else:
+                kept.append(quote)
+        for quote, span in zip(kept, locate_quotes(text, kept, **kwargs)):
+            if span is None:
+                unlocated[polarity].append(quote)
+            else:
+                spans.append(ScoredSpan(span[0], span[1], score, quote))
+    return LocatedCritique(spans, unlocated["good"], unlocated["poor"], empty)
