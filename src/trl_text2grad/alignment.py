@@ -12,6 +12,7 @@ the response text itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -24,8 +25,11 @@ __all__ = [
 
 SpanLike = tuple[int, int, float]
 
-# Every code point for which str.isspace() is true.
-_WHITESPACE = np.array(sorted(ord(c) for c in map(chr, range(0x3001)) if c.isspace()), dtype=np.uint32)
+# ``_IS_SPACE[c]`` is True for every code point c < 0x3001 for which ``chr(c).isspace()``; no code point above
+# U+3000 (ideographic space) is whitespace in Python.
+_SPACE_TABLE_SIZE = 0x3001
+_IS_SPACE = np.array([chr(c).isspace() for c in range(_SPACE_TABLE_SIZE)], dtype=bool)
+_IS_NON_SPACE_ASCII = ~_IS_SPACE[:128]
 
 
 def require_fast_tokenizer(tokenizer) -> None:
@@ -41,9 +45,16 @@ def require_fast_tokenizer(tokenizer) -> None:
 
 def _non_whitespace_prefix(text: str) -> np.ndarray:
     """``prefix[k]`` = number of non-whitespace characters in ``text[:k]``."""
-    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    prefix = np.zeros(len(codepoints) + 1, dtype=np.int64)
-    np.cumsum(~np.isin(codepoints, _WHITESPACE), out=prefix[1:])
+    prefix = np.zeros(len(text) + 1, dtype=np.int32)
+    if text.isascii():
+        codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        np.cumsum(_IS_NON_SPACE_ASCII[codes], out=prefix[1:])
+    else:
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        non_space = codes >= _SPACE_TABLE_SIZE
+        low = ~non_space
+        non_space[low] = ~_IS_SPACE[codes[low]]
+        np.cumsum(non_space, out=prefix[1:])
     return prefix
 
 
@@ -66,6 +77,19 @@ def _validate_spans(text: str, spans: Sequence) -> list[SpanLike]:
     return checked
 
 
+def _offsets_array(offsets) -> np.ndarray:
+    """``(n, 2)`` int64 array from a list of ``(start, end)`` pairs (``np.fromiter`` is ~2x faster than asarray)."""
+    if isinstance(offsets, np.ndarray):
+        return offsets.astype(np.int64, copy=False).reshape(-1, 2)
+    try:
+        flat = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets))
+    except (TypeError, ValueError):
+        flat = np.asarray(offsets, dtype=np.int64)
+    if flat.size != 2 * len(offsets):
+        raise ValueError(f"offsets must be (start, end) pairs, got {len(offsets)} entries of another shape.")
+    return flat.reshape(-1, 2)
+
+
 def token_rewards_from_offsets(
     text: str, offsets: Sequence[tuple[int, int]] | np.ndarray, spans: Sequence[SpanLike]
 ) -> np.ndarray:
@@ -82,7 +106,7 @@ def token_rewards_from_offsets(
     if text is None:
         raise ValueError("token_rewards_from_offsets: text is None.")
     spans = _validate_spans(text, spans)
-    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    offsets = _offsets_array(offsets)
     rewards = np.zeros(len(offsets), dtype=np.float32)
     if not spans or len(offsets) == 0:
         return rewards

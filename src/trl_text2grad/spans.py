@@ -18,11 +18,15 @@ Quotes that cannot be located are returned as ``None``: they are reported and co
 
 from __future__ import annotations
 
+import logging
 import unicodedata
+from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from rapidfuzz import fuzz
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "Critique",
@@ -83,12 +87,27 @@ class Critique:
 
     @classmethod
     def from_dict(cls, row: dict) -> Critique:
-        """Build from the annotation schema ``{"critique", "good_spans", "poor_spans"}``."""
+        """Build from the annotation schema ``{"critique", "good_spans", "poor_spans"}``.
+
+        A single string where a list is expected is taken as one quote (not split into characters); ``None``
+        means no quotes. Non-string entries (``None``, numbers) are kept as they are, so that
+        :func:`locate_critique` counts them as empty quotes instead of silently dropping them.
+        """
         return cls(
-            text=row.get("critique") or "",
-            good=[q for q in (row.get("good_spans") or []) if isinstance(q, str)],
-            poor=[q for q in (row.get("poor_spans") or []) if isinstance(q, str)],
+            text=row.get("critique") or "", good=_quote_list(row, "good_spans"), poor=_quote_list(row, "poor_spans")
         )
+
+
+def _quote_list(row: dict, key: str) -> list:
+    value = row.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"Critique.from_dict: '{key}' must be a list of quoted strings, got {value!r}.") from None
 
 
 @dataclass(frozen=True)
@@ -189,6 +208,46 @@ def _check_text(text: object) -> str:
     return text
 
 
+def _fuzzy_window(needle: str, haystack: str, offset: int, threshold: float) -> tuple[int, int] | None:
+    """Best fuzzy window ``[start, end)`` of ``haystack[offset:]`` for ``needle`` (indices into ``haystack``)."""
+    region = haystack[offset:]
+    if not region:
+        return None
+    alignment = fuzz.partial_ratio_alignment(needle, region, score_cutoff=threshold)
+    if alignment is None or alignment.dest_end <= alignment.dest_start:
+        return None
+    # partial_ratio scores the best window of the *shorter* string; when the quote is longer than the region
+    # (or the window is much shorter than the quote) the plain ratio of quote vs window keeps such a "match"
+    # honest: extra words in the quote that the response does not have lower it below the threshold.
+    start, end, score = _refine_window(needle, region, alignment.dest_start, alignment.dest_end)
+    if score < threshold:
+        return None
+    return offset + start, offset + end
+
+
+def _refine_window(needle: str, haystack: str, start: int, end: int) -> tuple[int, int, float]:
+    """Move the window's edges by a few characters to maximise ``fuzz.ratio(needle, window)``.
+
+    ``partial_ratio`` compares windows as long as the quote, so a quote with a dropped or extra character is
+    aligned one character short or long; this puts the edges where the quote really starts and ends.
+    """
+    reach = max(2, len(needle) // 10)
+    best = (fuzz.ratio(needle, haystack[start:end]), start, end)
+    for _ in range(2):
+        _, start, end = best
+        for new_end in range(max(start + 1, end - reach), min(len(haystack), end + reach) + 1):
+            score = fuzz.ratio(needle, haystack[start:new_end])
+            if score > best[0]:
+                best = (score, start, new_end)
+        _, start, end = best
+        for new_start in range(max(0, start - reach), min(end - 1, start + reach) + 1):
+            score = fuzz.ratio(needle, haystack[new_start:end])
+            if score > best[0]:
+                best = (score, new_start, end)
+    score, start, end = best
+    return start, end, score
+
+
 def locate_quotes(
     text: str,
     quotes: Sequence[str],
@@ -204,15 +263,23 @@ def locate_quotes(
         quotes: Phrases to find. Empty or whitespace-only quotes raise ``ValueError`` (filter them first, as
             :func:`locate_critique` does, if your critic may produce them).
         fuzzy: Allow the fuzzy stage.
-        fuzzy_threshold: Minimum rapidfuzz ``partial_ratio`` score (0–100) for a fuzzy match.
+        fuzzy_threshold: Minimum rapidfuzz score (0–100) for a fuzzy match: both the ``partial_ratio`` of the
+            best window and the plain ``ratio`` of the quote against that window must reach it. At the default
+            (90) a quote of 10 characters tolerates one substitution; a phrase absent from the text is not found.
         fuzzy_min_length: Quotes shorter than this (after normalisation) are never matched fuzzily: short
             strings reach high partial-ratio scores by chance.
 
     Returns:
         One entry per quote: ``(start, end)`` half-open character offsets into ``text``, or ``None`` when the quote
         could not be located. Leading/trailing whitespace of a quote is not part of its span.
+
+    Repeated quotes: each stage first looks for an occurrence starting at or after the end of the previously
+    located quote of this list (critics quote in reading order), and falls back to the first occurrence. So
+    ``locate_quotes("x = 1; x = 1", ["x = 1", "x = 1"])`` gives ``[(0, 5), (7, 12)]``.
     """
     text = _check_text(text)
+    if isinstance(quotes, str):
+        raise TypeError("locate_quotes: `quotes` must be a list of strings, not a single str; wrap it: [quote].")
     for index, quote in enumerate(quotes):
         if not isinstance(quote, str):
             raise TypeError(f"locate_quotes: quote #{index} must be a str, got {type(quote).__name__}.")
@@ -237,14 +304,17 @@ def locate_quotes(
                 normalised_text, origin = normalize_with_offsets(text)
             needle = _normalize_quote(stripped)
             after = _first_normalised_index_at_or_after(origin, previous_end)
-            n_pos = _find_preferring(normalised_text, needle, after)
-            if n_pos >= 0 and needle:
+            n_pos = _find_preferring(normalised_text, needle, after) if needle else -1
+            if n_pos >= 0:
                 span = (origin[n_pos], origin[n_pos + len(needle) - 1] + 1)
             elif fuzzy and len(needle) >= fuzzy_min_length and normalised_text:
-                alignment = fuzz.partial_ratio_alignment(needle, normalised_text, score_cutoff=fuzzy_threshold)
-                if alignment is not None and alignment.dest_end > alignment.dest_start:
-                    start = origin[alignment.dest_start]
-                    end = origin[alignment.dest_end - 1] + 1
+                window = None
+                if after > 0:
+                    window = _fuzzy_window(needle, normalised_text, after, fuzzy_threshold)
+                if window is None:
+                    window = _fuzzy_window(needle, normalised_text, 0, fuzzy_threshold)
+                if window is not None:
+                    start, end = origin[window[0]], origin[window[1] - 1] + 1
                     # Trim whitespace the fuzzy window may have caught at its edges.
                     while start < end and text[start].isspace():
                         start += 1
@@ -261,8 +331,6 @@ def locate_quotes(
 def _first_normalised_index_at_or_after(origin: list[int], char_index: int) -> int:
     if char_index <= 0:
         return 0
-    from bisect import bisect_left
-
     return bisect_left(origin, char_index)
 
 

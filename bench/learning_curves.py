@@ -1,0 +1,440 @@
+"""Do span rewards learn faster than scalar rewards? One reproducible PPO run per command, plus plotting.
+
+Run (one arm, one seed; writes ``DIR/<task>_<arm>_seed<N>.jsonl`` and ``.csv``, one row per PPO update)::
+
+    python bench/learning_curves.py --task text --arm span --seed 0 --updates 24 --out docs/evidence/runs
+
+Aggregate every run in ``DIR`` (mean ± std across seeds) into PNGs, a summary CSV and a Markdown table::
+
+    python bench/learning_curves.py --plot --out docs/evidence/runs --plot-dir docs/evidence
+
+Arms (equal compute: same model, LoRA, prompts, batch size, number of updates, KL and PPO settings):
+
+- ``span``: ``SpanPPOTrainer(reward_mode="span")``; the reward function returns the critic's character spans, which
+  become per-token rewards (+1 good, -1 poor).
+- ``scalar``: ``SpanPPOTrainer(reward_mode="scalar")``; the reward function returns the *same* judgement collapsed
+  to one number (normalised sum of span scores, see ``bench/evidence_tasks.py``), placed on the last token.
+- ``trl112``: TRL 1.12's ``PPOTrainer`` with the same scalar reward, run inside the separate trl 1.12 venv
+  (``scripts/make_trl112_venv.sh``); see ``--help`` of that arm for its limits.
+
+Per update the run records the task metric (success rate of the sampled responses), the mean critic reward (the
+scalar collapse, identical for every arm so the curves are comparable), per-criterion rates, the KL to the reference
+policy and the wall time. The task prompts depend only on ``--seed``, so the arms see the same prompts in the same
+order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from evidence_tasks import get_task  # noqa: E402
+
+ARMS = ("span", "scalar", "trl112")
+# The threshold of the "updates to reach it" figure, fixed before the runs (baseline success of SmolLM2-135M-Instruct
+# at temperature 0.7 is about 0.35 on both tasks; see docs/evidence.md).
+DEFAULT_THRESHOLDS = {"text": 0.6, "code": 0.6}
+SMOOTH_WINDOW = 3
+
+
+class RewardRecorder:
+    """The reward function given to the trainer: judges responses with the task critic and records per-call metrics.
+
+    ``mode="span"`` returns character spans ``[(start, end, score)]`` per response; ``mode="scalar"`` returns the
+    normalised sum of span scores as a float. Every call is one rollout (one PPO update).
+    """
+
+    def __init__(self, task, mode: str):
+        self.task = task
+        self.mode = mode
+        self.records: list[dict] = []
+        self.samples: list[dict] = []
+        self.start = time.perf_counter()
+
+    def __call__(self, prompts, responses, **context):
+        t0 = time.perf_counter()
+        judgements = self.task.judge(list(responses), **context)
+        n = max(len(judgements), 1)
+        record = {
+            "success": sum(j.success for j in judgements) / n,
+            "critic_reward": sum(j.scalar for j in judgements) / n,
+            "num_spans": sum(len(j.spans) for j in judgements) / n,
+            "response_chars": sum(len(r) for r in responses) / n,
+            "critic_s": time.perf_counter() - t0,
+            "wall_s": time.perf_counter() - self.start,
+        }
+        keys = sorted({k for j in judgements for k in j.details})
+        for key in keys:
+            record[f"rate_{key}"] = sum(j.details.get(key, 0.0) for j in judgements) / n
+        self.records.append(record)
+        if len(self.samples) < 64:
+            self.samples.append(
+                {"update": len(self.records), "response": responses[0], "critique": judgements[0].critique.text}
+            )
+        if self.mode == "span":
+            return [list(j.spans) for j in judgements]
+        return [j.scalar for j in judgements]
+
+
+def _context_columns(rows: list[dict]) -> list[str]:
+    return [k for k in rows[0] if k != "prompt"]
+
+
+def build_dataset(task, num: int, seed: int):
+    from datasets import Dataset
+
+    rows = task.prompts(num, seed)
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    return Dataset.from_dict(columns)
+
+
+def run_one(args) -> str:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+
+    from trl_text2grad import SpanPPOConfig, SpanPPOTrainer
+    from trl_text2grad.models import load_default_model, load_default_tokenizer
+
+    task = get_task(args.task)
+    tokenizer = load_default_tokenizer()
+    if args.model:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.model)
+    else:
+        model = load_default_model()
+    dataset = build_dataset(task, args.updates * args.batch_size, args.seed)
+    recorder = RewardRecorder(task, "span" if args.arm == "span" else "scalar")
+
+    logs: list[dict] = []
+
+    class _Collect(TrainerCallback):
+        def on_log(self, _args, state, control, logs_=None, **kwargs):
+            entry = dict(kwargs.get("logs") or logs_ or {})
+            entry["_global_step"] = state.global_step
+            entry["_rollouts"] = len(recorder.records)
+            logs.append(entry)
+
+    run_name = f"{args.task}_{args.arm}_seed{args.seed}"
+    work_dir = os.path.join(args.work_dir, run_name)
+    config = SpanPPOConfig(
+        output_dir=work_dir,
+        reward_mode="span" if args.arm == "span" else "scalar",
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        num_mini_batches=args.num_mini_batches,
+        num_ppo_epochs=args.ppo_epochs,
+        total_episodes=args.updates * args.batch_size,
+        response_length=args.response_length,
+        temperature=args.temperature,
+        stop_token="eos",
+        learning_rate=args.learning_rate,
+        kl_coef=args.kl_coef,
+        seed=args.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        num_sample_generations=0,
+        local_rollout_forward_batch_size=args.batch_size,
+        disable_tqdm=True,
+    )
+    peft_config = LoraConfig(
+        r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
+    trainer = SpanPPOTrainer(
+        args=config,
+        processing_class=tokenizer,
+        model=model,
+        ref_model=None,
+        reward_model=recorder,
+        train_dataset=dataset,
+        peft_config=peft_config,
+        callbacks=[_Collect()],
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    total_s = time.perf_counter() - t0
+    return _write_run(args, run_name, recorder, logs, total_s)
+
+
+def _kl_by_rollout(logs: list[dict]) -> dict[int, float]:
+    """Map rollout index (1-based) -> the KL the trainer logged for it (first matching key found)."""
+    out: dict[int, float] = {}
+    for entry in logs:
+        for key in ("objective/kl", "kl", "rollout/kl", "objective/kl_mean"):
+            if key in entry and entry["_rollouts"] >= 1:
+                out.setdefault(entry["_rollouts"], float(entry[key]))
+                break
+    return out
+
+
+def _write_run(args, run_name: str, recorder: RewardRecorder, logs: list[dict], total_s: float) -> str:
+    os.makedirs(args.out, exist_ok=True)
+    kl = _kl_by_rollout(logs)
+    rows = []
+    for i, rec in enumerate(recorder.records, start=1):
+        row = {"task": args.task, "arm": args.arm, "seed": args.seed, "update": i, "episodes": i * args.batch_size}
+        row.update(rec)
+        row["kl"] = kl.get(i, float("nan"))
+        rows.append(row)
+    path = os.path.join(args.out, f"{run_name}.jsonl")
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("task", "arm", "seed", "update"), k))
+    with open(os.path.join(args.out, f"{run_name}.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {
+        "run": run_name,
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "total_train_s": total_s,
+        "config": {k: v for k, v in vars(args).items() if k != "func"},
+        "trainer_logs": logs,
+        "samples": recorder.samples,
+    }
+    with open(os.path.join(args.out, f"{run_name}.meta.json"), "w") as f:
+        json.dump(meta, f, indent=1, default=str)
+    print(f"wrote {path} ({len(rows)} updates, {total_s:.0f}s)")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# plotting / aggregation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        chunk = [v for v in values[max(0, i - window + 1) : i + 1] if not math.isnan(v)]
+        out.append(sum(chunk) / len(chunk) if chunk else float("nan"))
+    return out
+
+
+def _mean_std(columns: list[list[float]]) -> tuple[list[float], list[float]]:
+    length = min(len(c) for c in columns)
+    means, stds = [], []
+    for i in range(length):
+        vals = [c[i] for c in columns if not math.isnan(c[i])]
+        if not vals:
+            means.append(float("nan"))
+            stds.append(float("nan"))
+            continue
+        m = sum(vals) / len(vals)
+        means.append(m)
+        stds.append(math.sqrt(sum((v - m) ** 2 for v in vals) / max(len(vals) - 1, 1)))
+    return means, stds
+
+
+def updates_to_threshold(success: list[float], threshold: float, window: int = SMOOTH_WINDOW) -> int | None:
+    """First update (1-based) whose moving average (``window`` updates) of the success rate reaches ``threshold``."""
+    for i, v in enumerate(_smooth(success, window), start=1):
+        if i >= window and v >= threshold:
+            return i
+    return None
+
+
+def load_runs(directory: str) -> dict[tuple[str, str], dict[int, list[dict]]]:
+    runs: dict[tuple[str, str], dict[int, list[dict]]] = defaultdict(dict)
+    for path in sorted(glob.glob(os.path.join(directory, "*.jsonl"))):
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if rows:
+            runs[(rows[0]["task"], rows[0]["arm"])][rows[0]["seed"]] = rows
+    return runs
+
+
+def summarise(runs, thresholds: dict[str, float]) -> list[dict]:
+    summary = []
+    for (task, arm), seeds in sorted(runs.items()):
+        threshold = thresholds.get(task, 0.6)
+        reached = {s: updates_to_threshold([r["success"] for r in rows], threshold) for s, rows in seeds.items()}
+        first3 = [sum(r["success"] for r in rows[:3]) / len(rows[:3]) for rows in seeds.values()]
+        last3 = [sum(r["success"] for r in rows[-3:]) / len(rows[-3:]) for rows in seeds.values()]
+        last3_reward = [sum(r["critic_reward"] for r in rows[-3:]) / len(rows[-3:]) for rows in seeds.values()]
+        wall = [rows[-1]["wall_s"] for rows in seeds.values()]
+        kl_last = [rows[-1]["kl"] for rows in seeds.values()]
+
+        def ms(vals):
+            vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            if not vals:
+                return float("nan"), float("nan")
+            m = sum(vals) / len(vals)
+            return m, math.sqrt(sum((v - m) ** 2 for v in vals) / max(len(vals) - 1, 1))
+
+        hits = [v for v in reached.values() if v is not None]
+        summary.append(
+            {
+                "task": task,
+                "arm": arm,
+                "seeds": len(seeds),
+                "updates": min(len(rows) for rows in seeds.values()),
+                "threshold": threshold,
+                "success_first3_mean": ms(first3)[0],
+                "success_first3_std": ms(first3)[1],
+                "success_last3_mean": ms(last3)[0],
+                "success_last3_std": ms(last3)[1],
+                "critic_reward_last3_mean": ms(last3_reward)[0],
+                "critic_reward_last3_std": ms(last3_reward)[1],
+                "seeds_reaching_threshold": len(hits),
+                "updates_to_threshold": ";".join(
+                    "-" if reached[s] is None else str(reached[s]) for s in sorted(reached)
+                ),
+                "updates_to_threshold_mean_of_reached": (sum(hits) / len(hits)) if hits else float("nan"),
+                "kl_last_mean": ms(kl_last)[0],
+                "wall_s_mean": ms(wall)[0],
+                "wall_s_std": ms(wall)[1],
+            }
+        )
+    return summary
+
+
+def plot(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    for item in args.threshold or []:
+        task, value = item.split("=")
+        thresholds[task] = float(value)
+    runs = load_runs(args.out)
+    if not runs:
+        raise SystemExit(f"No run files (*.jsonl) in {args.out!r}; run some arms first (see --help).")
+    plot_dir = args.plot_dir or args.out
+    os.makedirs(plot_dir, exist_ok=True)
+    colors = {"span": "tab:blue", "scalar": "tab:orange", "trl112": "tab:green"}
+    metrics = [
+        ("success", "task success rate"),
+        ("critic_reward", "mean critic reward (scalar collapse)"),
+        ("kl", "KL to reference"),
+    ]
+    for task in sorted({t for t, _ in runs}):
+        fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.8))
+        for ax, (metric, label) in zip(axes, metrics):
+            for arm in ARMS:
+                seeds = runs.get((task, arm))
+                if not seeds:
+                    continue
+                curves = [
+                    _smooth([r.get(metric, float("nan")) for r in rows], SMOOTH_WINDOW) for rows in seeds.values()
+                ]
+                mean, std = _mean_std(curves)
+                xs = list(range(1, len(mean) + 1))
+                ax.plot(xs, mean, color=colors[arm], label=f"{arm} (n={len(seeds)})")
+                ax.fill_between(
+                    xs,
+                    [m - s for m, s in zip(mean, std)],
+                    [m + s for m, s in zip(mean, std)],
+                    color=colors[arm],
+                    alpha=0.2,
+                )
+            if metric == "success":
+                ax.axhline(thresholds.get(task, 0.6), color="grey", linestyle=":", linewidth=1, label="threshold")
+            ax.set_xlabel("PPO update")
+            ax.set_title(label, fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{task}: mean ± std across seeds ({SMOOTH_WINDOW}-update moving average per seed)", fontsize=10)
+        fig.tight_layout()
+        out = os.path.join(plot_dir, f"{task}_curves.png")
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        print(f"wrote {out}")
+    summary = summarise(runs, thresholds)
+    path = os.path.join(plot_dir, "summary.csv")
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(summary[0]))
+        writer.writeheader()
+        writer.writerows(summary)
+    print(f"wrote {path}")
+    print(markdown_table(summary))
+
+
+def markdown_table(summary: list[dict]) -> str:
+    head = (
+        "| task | arm | seeds | updates | success, updates 1-3 | success, last 3 updates | critic reward, last 3 "
+        "| updates to threshold (per seed) | final KL | wall time (s) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for s in summary:
+        lines.append(
+            f"| {s['task']} | {s['arm']} | {s['seeds']} | {s['updates']} | {s['success_first3_mean']:.2f} ± "
+            f"{s['success_first3_std']:.2f} | {s['success_last3_mean']:.2f} ± {s['success_last3_std']:.2f} | "
+            f"{s['critic_reward_last3_mean']:.2f} ± {s['critic_reward_last3_std']:.2f} | ≥{s['threshold']}: "
+            f"{s['updates_to_threshold']} | {s['kl_last_mean']:.3f} | {s['wall_s_mean']:.0f} ± {s['wall_s_std']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--task", choices=["text", "code"], default="text", help="Evidence task (bench/evidence_tasks.py)."
+    )
+    parser.add_argument("--arm", choices=ARMS, default="span", help="Reward arm.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the prompts order, sampling and LoRA init.")
+    parser.add_argument("--updates", type=int, default=24, help="Number of PPO updates (rollouts).")
+    parser.add_argument("--batch-size", type=int, default=8, help="Prompts per rollout.")
+    parser.add_argument("--response-length", type=int, default=40, help="Maximum new tokens per response.")
+    parser.add_argument("--ppo-epochs", type=int, default=2, help="PPO epochs per rollout.")
+    parser.add_argument("--num-mini-batches", type=int, default=1, help="Mini-batches per PPO epoch.")
+    parser.add_argument("--learning-rate", type=float, default=3e-4, help="LoRA learning rate.")
+    parser.add_argument("--kl-coef", type=float, default=0.05, help="KL penalty coefficient.")
+    parser.add_argument("--temperature", type=float, default=0.7, help="Sampling temperature.")
+    parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2 r).")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="Policy path (default: the packaged SmolLM2-135M-Instruct; tests pass tiny models).",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads.")
+    parser.add_argument("--out", default="docs/evidence/runs", help="Directory of the per-run JSONL/CSV files.")
+    parser.add_argument("--work-dir", default="/tmp/t2g-evidence", help="Trainer output_dir root (not kept).")
+    parser.add_argument("--plot", action="store_true", help="Aggregate the runs in --out instead of training.")
+    parser.add_argument("--plot-dir", default=None, help="Where --plot writes PNGs and summary.csv (default --out).")
+    parser.add_argument("--threshold", action="append", help="TASK=VALUE success threshold for --plot (repeatable).")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.plot:
+        plot(args)
+    elif args.arm == "trl112":
+        from trl112_arm import run_trl112  # separate venv; see bench/trl112_arm.py
+
+        run_trl112(args)
+    else:
+        run_one(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""Seconds per PPO update and peak memory: SpanPPOTrainer (span and scalar mode) vs TRL 1.12's PPOTrainer.
+
+Every configuration runs in a fresh subprocess (so peak RSS is per run), one after the other, on the same machine
+with the same thread count: TRL 1.12 in its own venv (``scripts/make_trl112_venv.sh``) through
+``bench/trl112/run_trl112_ppo.py``, ours through ``python bench/ppo_step.py --worker``. Default workload: SmolLM2-135M
+policy (+ frozen reference copy), a SmolLM2-135M sequence-classification value model and reward model (score heads
+seeded and saved once so both sides load the same weights), batch 8, 48 new tokens (no stop token, so every
+response has the same length on both sides), 4 PPO epochs of 1 mini-batch, fp32 on CPU, real sampling.
+
+Rows:
+  trl112            trl 1.12 PPOTrainer (reward: sequence classifier, separate value model)
+  ours-scalar       SpanPPOTrainer(reward_mode="scalar"), same reward and value models as trl 1.12
+  ours-span         SpanPPOTrainer(reward_mode="span"), a span reward function (no reward-model forward), value model
+  ours-span-vhead   same as ours-span with value_model=None (value head on the policy: one model less)
+
+Usage::
+
+    .venv/bin/python bench/ppo_step.py                       # the table (several minutes on 2 CPU cores)
+    .venv/bin/python bench/ppo_step.py --num-updates 3 --response-length 32 --rows trl112,ours-scalar
+
+``run_span_ppo()`` is also used by ``tests/test_trl112_parity.py`` (on tiny models, with argmax sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE / "trl112"))
+import tiny_setup  # noqa: E402
+
+TRL112_VENV = Path(os.environ.get("TRL112_VENV", Path.home() / ".cache" / "trl_text2grad" / "trl112-venv"))
+ROWS = ("trl112", "ours-scalar", "ours-span", "ours-span-vhead")
+
+
+def bench_span_reward(prompts, responses, **context):
+    """A cheap deterministic span critic: first third of each response good, last third poor."""
+    out = []
+    for text in responses:
+        n = len(text)
+        spans = []
+        if n >= 3:
+            spans = [(0, n // 3, 1.0), (2 * n // 3, n, -1.0)]
+        out.append(spans)
+    return out
+
+
+class _Recorder:
+    def __init__(self, steps_per_update: int):
+        from transformers import TrainerCallback
+
+        recorder = self
+        self.marks: list[float] = []
+
+        class _CB(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                recorder.marks.append(time.perf_counter())
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step % steps_per_update == 0:
+                    recorder.marks.append(time.perf_counter())
+
+        self.callback = _CB()
+
+
+def run_span_ppo(
+    policy,
+    value,
+    reward,
+    tokenizer,
+    output_dir,
+    reward_mode: str = "scalar",
+    value_head: bool = False,
+    argmax_sampling: bool = False,
+    dump_tokens: bool = False,
+    num_prompts: int = 8,
+    num_updates: int = 3,
+    batch_size: int = 8,
+    gradient_accumulation_steps: int = 1,
+    num_mini_batches: int = 1,
+    num_ppo_epochs: int = 2,
+    response_length: int = 12,
+    temperature: float = 0.7,
+    learning_rate: float = 3e-4,
+    kl_coef: float = 0.05,
+    seed: int = 42,
+    threads: int = 0,
+    **extra_config,
+) -> dict:
+    """Train ``SpanPPOTrainer`` with TRL 1.12-equivalent settings; return metrics in the harness's JSON layout.
+
+    The settings that TRL 1.12 hard-wires are set explicitly here: fp32 (its own ``Accelerator`` ignores ``bf16``),
+    no gradient clipping (it never clips), no gradient checkpointing (its wrapper never enables it) and a constant
+    learning rate (it steps its scheduler once per update, the ``Trainer`` once per optimizer step).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+
+    from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
+    from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
+
+    t_load = time.perf_counter()
+    tok = tiny_setup.load_tokenizer(str(tokenizer))
+    set_seed(seed)
+    policy_model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+    ref_model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+    value_model = None
+    if not value_head:
+        value_model = AutoModelForSequenceClassification.from_pretrained(str(value), num_labels=1, dtype=torch.float32)
+    if reward_mode == "scalar":
+        reward_model = AutoModelForSequenceClassification.from_pretrained(
+            str(reward), num_labels=1, dtype=torch.float32
+        )
+    else:
+        reward_model = bench_span_reward
+    load_s = time.perf_counter() - t_load
+
+    prompts = tiny_setup.make_prompts(num_prompts)
+    dataset = Dataset.from_dict({"input_ids": [tok(p)["input_ids"] for p in prompts]})
+    steps_per_update = num_ppo_epochs * num_mini_batches
+    config_kwargs = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        num_mini_batches=num_mini_batches,
+        num_ppo_epochs=num_ppo_epochs,
+        total_episodes=num_updates * batch_size * gradient_accumulation_steps,
+        response_length=response_length,
+        temperature=temperature,
+        learning_rate=learning_rate,
+        lr_scheduler_type="constant",
+        kl_coef=kl_coef,
+        reward_mode=reward_mode,
+        seed=seed,
+        report_to=[],
+        logging_steps=steps_per_update,
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        bf16=False,
+        max_grad_norm=0.0,
+        gradient_checkpointing=False,
+        num_sample_generations=0,
+    )
+    config_kwargs.update(extra_config)
+    config = SpanPPOConfig(**config_kwargs)
+    recorder = _Recorder(steps_per_update)
+    trainer = SpanPPOTrainer(
+        args=config,
+        processing_class=tok,
+        model=policy_model,
+        ref_model=ref_model,
+        reward_model=reward_model,
+        train_dataset=dataset,
+        value_model=value_model,
+        callbacks=[recorder.callback],
+    )
+
+    rollouts: list[dict] = []
+    original_rollout = trainer.rollout
+
+    def recording_rollout(rows):
+        out = original_rollout(rows)
+        if dump_tokens:
+            rollouts.append({"queries": out["prompt_ids"].tolist(), "responses": out["responses"].tolist()})
+        return out
+
+    trainer.rollout = recording_rollout
+    original_multinomial = torch.multinomial
+    if argmax_sampling:
+
+        def argmax_multinomial(probs, num_samples, *a, **kw):
+            if num_samples != 1:
+                raise RuntimeError("argmax sampling only supports num_samples=1")
+            return probs.argmax(dim=-1, keepdim=True)
+
+        torch.multinomial = argmax_multinomial
+    try:
+        t0 = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - t0
+    finally:
+        torch.multinomial = original_multinomial
+
+    updates = [log for log in trainer.state.log_history if "loss/policy_avg" in log]
+    return {
+        "implementation": f"SpanPPOTrainer reward_mode={reward_mode}" + (" value_head" if value_head else ""),
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "updates": updates,
+        "rollouts": rollouts,
+        "seconds_per_update": [b - a for a, b in zip(recorder.marks, recorder.marks[1:])],
+        "load_seconds": load_s,
+        "train_seconds": train_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "trainer": trainer,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Benchmark driver
+# ----------------------------------------------------------------------------------------------------------------
+def prepare_models(cache: Path, seed: int) -> dict[str, str]:
+    """SmolLM2-135M policy path plus value/reward sequence classifiers with seeded score heads (saved once)."""
+    from trl_text2grad.models import default_model_path
+
+    base = str(default_model_path())
+    paths = {"policy": base, "tokenizer": base, "value": str(cache / "value"), "reward": str(cache / "reward")}
+    for offset, name in enumerate(("value", "reward"), start=1):
+        if not (Path(paths[name]) / "config.json").exists():
+            from transformers import AutoModelForSequenceClassification
+
+            torch.manual_seed(seed + offset)
+            model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
+            model.config.pad_token_id = 2
+            model.save_pretrained(paths[name])
+    return paths
+
+
+def worker_main(args) -> int:
+    paths = json.loads(args.paths)
+    with tempfile.TemporaryDirectory(prefix="ppo_step_") as tmp:
+        result = run_span_ppo(
+            policy=paths["policy"], value=paths["value"], reward=paths["reward"], tokenizer=paths["tokenizer"],
+            output_dir=tmp, reward_mode=args.reward_mode, value_head=args.value_head, argmax_sampling=False,
+            num_prompts=args.batch_size, num_updates=args.num_updates, batch_size=args.batch_size,
+            num_ppo_epochs=args.num_ppo_epochs, response_length=args.response_length, temperature=0.7,
+            learning_rate=3e-6, seed=args.seed, threads=args.threads,
+        )  # fmt: skip
+    result.pop("trainer")
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _run(cmd: list[str], env=None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-4000:]}")
+
+
+def bench_main(args) -> int:
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
+    paths = prepare_models(Path(args.cache), args.seed)
+    env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")
+    results = {}
+    out_dir = Path(tempfile.mkdtemp(prefix="ppo_step_results_"))
+    for rep in range(args.repeats):
+        for row in rows:
+            out = out_dir / f"{row}_{rep}.json"
+            common = ["--num-updates", str(args.num_updates), "--batch-size", str(args.batch_size),
+                      "--response-length", str(args.response_length), "--seed", str(args.seed),
+                      "--threads", str(args.threads), "--num-ppo-epochs", str(args.num_ppo_epochs)]  # fmt: skip
+            if row == "trl112":
+                python = TRL112_VENV / "bin" / "python"
+                if not python.exists():
+                    _run(["bash", str(REPO / "scripts" / "make_trl112_venv.sh"), str(TRL112_VENV)])
+                cmd = [str(python), str(HERE / "trl112" / "run_trl112_ppo.py"), "--out", str(out),
+                       "--policy", paths["policy"], "--value", paths["value"], "--reward", paths["reward"],
+                       "--tokenizer", paths["tokenizer"], "--num-prompts", str(args.batch_size),
+                       "--no-argmax-sampling", "--learning-rate", "3e-6", *common]  # fmt: skip
+                _run(cmd, env={**env, "PYTHONPATH": ""})
+            else:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out),
+                       "--paths", json.dumps(paths), "--reward-mode", "scalar" if row == "ours-scalar" else "span",
+                       *common]  # fmt: skip
+                if row == "ours-span-vhead":
+                    cmd.append("--value-head")
+                _run(cmd, env=env)
+            result = json.loads(out.read_text())
+            times = result["seconds_per_update"]
+            steady = times[1:] if len(times) > 1 else times
+            results.setdefault(row, []).append(
+                {"s_per_update": sum(steady) / len(steady), "first_update_s": times[0], "peak_rss_mb": result["peak_rss_mb"]}
+            )
+            print(f"[{rep}] {row}: {results[row][-1]}", flush=True)
+
+    def best(row, key):
+        return min(r[key] for r in results[row])
+
+    print()
+    print(f"PPO update on CPU ({torch.get_num_threads()} torch threads here, --threads {args.threads}): "
+          f"SmolLM2-135M, batch {args.batch_size}, {args.response_length} new tokens, {args.num_ppo_epochs} PPO "
+          f"epochs, {args.num_updates} updates (first excluded), best of {args.repeats}")  # fmt: skip
+    header = f"{'row':<17}{'s/update':>10}{'1st update s':>14}{'peak RSS MB':>13}{'time vs trl':>13}{'RSS vs trl':>12}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        t, m = best(row, "s_per_update"), best(row, "peak_rss_mb")
+        rt = rm = ""
+        if "trl112" in results:
+            rt = f"{t / best('trl112', 's_per_update'):.2f}x"
+            rm = f"{m / best('trl112', 'peak_rss_mb'):.2f}x"
+        print(f"{row:<17}{t:>10.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rm:>12}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
+    p.add_argument("--num-updates", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--response-length", type=int, default=48)
+    p.add_argument("--num-ppo-epochs", type=int, default=4)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=2, help="torch threads in every run (same for all rows)")
+    p.add_argument("--repeats", type=int, default=1, help="run every row this many times, report the best")
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "trl_text2grad" / "bench_models"))
+    p.add_argument("--json", help="also write the raw results here")
+    # internal: one of our runs in a fresh process
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--paths", help=argparse.SUPPRESS)
+    p.add_argument("--reward-mode", default="span", help=argparse.SUPPRESS)
+    p.add_argument("--value-head", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    _args = parse_args()
+    sys.exit(worker_main(_args) if _args.worker else bench_main(_args))

@@ -1,0 +1,149 @@
+"""A critic served by any OpenAI-compatible chat-completions endpoint.
+
+Works with OpenAI itself, vLLM, TGI, llama.cpp's server and ``transformers serve``. Requests go through the
+official ``openai`` SDK (install the ``critics`` extra), which supplies the retries with exponential backoff on
+429, 5xx, timeouts and connection errors (``max_retries``) and honours ``Retry-After``; every request carries a
+timeout. Up to ``max_concurrency`` requests run at once (a thread pool; the SDK client is thread-safe).
+
+JSON mode: with ``json_mode="auto"`` (default) requests ask for ``response_format={"type": "json_object"}``; if
+the server rejects that parameter (HTTP 400/422), the critic logs it once, stops sending it and retries the
+request without it. The answer is parsed by :func:`~trl_text2grad.critics.parsing.parse_critique` either way.
+
+The API key is read from the environment variable named by ``api_key_env`` at construction; it is handed to the
+SDK client only, never logged, printed (``repr``) or saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from .base import LLMCritic
+from .prompts import CritiqueTemplate
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OpenAICompatibleCritic"]
+
+
+class OpenAICompatibleCritic(LLMCritic):
+    """LLM critic behind an OpenAI-compatible ``/v1/chat/completions`` endpoint.
+
+    Args:
+        model: Model name as the server knows it (e.g. ``"gpt-4o"`` or the checkpoint path served locally).
+        base_url: Endpoint root including ``/v1`` (``None``: the SDK default, i.e. OpenAI).
+        api_key_env: Name of the environment variable holding the API key. If it is unset, the placeholder key
+            ``"EMPTY"`` is used (fine for local servers).
+        template: Task name (``"summarization"``, ``"code"``, ``"qa"``) or a :class:`CritiqueTemplate`.
+        system_prompt: Override the template's system message.
+        user_template: Override the template's user message (needs ``{prompt}`` and ``{response}``).
+        max_concurrency: Maximum simultaneous requests.
+        max_retries: SDK retries (exponential backoff) on 429/5xx/timeouts/connection errors.
+        timeout: Per-request timeout in seconds.
+        temperature: Sampling temperature.
+        max_tokens: Maximum tokens of the critique answer.
+        json_mode: ``"auto"`` (ask for JSON output, fall back when rejected), ``True`` (always) or ``False``.
+        extra_body: Extra JSON fields for every request (server-specific options).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        template: str | CritiqueTemplate | None = "qa",
+        system_prompt: str | None = None,
+        user_template: str | None = None,
+        max_concurrency: int = 8,
+        max_retries: int = 3,
+        timeout: float = 60.0,
+        temperature: float = 0.0,
+        max_tokens: int = 512,
+        json_mode: bool | Literal["auto"] = "auto",
+        extra_body: dict | None = None,
+    ) -> None:
+        super().__init__(template, system_prompt=system_prompt, user_template=user_template)
+        try:
+            import openai
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "OpenAICompatibleCritic needs the 'openai' package: pip install 'trl-text2grad[critics]'"
+            ) from error
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if json_mode not in (True, False, "auto"):
+            raise ValueError(f"json_mode must be True, False or 'auto', got {json_mode!r}")
+        self._openai = openai
+        api_key = os.environ.get(api_key_env) if api_key_env else None
+        if not api_key:
+            logger.info("Environment variable %s is not set; using a placeholder API key.", api_key_env)
+        self.model = model
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.max_concurrency = int(max_concurrency)
+        self.timeout = float(timeout)
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.json_mode = json_mode
+        self.extra_body = dict(extra_body or {})
+        self._send_json_mode = json_mode is not False
+        self._lock = threading.Lock()
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "EMPTY", max_retries=max_retries, timeout=self.timeout
+        )
+
+    def __repr__(self) -> str:  # never include the key
+        return (
+            f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
+            f"max_concurrency={self.max_concurrency})"
+        )
+
+    def _request(self, messages: list[dict]) -> str | Exception:
+        openai = self._openai
+        kwargs = {
+            "model": self.model,
+            "messages": messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+        }
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        try:
+            if self._send_json_mode:
+                try:
+                    response = self.client.chat.completions.create(**kwargs, response_format={"type": "json_object"})
+                except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
+                    if self.json_mode is True:
+                        raise
+                    with self._lock:
+                        if self._send_json_mode:
+                            logger.warning(
+                                "Server at %s rejected response_format=json_object (%s); continuing without JSON mode.",
+                                self.base_url,
+                                getattr(error, "status_code", "error"),
+                            )
+                        self._send_json_mode = False
+                    response = self.client.chat.completions.create(**kwargs)
+            else:
+                response = self.client.chat.completions.create(**kwargs)
+            choices = getattr(response, "choices", None)
+            if not choices:
+                return ValueError(f"server answered without choices: {str(response)[:200]}")
+            content = choices[0].message.content
+            if content is None:
+                return ValueError("server answered with an empty message")
+            return content
+        except Exception as error:  # one failed sample must not crash a data-set run
+            return error
+
+    def generate(self, conversations: list[list[dict]]) -> list[str | Exception]:
+        if len(conversations) == 1 or self.max_concurrency == 1:
+            return [self._request(messages) for messages in conversations]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(conversations))) as pool:
+            return list(pool.map(self._request, conversations))
+
+    def close(self) -> None:
+        self.client.close()

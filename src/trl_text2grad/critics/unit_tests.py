@@ -1,0 +1,271 @@
+"""A programmatic critic: run the response against the task's unit tests in the sandbox and quote what failed.
+
+For each sample the code is taken out of the response (:func:`~trl_text2grad.tasks.humaneval.extract_code_span`:
+the ```python fence of a chat answer, or the whole response), assembled with the prompt, the tests and
+``check(entry_point)`` (:func:`~trl_text2grad.tasks.humaneval.assemble_program`) and run by
+:func:`~trl_text2grad.critics.sandbox.run_python`. The traceback's frames in ``main.py`` are mapped back to lines
+of the response.
+
+Poor spans (what the tests blame):
+
+* an exception raised inside the response's code (including ``SyntaxError`` and sandbox violations) → the
+  response line that raised (the deepest traceback frame that lies in the response);
+* a failing assertion of the tests, a timeout or a resource limit → the implementation lines of the
+  entry-point function (its body without the signature and the docstring), quoted as one span;
+* code without the entry point, or no code at all → no span (nothing in the response can be blamed
+  precisely); the critique says what is missing.
+
+Good spans (passing code), ``good_span`` option:
+
+* ``"last_line"`` (default): the last line of the entry-point function's implementation. A fixed-size positive
+  signal placed at the *end* of the code, so that GAE carries the credit back over every token that produced the
+  solution, without paying more for longer code. (The reference implementation gave +1 to every unflagged word,
+  which rewards length; we do not.)
+* ``"body"``: the whole implementation as one span (denser signal, but proportional to code length).
+* ``"none"``: no good span; the pass/fail signal is only in the critique text.
+
+Prose around the code block is never quoted.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal
+
+from ..spans import Critique
+from .base import BaseCritic, check_batch
+from .prompts import prompt_to_text
+from .sandbox import PROGRAM_FILENAME, SandboxResult, run_python
+
+__all__ = ["UnitTestCritic", "function_line_range"]
+
+_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+)', re.MULTILINE)
+
+
+def _line_ranges(text: str) -> list[tuple[int, int]]:
+    """Character range of each line of ``text`` (without the newline)."""
+    ranges, position = [], 0
+    for line in text.split("\n"):
+        ranges.append((position, position + len(line)))
+        position += len(line) + 1
+    return ranges
+
+
+def function_line_range(code: str, name: str) -> tuple[int, int, int] | None:
+    """``(def_line, body_first_line, last_line)`` (0-based, inclusive) of top-level ``def name`` in ``code``.
+
+    ``body_first_line`` skips the signature (which may span lines) and a leading docstring. ``None`` if absent.
+    """
+    lines = code.split("\n")
+    pattern = re.compile(rf"^(async\s+)?def\s+{re.escape(name)}\s*\(")
+    def_line = next((i for i, line in enumerate(lines) if pattern.match(line)), None)
+    if def_line is None:
+        return None
+    # end of signature: first line from def_line whose stripped text ends with ':' (outside parentheses)
+    depth, sig_end = 0, def_line
+    for i in range(def_line, len(lines)):
+        depth += lines[i].count("(") - lines[i].count(")")
+        if depth <= 0 and lines[i].rstrip().endswith(":"):
+            sig_end = i
+            break
+    last = sig_end
+    for i in range(sig_end + 1, len(lines)):
+        stripped = lines[i].strip()
+        if not stripped:
+            continue
+        if not lines[i][:1].isspace() and not stripped.startswith("#"):
+            break
+        last = i
+    body_first = sig_end + 1
+    # skip blank lines and a docstring
+    while body_first <= last and not lines[body_first].strip():
+        body_first += 1
+    if body_first <= last:
+        stripped = lines[body_first].strip()
+        for quote in ('"""', "'''"):
+            if stripped.lstrip("rRbBuU").startswith(quote):
+                rest = stripped.lstrip("rRbBuU")[3:]
+                if quote in rest:
+                    body_first += 1
+                else:
+                    body_first += 1
+                    while body_first <= last and quote not in lines[body_first]:
+                        body_first += 1
+                    body_first += 1
+                break
+        while body_first <= last and not lines[body_first].strip():
+            body_first += 1
+    if body_first > last:  # no implementation beyond the docstring: the signature is all there is
+        return def_line, sig_end, sig_end
+    return def_line, body_first, last
+
+
+def _exception_line(stderr: str) -> str:
+    for line in reversed(stderr.strip().splitlines()):
+        if line and not line.startswith(" ") and not line.startswith("Traceback"):
+            return line.strip()
+    return ""
+
+
+class UnitTestCritic(BaseCritic):
+    """Critic that executes the response against unit tests (HumanEval-style ``check(candidate)`` code).
+
+    Context per sample: ``tests`` (the test code defining ``check``) and ``entry_point`` (the function name);
+    without them the critic raises a ``ValueError`` naming the missing key.
+
+    Args:
+        timeout: Wall-clock seconds per program.
+        memory_mb: Memory limit per program.
+        max_workers: Programs run in parallel.
+        good_span: What passing code gets quoted as good: ``"last_line"``, ``"body"`` or ``"none"``.
+        extract: Take the code out of Markdown fences first (chat answers).
+    """
+
+    def __init__(
+        self,
+        timeout: float = 10.0,
+        memory_mb: int = 1024,
+        max_workers: int = 2,
+        good_span: Literal["last_line", "body", "none"] = "last_line",
+        extract: bool = True,
+    ) -> None:
+        super().__init__()
+        if good_span not in ("last_line", "body", "none"):
+            raise ValueError(f"good_span must be 'last_line', 'body' or 'none', got {good_span!r}")
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self.max_workers = max(1, int(max_workers))
+        self.good_span = good_span
+        self.extract = extract
+        self.last_results: list[SandboxResult | None] = []
+        self.last_spans: list[list[tuple[int, int, float]]] = []
+
+    def critique(self, prompts: list[str], responses: list[str], **context) -> list[Critique]:
+        check_batch(prompts, responses, context)
+        tests = context.get("tests", context.get("test"))
+        entry_points = context.get("entry_point")
+        if tests is None:
+            raise ValueError(
+                "UnitTestCritic.critique needs per-sample context tests=[...] (and entry_point=[...] for "
+                "HumanEval-style check() tests): for HumanEval rows the 'test' and 'entry_point' columns."
+            )
+        if entry_points is None:
+            entry_points = [""] * len(prompts)
+        jobs = []
+        for prompt, response, test, entry_point in zip(prompts, responses, tests, entry_points):
+            jobs.append(self._prepare(prompt_to_text(prompt), response or "", test or "", entry_point or ""))
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            results = list(pool.map(self._run, jobs))
+        critiques, spans, errors = [], [], []
+        for job, result in zip(jobs, results):
+            critique, sample_spans = self._judge(job, result)
+            critiques.append(critique)
+            spans.append(sample_spans)
+            errors.append(None)
+        self.last_results = results
+        self.last_spans = spans
+        self.last_errors = errors
+        return critiques
+
+    def span_rewards(self, prompts: list[str], responses: list[str], **context) -> list[list[tuple[int, int, float]]]:
+        """Like :meth:`critique` but returns the exact character spans ``(start, end, score)`` per response."""
+        self.critique(prompts, responses, **context)
+        return self.last_spans
+
+    # -- internals -----------------------------------------------------------------------------------------------
+
+    def _prepare(self, prompt: str, response: str, test: str, entry_point: str) -> dict:
+        from ..tasks.humaneval import assemble_program, extract_code_span
+
+        start, end = extract_code_span(response) if self.extract else (0, len(response))
+        code = response[start:end]
+        assembled = assemble_program(prompt, code, test, entry_point)
+        return {"response": response, "code": code, "code_start": start, "entry_point": entry_point, "asm": assembled}
+
+    def _run(self, job: dict) -> SandboxResult | None:
+        if not job["code"].strip():
+            return None
+        return run_python(job["asm"].program, timeout=self.timeout, memory_mb=self.memory_mb)
+
+    def _span_of_code_lines(self, job: dict, first: int, last: int) -> tuple[int, int] | None:
+        """Character span in the response of code lines ``first..last`` (0-based), whitespace-trimmed."""
+        ranges = _line_ranges(job["code"])
+        if not (0 <= first <= last < len(ranges)):
+            return None
+        start, end = ranges[first][0] + job["code_start"], ranges[last][1] + job["code_start"]
+        text = job["response"]
+        while start < end and text[start].isspace():
+            start += 1
+        while end > start and text[end - 1].isspace():
+            end -= 1
+        return (start, end) if end > start else None
+
+    def _raising_code_line(self, job: dict, stderr: str) -> int | None:
+        """0-based code line of the deepest traceback frame (or SyntaxError location) inside the response's code."""
+        asm = job["asm"]
+        lines = [
+            int(m.group("line"))
+            for m in _FRAME.finditer(stderr)
+            if m.group("file").endswith("/" + PROGRAM_FILENAME) or m.group("file") == PROGRAM_FILENAME
+        ]
+        for line in reversed(lines):
+            index = line - asm.code_first_line
+            if 0 <= index < asm.code_num_lines:
+                return index
+        return None
+
+    def _judge(self, job: dict, result: SandboxResult | None) -> tuple[Critique, list[tuple[int, int, float]]]:
+        response, entry_point = job["response"], job["entry_point"]
+        if result is None:
+            return Critique("The response contains no code to test.", [], []), []
+        function = function_line_range(job["code"], entry_point)
+        if function is None and job["code"][:1].isspace():
+            # a body continuation of the prompt (base-model style): all its non-blank lines are the body
+            nonblank = [i for i, line in enumerate(job["code"].split("\n")) if line.strip()]
+            if nonblank:
+                function = (-1, nonblank[0], nonblank[-1])
+        body = None
+        if function is not None:
+            body = self._span_of_code_lines(job, function[1], function[2])
+
+        if result.passed:
+            spans: list[tuple[int, int, float]] = []
+            if function is not None and self.good_span != "none":
+                if self.good_span == "body":
+                    span = body
+                else:
+                    span = self._span_of_code_lines(job, function[2], function[2])
+                if span is not None:
+                    spans.append((span[0], span[1], 1.0))
+            text = f"All unit tests passed for `{entry_point}`."
+            return Critique(text, [response[s:e] for s, e, _ in spans], []), spans
+
+        exception = _exception_line(result.stderr)
+        raising = self._raising_code_line(job, result.stderr)
+        poor: tuple[int, int] | None = None
+        if raising is not None and not result.timed_out:
+            poor = self._span_of_code_lines(job, raising, raising)
+            where = f"`{response[poor[0] : poor[1]]}`" if poor else f"line {raising + 1} of the code"
+            if exception.startswith("AssertionError") or exception.startswith("assert"):
+                text = f"An assertion inside the code failed at {where}: {exception}"
+            else:
+                text = f"The code raised an error at {where}: {exception or result.reason}"
+        elif result.timed_out or "limit" in result.reason or "killed" in result.reason:
+            poor = body
+            text = f"The tests of `{entry_point}` did not finish: {result.reason}."
+        elif "NameError" in exception and entry_point in exception:
+            text = f"The code does not define the function `{entry_point}` that the tests call."
+        elif exception.startswith("AssertionError") or result.reason.startswith("assertion failed"):
+            poor = body
+            text = f"`{entry_point}` returns wrong results: a unit test assertion failed ({result.reason})."
+        else:
+            poor = body
+            text = f"The unit tests of `{entry_point}` failed: {result.reason}."
+        if function is None and "does not define" not in text:
+            text = f"The response does not define `{entry_point}`; " + text[0].lower() + text[1:]
+        spans = [(poor[0], poor[1], -1.0)] if poor else []
+        return Critique(text, [], [response[s:e] for s, e, _ in spans]), spans
+
+    def __repr__(self) -> str:
+        return f"UnitTestCritic(timeout={self.timeout}, memory_mb={self.memory_mb}, good_span={self.good_span!r})"

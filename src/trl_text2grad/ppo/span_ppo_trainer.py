@@ -1,0 +1,1085 @@
+"""SpanPPOTrainer: PPO with token-level (span) rewards on the ``transformers`` ``Trainer``.
+
+The loop reads top-down and each stage is a method:
+
+``rollout()``  left-padded batched sampling; PPO trains on exactly the sampled token ids (never re-encoded);
+               tokens after the stop token are masked; old log-probs, reference log-probs and values are computed.
+``score()``    decodes the responses, calls the reward model (reward function, span reward model or classic
+               sequence classifier), locates quotes and aligns spans to the *sampled* tokens (each token's character
+               range comes from decoding the response incrementally).
+``compute_advantages()``  per-token rewards (span/scalar/hybrid minus beta * KL), GAE, whitening.
+``compute_loss()``        clipped policy and value losses on one micro-batch (called by ``Trainer.training_step``).
+
+As in TRL 1.16's online trainers, a rollout is produced in ``_prepare_inputs`` from a *generation batch* (the
+dataloader yields the same ``local_batch_size`` prompts ``num_ppo_epochs * gradient_accumulation_steps`` times) and
+reused for ``num_ppo_epochs * num_mini_batches`` optimizer steps; checkpointing, logging, callbacks, gradient
+accumulation and distributed training come from ``transformers``. The maths lives in
+:mod:`trl_text2grad.ppo.advantages`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from ..alignment import token_rewards_from_offsets
+from ..spans import Critique, locate_critique
+from .advantages import (
+    combine_rewards,
+    compute_gae,
+    entropy_from_logits,
+    kl_per_token,
+    last_token_positions,
+    length_decay_weights,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from .modeling import PolicyWithValue
+from .span_ppo_config import SpanPPOConfig
+
+__all__ = ["SpanPPOTrainer", "ScoredRollout", "token_char_offsets", "normalize_reward_output"]
+
+logger = logging.getLogger(__name__)
+
+_STATE_FILE = "span_ppo_state_rank{rank}.pt"
+_EPS_TEMPERATURE = 1e-7  # TRL 1.12 samples and scores with `temperature + 1e-7`
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Small pure helpers
+# ----------------------------------------------------------------------------------------------------------------
+def token_char_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Decode ``token_ids`` and return ``(text, offsets)`` with each token's character range in ``text``.
+
+    Offsets come from decoding the prefixes ``ids[:1], ids[:2], ...`` so that they describe exactly the sampled
+    tokens (re-tokenizing the text could give different tokens). Special tokens (skipped in ``text``) get zero-width
+    ranges; a token that only holds part of a multi-byte character shares the range of the token completing it.
+    """
+    ids = [int(i) for i in token_ids]
+    kwargs = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+    text = tokenizer.decode(ids, **kwargs)
+    offsets: list[tuple[int, int]] = []
+    pending: list[int] = []
+    prev_end = 0
+    for k in range(1, len(ids) + 1):
+        prefix = tokenizer.decode(ids[:k], **kwargs)
+        if prefix.endswith("\ufffd") and not text.startswith(prefix):
+            pending.append(k - 1)  # incomplete UTF-8 sequence: resolved by a later token
+            offsets.append((prev_end, prev_end))
+            continue
+        end = max(len(os.path.commonprefix([prefix, text])), prev_end)
+        start = prev_end
+        for j in pending:
+            offsets[j] = (start, end)
+        pending = []
+        offsets.append((start, end))
+        prev_end = end
+    return text, offsets
+
+
+@dataclass
+class _NormalizedReward:
+    scalar: float | None = None
+    spans: list[tuple[int, int, float]] | None = None
+    num_unlocated: int = 0
+    ok: bool = True
+    reason: str = ""
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        return True
+    return isinstance(value, torch.Tensor) and value.numel() == 1
+
+
+def normalize_reward_output(
+    output: Any,
+    text: str,
+    good_score: float = 1.0,
+    poor_score: float = -1.0,
+    fuzzy_threshold: float = 90.0,
+) -> _NormalizedReward:
+    """Turn one reward-function output into ``(scalar, spans)``; never raises (bad output -> ``ok=False``).
+
+    Accepted: a number; a :class:`~trl_text2grad.Critique`; a list of ``(start, end, score)`` spans; an annotation
+    dict (``critique``/``good_spans``/``poor_spans``, or ``spans``, optionally ``score``); a ``(score, critique or
+    spans)`` tuple; ``None`` (failure). A critique whose quotes all fail to locate is a failure.
+    """
+    try:
+        if output is None:
+            return _NormalizedReward(ok=False, reason="reward is None")
+        if _is_number(output):
+            value = float(output)
+            if not math.isfinite(value):
+                return _NormalizedReward(ok=False, reason=f"reward is {value}")
+            return _NormalizedReward(scalar=value)
+        if isinstance(output, tuple) and len(output) == 2 and (_is_number(output[0]) or output[0] is None):
+            head = normalize_reward_output(output[0], text) if output[0] is not None else _NormalizedReward()
+            tail = normalize_reward_output(output[1], text, good_score, poor_score, fuzzy_threshold)
+            if not (head.ok and tail.ok):
+                return _NormalizedReward(ok=False, reason=head.reason or tail.reason)
+            return _NormalizedReward(head.scalar, tail.spans, tail.num_unlocated)
+        if isinstance(output, dict):
+            scalar = output.get("score")
+            if scalar is not None and (not _is_number(scalar) or not math.isfinite(float(scalar))):
+                return _NormalizedReward(ok=False, reason=f"score {scalar!r} is not a finite number")
+            if "spans" in output or "located_spans" in output:
+                inner = normalize_reward_output(output.get("spans", output.get("located_spans")) or [], text)
+            elif any(key in output for key in ("critique", "good_spans", "poor_spans")):
+                inner = normalize_reward_output(
+                    Critique.from_dict(output), text, good_score, poor_score, fuzzy_threshold
+                )
+            else:
+                inner = _NormalizedReward()
+            if not inner.ok:
+                return inner
+            return _NormalizedReward(None if scalar is None else float(scalar), inner.spans, inner.num_unlocated)
+        if isinstance(output, Critique):
+            located = locate_critique(
+                text, output, good_score=good_score, poor_score=poor_score, fuzzy_threshold=fuzzy_threshold
+            )
+            quotes = located.num_located + located.num_unlocated
+            if quotes > 0 and located.num_located == 0:
+                return _NormalizedReward(
+                    num_unlocated=located.num_unlocated, ok=False, reason="no quote could be located"
+                )
+            return _NormalizedReward(spans=located.span_tuples(), num_unlocated=located.num_unlocated)
+        if isinstance(output, (list, tuple)):
+            spans = []
+            for span in output:
+                start, end, score = span
+                start, end, score = int(start), int(end), float(score)
+                if not (0 <= start <= end <= len(text)) or not math.isfinite(score):
+                    return _NormalizedReward(ok=False, reason=f"span {span!r} is invalid for the response")
+                spans.append((start, end, score))
+            return _NormalizedReward(spans=spans)
+        return _NormalizedReward(ok=False, reason=f"unsupported reward output type {type(output).__name__}")
+    except Exception as error:  # malformed output of a user function: counted, never fatal
+        return _NormalizedReward(ok=False, reason=f"malformed reward output ({error})")
+
+
+class _RolloutSampler(Sampler[int]):
+    """Yields each global rollout chunk of ``rollout_size`` indices ``repeat`` times (one per micro-step).
+
+    The permutation depends only on ``seed`` and the epoch set by ``set_epoch``, so a resumed run sees the same order.
+    """
+
+    def __init__(self, num_rows: int, rollout_size: int, repeat: int, shuffle: bool, seed: int) -> None:
+        self.num_rows, self.rollout_size, self.repeat = num_rows, rollout_size, repeat
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_rows, generator=generator).tolist()
+        else:
+            order = list(range(self.num_rows))
+        for start in range(0, self.num_rows - self.rollout_size + 1, self.rollout_size):
+            chunk = order[start : start + self.rollout_size]
+            for _ in range(self.repeat):
+                yield from chunk
+
+    def __len__(self) -> int:
+        return (self.num_rows // self.rollout_size) * self.rollout_size * self.repeat
+
+
+def _identity_collator(rows: list[dict]) -> list[dict]:
+    return rows
+
+
+def _exact_div(a: int, b: int, message: str) -> int:
+    if b <= 0 or a % b != 0:
+        raise ValueError(f"{message}: {a} is not divisible by {b}.")
+    return a // b
+
+
+@contextlib.contextmanager
+def _generation_config(model: nn.Module, config: GenerationConfig):
+    """Temporarily replace ``model.generation_config`` so no model default (top_k, repetition penalty...) leaks in."""
+    original = getattr(model, "generation_config", None)
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = original
+
+
+@dataclass
+class ScoredRollout:
+    """What ``score()`` returns for a rollout (all tensors on the training device, rows = samples)."""
+
+    span_rewards: torch.Tensor  # [B, R] token rewards from spans (0 where none)
+    scores: torch.Tensor  # [B] scalar scores (explicit, derived or 0; missing-EOS penalty included)
+    keep: torch.Tensor  # [B] bool: False for samples skipped by on_critic_error="skip"
+    failures: int
+    quotes_unlocated: int
+    texts: list[str]
+    offsets: list[list[tuple[int, int]]]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The trainer
+# ----------------------------------------------------------------------------------------------------------------
+class SpanPPOTrainer(Trainer):
+    """PPO trainer with Text2Grad span-level rewards; constructor compatible with TRL 1.12's ``PPOTrainer``.
+
+    Args:
+        args: A :class:`SpanPPOConfig`.
+        processing_class: Tokenizer (needs a pad token; fast tokenizer recommended).
+        model: The policy, a causal LM (or a path / hub id to load one).
+        ref_model: Frozen reference policy. ``None``: a frozen copy of ``model`` or, with PEFT, the policy with its
+            adapters disabled (no copy).
+        reward_model: One of: a callable ``(prompts, responses, **context) -> list[Critique | [(start, end, score)]
+            | float | dict | None]`` where ``context`` holds the other dataset columns of the batch; an object with
+            ``.score(prompts, responses) -> list[Critique]`` (the span reward model); or a classic
+            ``AutoModelForSequenceClassification`` (scalar, read at the last response token).
+        train_dataset: Rows with ``input_ids`` (a tokenized prompt, as in TRL 1.12) and/or ``prompt`` (a string or a
+            list of chat messages). All other columns are passed to a reward function as context.
+        value_model: ``None`` for a value head on the policy backbone (one forward for logits and values), or an
+            ``AutoModelForSequenceClassification`` with ``num_labels=1``.
+        data_collator: Ignored unless it returns the rows unchanged (kept for signature compatibility).
+        eval_dataset: Stored; evaluation loops are not supported (``eval_strategy`` must be ``"no"``).
+        optimizers: ``(optimizer, scheduler)`` as for ``Trainer``.
+        callbacks: Extra ``TrainerCallback``\\ s.
+        peft_config: A ``peft.PeftConfig``; the policy is wrapped and the reference is the adapter-disabled policy.
+    """
+
+    loss_is_scaled_for_ga = False
+    _tag_names = ["trl", "ppo", "text2grad"]
+
+    def __init__(
+        self,
+        args: SpanPPOConfig | None,
+        processing_class: PreTrainedTokenizerBase,
+        model: PreTrainedModel | nn.Module | str,
+        ref_model: PreTrainedModel | nn.Module | None,
+        reward_model: Any,
+        train_dataset,
+        value_model: PreTrainedModel | nn.Module | None = None,
+        data_collator: Callable | None = None,
+        eval_dataset=None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        callbacks: list[TrainerCallback] | None = None,
+        peft_config=None,
+    ) -> None:
+        if args is None:
+            args = SpanPPOConfig(output_dir="span_ppo_output")
+        if not isinstance(args, SpanPPOConfig):
+            raise TypeError(f"args must be a SpanPPOConfig, got {type(args).__name__}.")
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required (rows with `input_ids` and/or `prompt`).")
+        if processing_class is None:
+            raise ValueError("`processing_class` (the tokenizer) is required.")
+        if reward_model is None:
+            raise ValueError(
+                "`reward_model` is required: a reward function, a span reward model or a sequence classifier."
+            )
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model)
+        if ref_model is not None and ref_model is model:
+            raise ValueError(
+                "`model` and `ref_model` cannot be the same object; pass a copy, or None to let the trainer make one "
+                "(or to use the adapter-disabled policy with PEFT)."
+            )
+        tokenizer = processing_class
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "the tokenizer has no pad token; set one first, e.g. `tokenizer.pad_token = tokenizer.eos_token`."
+            )
+        if getattr(args, "eval_strategy", "no") not in ("no", None) and str(args.eval_strategy) not in (
+            "no",
+            "IntervalStrategy.NO",
+        ):
+            raise ValueError("SpanPPOTrainer has no evaluation loop; set eval_strategy='no'.")
+        if data_collator is not None:
+            warnings.warn(
+                "SpanPPOTrainer builds its own batches (prompts are left-padded at rollout time); the given "
+                "data_collator is ignored.",
+                stacklevel=2,
+            )
+
+        # Stop token (as TRL 1.12)
+        if args.stop_token == "eos":
+            self.stop_token_id = tokenizer.eos_token_id
+        else:
+            self.stop_token_id = args.stop_token_id
+
+        # PEFT
+        if peft_config is not None:
+            from peft import PeftConfig, PeftModel, get_peft_model
+
+            if not isinstance(peft_config, PeftConfig):
+                raise TypeError(f"`peft_config` must be a peft.PeftConfig, got {type(peft_config).__name__}.")
+            if isinstance(model, PeftModel):
+                raise ValueError(
+                    "You passed a PeftModel together with a peft_config; merge and unload the existing adapter first, "
+                    "or pass the PeftModel without peft_config."
+                )
+            model = get_peft_model(model, peft_config)
+        self.is_peft_model = hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+        self.policy_model = model
+
+        if ref_model is None and not self.is_peft_model:
+            ref_model = copy.deepcopy(model)
+        if ref_model is not None:
+            ref_model.eval()
+            for parameter in ref_model.parameters():
+                parameter.requires_grad_(False)
+        self.ref_model = ref_model
+
+        # Reward model kind
+        if isinstance(reward_model, PreTrainedModel):
+            if not hasattr(reward_model, "score") or not hasattr(reward_model, "base_model_prefix"):
+                raise ValueError(
+                    f"reward model {type(reward_model).__name__} is a PreTrainedModel without a `score` head; pass "
+                    "an AutoModelForSequenceClassification, a span reward model or a reward function."
+                )
+            self.reward_kind = "classifier"
+            reward_model.eval()
+            for parameter in reward_model.parameters():
+                parameter.requires_grad_(False)
+        elif hasattr(reward_model, "score") and callable(reward_model.score):
+            self.reward_kind = "span_model"
+        elif callable(reward_model):
+            self.reward_kind = "function"
+        else:
+            raise TypeError(
+                f"cannot use reward_model of type {type(reward_model).__name__}: pass a callable "
+                "(prompts, responses, **context) -> rewards, an object with .score(prompts, responses), or an "
+                "AutoModelForSequenceClassification."
+            )
+        self.reward_model = reward_model
+        for module in (model, ref_model, value_model, reward_model):
+            if isinstance(module, nn.Module):
+                for sub in module.modules():
+                    if isinstance(sub, nn.Dropout):
+                        sub.p = 0.0
+
+        # Batch sizes (TRL 1.12 names). One optimizer step = one mini-batch.
+        from accelerate import PartialState
+
+        world_size = PartialState().num_processes
+        user_ga = getattr(args, "_span_ppo_rollout_ga", None) or args.gradient_accumulation_steps
+        args._span_ppo_rollout_ga = user_ga  # idempotent when the same args object is reused
+        args.world_size = world_size
+        args.local_batch_size = args.per_device_train_batch_size * user_ga
+        args.micro_batch_size = args.per_device_train_batch_size * world_size
+        args.batch_size = args.local_batch_size * world_size
+        args.mini_batch_size = _exact_div(
+            args.batch_size, args.num_mini_batches, "`batch_size` must be a multiple of `num_mini_batches`"
+        )
+        args.local_mini_batch_size = _exact_div(
+            args.local_batch_size, args.num_mini_batches, "`local_batch_size` must be a multiple of `num_mini_batches`"
+        )
+        micro_per_mini = _exact_div(
+            args.local_mini_batch_size,
+            args.per_device_train_batch_size,
+            "`local_mini_batch_size` (per_device_train_batch_size * gradient_accumulation_steps / num_mini_batches) "
+            "must be a multiple of `per_device_train_batch_size`",
+        )
+        if args.whiten_rewards and args.local_mini_batch_size < 8:
+            warnings.warn(
+                f"whiten_rewards with a per-rank mini-batch of {args.local_mini_batch_size} (< 8) gives noisy "
+                "statistics.",
+                stacklevel=2,
+            )
+        if len(train_dataset) < args.batch_size:
+            raise ValueError(
+                f"train_dataset has {len(train_dataset)} rows but one rollout needs batch_size={args.batch_size} "
+                "(per_device_train_batch_size * gradient_accumulation_steps * world_size); lower the batch size."
+            )
+        if args.total_episodes is None:
+            args.total_episodes = int(args.num_train_epochs * len(train_dataset))
+        args.num_total_batches = math.ceil(args.total_episodes / args.batch_size)
+        self.steps_per_rollout = args.num_ppo_epochs * args.num_mini_batches
+        self.micro_steps_per_rollout = args.num_ppo_epochs * user_ga
+        args.gradient_accumulation_steps = micro_per_mini  # the Trainer's accumulation = micro-batches per mini-batch
+        if getattr(args, "_span_ppo_auto_max_steps", False) or args.max_steps is None or args.max_steps <= 0:
+            args.max_steps = args.num_total_batches * self.steps_per_rollout
+            args._span_ppo_auto_max_steps = True
+        else:
+            args.num_total_batches = math.ceil(args.max_steps / self.steps_per_rollout)
+
+        wrapper = PolicyWithValue(model, value_model)
+        super().__init__(
+            model=wrapper,
+            args=args,
+            data_collator=_identity_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+            optimizers=optimizers,
+        )
+        self.kl_coef = float(args.kl_coef)
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._buffer: dict[str, Any] | None = None
+        self._micro_step: int | None = None
+        self._permutation: np.ndarray | None = None
+        self._resume_state: dict | None = None
+        self.last_rollout: dict[str, Any] | None = None  # the latest scored rollout (for tests and inspection)
+
+        device = self.accelerator.device
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            if self.ref_model is not None:
+                self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)
+            if self.reward_kind == "classifier":
+                self.reward_model = prepare_deepspeed(self.reward_model, self.accelerator)
+        else:
+            if self.ref_model is not None:
+                self.ref_model = self.ref_model.to(device)
+            if self.reward_kind == "classifier":
+                self.reward_model = self.reward_model.to(device)
+        if self.stop_token_id is not None or args.stop_token_id is None:
+            gen_config = getattr(self.policy_model, "generation_config", None)
+            if gen_config is not None:
+                gen_config.eos_token_id = self.stop_token_id
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Data
+    # ------------------------------------------------------------------------------------------------------------
+    def _remove_unused_columns(self, dataset, description: str | None = None):
+        return dataset  # every column may be context for the reward function
+
+    def get_train_dataloader(self) -> DataLoader:
+        sampler = _RolloutSampler(
+            len(self.train_dataset),
+            self.args.batch_size,
+            repeat=self.micro_steps_per_rollout,
+            shuffle=True,
+            seed=self.args.seed,
+        )
+        dataloader = DataLoader(
+            self.train_dataset,
+            batch_size=self.args.local_batch_size,
+            sampler=sampler,
+            collate_fn=_identity_collator,
+            drop_last=True,
+            num_workers=0,
+        )
+        return self.accelerator.prepare(dataloader)
+
+    def _encode_rows(self, rows: list[dict]) -> tuple[list[list[int]], list[Any], int]:
+        tokenizer = self.processing_class
+        prompt_ids, prompts, truncated = [], [], 0
+        for index, row in enumerate(rows):
+            if row.get("input_ids") is not None:
+                ids = [int(i) for i in row["input_ids"]]
+                prompt = row.get("prompt")
+                if prompt is None:
+                    prompt = tokenizer.decode(ids, skip_special_tokens=True)
+            elif row.get("prompt") is not None:
+                prompt = row["prompt"]
+                if isinstance(prompt, str):
+                    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                elif isinstance(prompt, Sequence):
+                    if not getattr(tokenizer, "chat_template", None):
+                        raise ValueError(
+                            "a prompt is a list of chat messages but the tokenizer has no chat template; set "
+                            "tokenizer.chat_template or use string prompts."
+                        )
+                    text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+                    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+                else:
+                    raise TypeError(
+                        f"train_dataset row {index}: `prompt` must be a string or a list of chat messages, got "
+                        f"{type(prompt).__name__}."
+                    )
+            else:
+                raise ValueError(
+                    f"train_dataset row {index} has neither `input_ids` nor `prompt` (columns: {sorted(row)}); add a "
+                    "`prompt` column (text or chat messages) or tokenized `input_ids`."
+                )
+            if len(ids) == 0:
+                raise ValueError(
+                    f"train_dataset row {index} has an empty prompt; every prompt needs at least one token."
+                )
+            limit = self.args.max_prompt_length
+            if limit is not None and len(ids) > limit:
+                ids = ids[-limit:]
+                truncated += 1
+            prompt_ids.append(list(ids))
+            prompts.append(prompt)
+        return prompt_ids, prompts, truncated
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Rollout
+    # ------------------------------------------------------------------------------------------------------------
+    def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = self.processing_class.pad_token_id
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+        return ids.to(self.accelerator.device), mask.to(self.accelerator.device)
+
+    def generation_config(self) -> GenerationConfig:
+        """The sampling configuration (pure temperature sampling, as TRL 1.12)."""
+        return GenerationConfig(
+            max_new_tokens=self.args.response_length,
+            do_sample=True,
+            temperature=self.args.temperature + _EPS_TEMPERATURE,
+            top_k=0,
+            top_p=1.0,
+            eos_token_id=self.stop_token_id,
+            pad_token_id=self.processing_class.pad_token_id,
+        )
+
+    def generate_responses(
+        self, policy: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Sample responses for left-padded prompts; returns the new token ids ``[B, <= response_length]``.
+
+        This is the hook to override for a fixed generation (e.g. to feed identical rollouts to two trainers).
+        """
+        config = self.generation_config()
+        chunks = []
+        step = self.args.local_rollout_forward_batch_size
+        with _generation_config(policy, config):
+            for i in range(0, prompt_ids.shape[0], step):
+                out = policy.generate(
+                    input_ids=prompt_ids[i : i + step],
+                    attention_mask=prompt_mask[i : i + step],
+                    generation_config=config,
+                )
+                chunks.append(out[:, prompt_ids.shape[1] :])
+        width = max(c.shape[1] for c in chunks)
+        pad = self.processing_class.pad_token_id
+        return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks], dim=0)
+
+    @contextlib.contextmanager
+    def null_ref_context(self):
+        """The reference policy of a PEFT model: adapters disabled (or ``ref_adapter_name`` selected)."""
+        policy = self.accelerator.unwrap_model(self.model).policy
+        with policy.disable_adapter() if not self.args.ref_adapter_name else contextlib.nullcontext():
+            if self.args.ref_adapter_name:
+                policy.set_adapter(self.args.ref_adapter_name)
+            try:
+                yield
+            finally:
+                if self.args.ref_adapter_name:
+                    policy.set_adapter(self.args.model_adapter_name or "default")
+
+    @staticmethod
+    def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+        return (attention_mask.cumsum(1) - 1).clamp(min=0)
+
+    @torch.no_grad()
+    def rollout(self, rows: list[dict]) -> dict[str, Any]:
+        """Sample responses and compute old log-probs, reference log-probs and values (no gradients)."""
+        from trl.models.utils import unwrap_model_for_generation
+
+        args = self.args
+        prompt_lists, prompts, truncated = self._encode_rows(rows)
+        prompt_ids, prompt_mask = self._left_pad(prompt_lists)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
+            ) as unwrapped:
+                responses = self.generate_responses(unwrapped.policy, prompt_ids, prompt_mask)
+            responses = responses.to(prompt_ids.device)
+            length = responses.shape[1]
+            positions = torch.arange(length, device=responses.device).unsqueeze(0)
+            if self.stop_token_id is not None:
+                is_stop = responses == self.stop_token_id
+                first_stop = torch.where(
+                    is_stop.any(1), is_stop.float().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long)
+                )
+                response_mask = (positions <= first_stop.unsqueeze(1)).long()
+            else:
+                response_mask = torch.ones_like(responses)
+            responses = responses.masked_fill(response_mask == 0, self.processing_class.pad_token_id)
+
+            input_ids = torch.cat([prompt_ids, responses], dim=1)
+            attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+            position_ids = self._positions(attention_mask)
+            temperature = args.temperature + _EPS_TEMPERATURE
+            logprobs, ref_logprobs, values = [], [], []
+            unwrapped_model = self.accelerator.unwrap_model(self.model)
+            step = args.local_rollout_forward_batch_size
+            for i in range(0, input_ids.shape[0], step):
+                sl = slice(i, i + step)
+                logits, value = unwrapped_model(input_ids[sl], attention_mask[sl], position_ids[sl], length)
+                logprobs.append(logprobs_from_logits(logits, responses[sl], temperature))
+                values.append(value.float())
+                del logits
+                if self.ref_model is None:
+                    with self.null_ref_context():
+                        ref_logits, _ = unwrapped_model(
+                            input_ids[sl], attention_mask[sl], position_ids[sl], length, compute_values=False
+                        )
+                else:
+                    ref_logits = self.ref_model(
+                        input_ids=input_ids[sl],
+                        attention_mask=attention_mask[sl],
+                        position_ids=position_ids[sl],
+                        use_cache=False,
+                    ).logits[:, -length - 1 : -1]
+                ref_logprobs.append(logprobs_from_logits(ref_logits, responses[sl], temperature))
+                del ref_logits
+        finally:
+            self.model.train(was_training)
+        return {
+            "rows": rows,
+            "prompts": prompts,
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "responses": responses,
+            "response_mask": response_mask,
+            "logprobs": torch.cat(logprobs),
+            "ref_logprobs": torch.cat(ref_logprobs),
+            "values": torch.cat(values),
+            "prompts_truncated": truncated,
+        }
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Score
+    # ------------------------------------------------------------------------------------------------------------
+    def _call_reward(self, prompts: list, texts: list[str], rows: list[dict]) -> tuple[list[Any], int]:
+        """Call the reward function / span model; a raising call makes every sample of the batch a failure."""
+        try:
+            if self.reward_kind == "span_model":
+                outputs = self.reward_model.score(prompts, texts)
+            else:
+                context_keys = [k for k in rows[0] if k not in ("prompt", "input_ids", "response")]
+                context = {k: [row.get(k) for row in rows] for k in context_keys}
+                outputs = self.reward_model(prompts, texts, **context)
+            outputs = list(outputs) if outputs is not None else None
+        except Exception as error:  # a critic that raises must not stop training
+            logger.warning("reward model raised %s: %s; the batch gets no task reward.", type(error).__name__, error)
+            return [None] * len(texts), len(texts)
+        if outputs is None or len(outputs) != len(texts):
+            logger.warning(
+                "reward model returned %s outputs for %d responses; the batch gets no task reward.",
+                "no" if outputs is None else len(outputs),
+                len(texts),
+            )
+            return [None] * len(texts), len(texts)
+        return outputs, 0
+
+    @torch.no_grad()
+    def _classifier_scores(self, rollout: dict[str, Any]) -> torch.Tensor:
+        input_ids = torch.cat([rollout["prompt_ids"], rollout["responses"]], dim=1)
+        attention_mask = torch.cat([rollout["prompt_mask"], rollout["response_mask"]], dim=1)
+        backbone = getattr(self.reward_model, self.reward_model.base_model_prefix)
+        out = backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=self._positions(attention_mask),
+            use_cache=False,
+            output_hidden_states=True,
+        )
+        logits = self.reward_model.score(out.hidden_states[-1]).float()
+        last = rollout["prompt_ids"].shape[1] + last_token_positions(rollout["response_mask"])
+        return logits[torch.arange(logits.shape[0], device=logits.device), last, 0]
+
+    @torch.no_grad()
+    def score(self, rollout: dict[str, Any]) -> ScoredRollout:
+        """Decode the responses, call the reward model and align its spans to the sampled response tokens."""
+        args = self.args
+        responses, mask = rollout["responses"], rollout["response_mask"]
+        batch, length = responses.shape
+        device = responses.device
+        texts, offsets = [], []
+        for row in range(batch):
+            valid = responses[row][mask[row].bool()].tolist()
+            text, token_offsets = token_char_offsets(self.processing_class, valid)
+            texts.append(text)
+            offsets.append(token_offsets)
+
+        span_rewards = torch.zeros((batch, length), dtype=torch.float32, device=device)
+        scores = torch.zeros(batch, dtype=torch.float32, device=device)
+        explicit = torch.zeros(batch, dtype=torch.bool, device=device)
+        ok = torch.ones(batch, dtype=torch.bool, device=device)
+        failures = unlocated = 0
+        if self.reward_kind == "classifier":
+            scores = self._classifier_scores(rollout)
+            finite = torch.isfinite(scores)
+            ok &= finite
+            failures = int((~finite).sum())
+            scores = torch.where(finite, scores, torch.zeros_like(scores))
+            explicit[:] = True
+        else:
+            outputs, _ = self._call_reward(rollout["prompts"], texts, rollout["rows"])
+            for row, output in enumerate(outputs):
+                result = normalize_reward_output(
+                    output, texts[row], args.good_span_reward, args.poor_span_reward, args.fuzzy_threshold
+                )
+                unlocated += result.num_unlocated
+                if not result.ok:
+                    failures += 1
+                    ok[row] = False
+                    logger.info("sample %d: unusable reward (%s)", row, result.reason)
+                    continue
+                if result.scalar is not None:
+                    scores[row] = result.scalar
+                    explicit[row] = True
+                if result.spans is not None:
+                    n_valid = int(mask[row].sum())
+                    token_rewards = token_rewards_from_offsets(texts[row], offsets[row], result.spans)
+                    covered = token_rewards_from_offsets(
+                        texts[row], offsets[row], [(s, e, 1.0) for s, e, _ in result.spans]
+                    )
+                    values = np.where(covered != 0, token_rewards, args.neutral_span_reward)
+                    span_rewards[row, :n_valid] = torch.as_tensor(values, dtype=torch.float32, device=device)
+        span_rewards = span_rewards * length_decay_weights(
+            mask, args.span_length_decay_start, args.span_length_decay_scale, enabled=args.span_length_decay
+        )
+        if args.reward_mode in ("scalar", "hybrid"):
+            # a sample with only spans gets the mean token reward as its sequence score
+            derived = masked_mean(span_rewards, mask, dim=1)
+            scores = torch.where(explicit, scores, derived)
+        scores = torch.where(ok, scores, torch.zeros_like(scores))
+        span_rewards = span_rewards * ok.unsqueeze(1)
+        if args.missing_eos_penalty is not None:
+            has_eos = (responses == self.processing_class.eos_token_id).logical_and(mask.bool()).any(1)
+            scores = scores - args.missing_eos_penalty * (~has_eos).float()
+        keep = ok if args.on_critic_error == "skip" else torch.ones_like(ok)
+        return ScoredRollout(span_rewards, scores, keep, failures, unlocated, texts, offsets)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Advantages
+    # ------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def compute_advantages(self, rollout: dict[str, Any], scored: ScoredRollout) -> dict[str, torch.Tensor]:
+        """Per-token rewards, GAE and whitening; returns the tensors the loss needs plus rollout statistics."""
+        args = self.args
+        mask = rollout["response_mask"].float()
+        train_mask = mask * scored.keep.float().unsqueeze(1)
+        length = mask.shape[1]
+        kl = kl_per_token(rollout["logprobs"], rollout["ref_logprobs"], args.kl_estimator) * mask
+        score_positions = None
+        value_mask = mask
+        if args.trl112_score_placement:
+            last = last_token_positions(mask)
+            score_positions = torch.clamp(last + 1, max=length - 1)
+            positions = torch.arange(length, device=mask.device).unsqueeze(0)
+            value_mask = (positions <= score_positions.unsqueeze(1)).float()
+        value_train_mask = value_mask * scored.keep.float().unsqueeze(1)
+        rewards, non_score_reward = combine_rewards(
+            scored.span_rewards,
+            scored.scores,
+            kl,
+            mask,
+            self.kl_coef,
+            args.reward_mode,
+            scalar_weight=args.scalar_reward_weight,
+            span_weight=args.span_reward_weight,
+            score_positions=score_positions,
+        )
+        task_reward = (rewards - non_score_reward).sum(1)
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, value_train_mask, shift_mean=False) * value_mask
+        values = rollout["values"] * value_mask
+        advantages, returns = compute_gae(
+            rewards, values, value_mask, args.gamma, args.lam, reset_on_masked=args.gae_reset_on_masked
+        )
+        advantages = masked_whiten(advantages, train_mask) * train_mask
+        return {
+            "advantages": advantages,
+            "returns": returns,
+            "values": values,
+            "train_mask": train_mask,
+            "value_mask": value_train_mask,
+            "kl": kl,
+            "non_score_reward": non_score_reward,
+            "task_reward": task_reward,
+            "rewards": rewards,
+        }
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Generation batch -> micro-batches
+    # ------------------------------------------------------------------------------------------------------------
+    def _make_rollout(self, rows: list[dict]) -> dict[str, Any]:
+        rollout = self.rollout(rows)
+        scored = self.score(rollout)
+        extra = self.compute_advantages(rollout, scored)
+        all_failed_local = scored.failures == len(rows)
+        flag = torch.tensor([1.0 if all_failed_local else 0.0], device=self.accelerator.device)
+        all_failed_global = bool(self.accelerator.gather(flag).min() > 0.5)
+        if all_failed_local:
+            logger.warning(
+                "every sample of this rollout has an unusable reward (%d failures); its PPO updates are skipped.",
+                scored.failures,
+            )
+        self._log_rollout(rollout, scored, extra, all_failed_global)
+        self._maybe_render_heatmaps(rollout, scored, extra)
+        self._update_kl_coef(extra)
+        buffer = {
+            "input_ids": torch.cat([rollout["prompt_ids"], rollout["responses"]], dim=1),
+            "attention_mask": torch.cat([rollout["prompt_mask"], rollout["response_mask"]], dim=1),
+            "responses": rollout["responses"],
+            "logprobs": rollout["logprobs"],
+            "advantages": extra["advantages"],
+            "returns": extra["returns"],
+            "values": extra["values"],
+            "train_mask": extra["train_mask"],
+            "value_mask": extra["value_mask"],
+            "skip_local": torch.tensor(all_failed_local),
+            "skip_global": torch.tensor(all_failed_global),
+        }
+        self.last_rollout = {"rollout": rollout, "scored": scored, **extra}
+        return buffer
+
+    def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
+        if not self.model.training:
+            raise NotImplementedError("SpanPPOTrainer has no evaluation loop.")
+        if self._micro_step is None:
+            self._micro_step = self.state.global_step * self.args.gradient_accumulation_steps
+        index = self._micro_step % self.micro_steps_per_rollout
+        if index == 0 or self._buffer is None:
+            if index != 0:
+                logger.warning("no stored rollout for a resumed mid-rollout step; generating a fresh one.")
+            self._buffer = self._make_rollout(list(generation_batch))
+        per_epoch = self.args._span_ppo_rollout_ga  # micro-batches per PPO epoch
+        within = index % per_epoch
+        if within == 0 or self._permutation is None:
+            self._permutation = np.random.permutation(self.args.local_batch_size)
+        size = self.args.per_device_train_batch_size
+        rows = torch.as_tensor(self._permutation[within * size : (within + 1) * size], device=self.accelerator.device)
+        self._micro_step += 1
+        micro = {k: v[rows] if v.dim() > 0 else v for k, v in self._buffer.items()}
+        return micro
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Update
+    # ------------------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("SpanPPOTrainer.compute_loss does not return outputs.")
+        args = self.args
+        if bool(inputs["skip_global"]):
+            return torch.zeros((), device=self.accelerator.device, requires_grad=True)
+        responses = inputs["responses"]
+        length = responses.shape[1]
+        attention_mask = inputs["attention_mask"]
+        logits, values = model(inputs["input_ids"], attention_mask, self._positions(attention_mask), length)
+        logits = logits.float() / (args.temperature + _EPS_TEMPERATURE)
+        new_logprobs = logprobs_from_logits(logits, responses)
+        train_mask, value_mask = inputs["train_mask"], inputs["value_mask"]
+        pg_loss, pg_clipfrac, approx_kl = ppo_policy_loss(
+            new_logprobs, inputs["logprobs"], inputs["advantages"], train_mask, args.cliprange
+        )
+        vf_loss, vf_clipfrac = ppo_value_loss(
+            values.float(), inputs["values"], inputs["returns"], value_mask, args.cliprange_value
+        )
+        loss = pg_loss + args.vf_coef * vf_loss
+        if bool(inputs["skip_local"]):  # other ranks train on this rollout: take part with a zero loss
+            loss = loss * 0.0
+        with torch.no_grad():
+            ratio = torch.exp(new_logprobs - inputs["logprobs"])
+            stats = {
+                "policy/approxkl_avg": approx_kl,
+                "policy/clipfrac_avg": pg_clipfrac,
+                "loss/policy_avg": pg_loss.detach(),
+                "loss/value_avg": vf_loss.detach(),
+                "val/clipfrac_avg": vf_clipfrac,
+                "policy/entropy_avg": masked_mean(entropy_from_logits(logits), train_mask),
+                "val/ratio": masked_mean(ratio, train_mask),
+            }
+            for key, value in stats.items():
+                self._metrics[key].append(self.accelerator.gather(value.reshape(1)).mean().item())
+        return loss
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Logging
+    # ------------------------------------------------------------------------------------------------------------
+    def _gather_mean(self, value: torch.Tensor | float) -> float:
+        tensor = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).reshape(1)
+        return self.accelerator.gather(tensor).mean().item()
+
+    def _gather_sum(self, value: torch.Tensor | float) -> float:
+        tensor = torch.as_tensor(value, dtype=torch.float32, device=self.accelerator.device).reshape(1)
+        return self.accelerator.gather(tensor).sum().item()
+
+    def _log_rollout(self, rollout, scored: ScoredRollout, extra, skipped: bool) -> None:
+        mask = rollout["response_mask"].float()
+        kl, non_score = extra["kl"], extra["non_score_reward"]
+        rewarded = (scored.span_rewards != 0).float() * mask
+        rollouts_done = self._micro_step // self.micro_steps_per_rollout + 1
+        metrics = {
+            "objective/kl": kl.sum(1).mean(),
+            "objective/entropy": (-rollout["logprobs"] * mask).sum(1).mean(),
+            "objective/non_score_reward": non_score.sum(1).mean(),
+            "objective/rlhf_reward": (non_score.sum(1) + extra["task_reward"]).mean(),
+            "objective/scores": extra["task_reward"].mean(),
+            "span/frac_tokens_rewarded": rewarded.sum() / mask.sum().clamp(min=1),
+            "span/good_tokens": ((scored.span_rewards > 0).float() * mask).sum(1).mean(),
+            "span/poor_tokens": ((scored.span_rewards < 0).float() * mask).sum(1).mean(),
+        }
+        for key, value in metrics.items():
+            self._metrics[key].append(self._gather_mean(value))
+        sums = {
+            "span/quotes_unlocated": scored.quotes_unlocated,
+            "span/critic_failures": scored.failures,
+            "val/num_eos_tokens": (rollout["responses"] == self.processing_class.eos_token_id)
+            .logical_and(mask.bool())
+            .sum(),
+            "rollout/prompts_truncated": rollout["prompts_truncated"],
+            "rollout/skipped": float(skipped),
+        }
+        for key, value in sums.items():
+            self._metrics[key].append(self._gather_sum(value))
+        self._metrics["objective/kl_coef"].append(self.kl_coef)
+        self._metrics["episode"].append(float(rollouts_done * self.args.batch_size))
+
+    def _update_kl_coef(self, extra) -> None:
+        if not self.args.adaptive_kl:
+            return
+        mean_kl = self._gather_mean(extra["kl"].sum(1).mean())
+        error = float(np.clip(mean_kl / self.args.kl_target - 1.0, -0.2, 0.2))
+        self.kl_coef *= 1.0 + error * self.args.batch_size / self.args.kl_horizon
+
+    def _maybe_render_heatmaps(self, rollout, scored: ScoredRollout, extra) -> None:
+        every = self.args.heatmap_every_n_steps
+        if not every or not self.accelerator.is_main_process:
+            return
+        rollout_index = self._micro_step // self.micro_steps_per_rollout
+        if rollout_index % every != 0:
+            return
+        from ..visualize import render_token_rewards_html, render_token_rewards_terminal
+
+        task = (extra["rewards"] - extra["non_score_reward"]).cpu()
+        parts = ["<html><body>"]
+        for row in range(min(4, len(scored.texts))):
+            text, offsets = scored.texts[row], scored.offsets[row]
+            ids = rollout["responses"][row][rollout["response_mask"][row].bool()].tolist()
+            pieces = [
+                text[s:e] if e > s else self.processing_class.convert_ids_to_tokens(i)
+                for (s, e), i in zip(offsets, ids)
+            ]
+            rewards = task[row, : len(pieces)].tolist()
+            title = f"rollout {rollout_index} sample {row}: {str(rollout['prompts'][row])[-200:]}"
+            parts.append(render_token_rewards_html(pieces, rewards, title=title))
+            if not self.args.report_to or self.args.report_to == ["none"] or self.args.report_to == "none":
+                print(title)
+                print(render_token_rewards_terminal(pieces, rewards))
+        parts.append("</body></html>")
+        directory = os.path.join(self.args.output_dir, "heatmaps")
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, f"rollout_{rollout_index:06d}.html"), "w") as f:
+            f.write("\n".join(parts))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model is not None and self.model.training:
+            for key, values in self._metrics.items():
+                if values:
+                    logs[key] = float(np.mean(values))
+            if "policy/entropy_avg" in self._metrics or "val/ratio" in self._metrics:
+                ratios = self._metrics.get("val/ratio", [])
+                if len(ratios) > 1:
+                    logs["val/ratio_var"] = float(np.var(ratios, ddof=1))
+            if "learning_rate" in logs:
+                logs["lr"] = logs["learning_rate"]
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Saving and resuming
+    # ------------------------------------------------------------------------------------------------------------
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if state_dict is not None and self.is_deepspeed_enabled:
+            policy_state = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
+            unwrapped.policy.save_pretrained(output_dir, state_dict=policy_state)
+            if unwrapped.v_head is not None:
+                from safetensors.torch import save_file
+
+                from .modeling import VALUE_HEAD_FILE
+
+                head = {k[len("v_head.") :]: v.contiguous() for k, v in state_dict.items() if k.startswith("v_head.")}
+                save_file(head, os.path.join(output_dir, VALUE_HEAD_FILE))
+            else:
+                from .modeling import VALUE_MODEL_DIR
+
+                value_state = {
+                    k[len("value_model.") :]: v for k, v in state_dict.items() if k.startswith("value_model.")
+                }
+                unwrapped.value_model.save_pretrained(
+                    os.path.join(output_dir, VALUE_MODEL_DIR), state_dict=value_state
+                )
+        else:
+            unwrapped.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        target.load_checkpoint(resume_from_checkpoint)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        run_dir = self._get_output_dir(trial=trial)
+        checkpoint = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        if not os.path.isdir(checkpoint):
+            return
+        state = {
+            "buffer": None if self._buffer is None else {k: v.cpu() for k, v in self._buffer.items()},
+            "permutation": self._permutation,
+            "micro_step": self._micro_step,
+            "kl_coef": self.kl_coef,
+        }
+        torch.save(state, os.path.join(checkpoint, _STATE_FILE.format(rank=self.accelerator.process_index)))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
+        """``Trainer.train``; resuming also restores the current rollout, PPO-epoch permutation and KL coefficient."""
+        self._micro_step = None
+        self._buffer = None
+        self._permutation = None
+        if resume_from_checkpoint:
+            path = resume_from_checkpoint
+            if isinstance(path, bool):
+                path = get_last_checkpoint(self.args.output_dir)
+                if path is None:
+                    raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir!r} to resume from.")
+            state_file = os.path.join(path, _STATE_FILE.format(rank=self.accelerator.process_index))
+            if os.path.exists(state_file):
+                state = torch.load(state_file, weights_only=False)
+                device = self.accelerator.device
+                self._buffer = (
+                    None if state["buffer"] is None else {k: v.to(device) for k, v in state["buffer"].items()}
+                )
+                self._permutation = state["permutation"]
+                self._micro_step = state["micro_step"]
+                self.kl_coef = state["kl_coef"]
+            resume_from_checkpoint = path
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)

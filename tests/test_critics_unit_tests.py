@@ -1,0 +1,172 @@
+"""UnitTestCritic: sandboxed execution of responses against unit tests, failures quoted as poor spans."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trl_text2grad.critics.unit_tests import UnitTestCritic, function_line_range
+from trl_text2grad.spans import locate_critique
+from trl_text2grad.tasks.humaneval import load_humaneval
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return load_humaneval()[2]  # truncate_number
+
+
+def _run(critic, problem, responses):
+    return critic.critique(
+        [problem["prompt"]] * len(responses),
+        responses,
+        tests=[problem["test"]] * len(responses),
+        entry_point=[problem["entry_point"]] * len(responses),
+    )
+
+
+def _fence(code: str) -> str:
+    return f"Here is my solution.\n```python\n{code}\n```\nIt handles all cases."
+
+
+def test_passing_chat_answer_gets_last_line_as_good(problem):
+    critic = UnitTestCritic(timeout=10)
+    response = _fence('def truncate_number(number: float) -> float:\n    """Decimal part."""\n    whole = int(number)\n    return number - whole')
+    (critique,) = _run(critic, problem, [response])
+    assert "passed" in critique.text
+    assert critique.good == ["return number - whole"] and critique.poor == []
+    ((start, end, score),) = critic.last_spans[0]
+    assert response[start:end] == "return number - whole" and score == 1.0
+    assert critic.last_results[0].passed
+
+
+def test_good_span_modes(problem):
+    response = _fence("def truncate_number(number: float) -> float:\n    whole = int(number)\n    return number - whole")
+    (body,) = _run(UnitTestCritic(good_span="body"), problem, [response])
+    assert body.good == ["whole = int(number)\n    return number - whole"]
+    (none,) = _run(UnitTestCritic(good_span="none"), problem, [response])
+    assert none.good == [] and "passed" in none.text
+    with pytest.raises(ValueError, match="good_span"):
+        UnitTestCritic(good_span="all")
+
+
+def test_failing_assertion_blames_the_function_body(problem):
+    critic = UnitTestCritic()
+    response = _fence("def truncate_number(number: float) -> float:\n    whole = round(number)\n    return number - whole")
+    (critique,) = _run(critic, problem, [response])
+    assert "assertion failed" in critique.text
+    assert critique.poor == ["whole = round(number)\n    return number - whole"]
+    assert critique.good == []
+    located = locate_critique(response, critique)
+    assert located.num_unlocated == 0
+    assert located.span_tuples() == critic.last_spans[0]
+
+
+def test_exception_blames_the_raising_line(problem):
+    critic = UnitTestCritic()
+    response = _fence(
+        "def truncate_number(number: float) -> float:\n    parts = str(number).split('.')\n"
+        "    digits = parts[3]\n    return float('0.' + digits)"
+    )
+    (critique,) = _run(critic, problem, [response])
+    assert critique.poor == ["digits = parts[3]"]
+    assert "IndexError" in critique.text
+    ((start, end, score),) = critic.last_spans[0]
+    assert response[start:end] == "digits = parts[3]" and score == -1.0
+
+
+def test_syntax_error_blames_its_line(problem):
+    critic = UnitTestCritic()
+    response = _fence("def truncate_number(number: float) -> float\n    return number % 1.0")
+    (critique,) = _run(critic, problem, [response])
+    assert critique.poor == ["def truncate_number(number: float) -> float"]
+    assert "SyntaxError" in critique.text
+
+
+def test_timeout_and_hostile_code_are_contained(problem):
+    critic = UnitTestCritic(timeout=1.5)
+    looping = _fence("def truncate_number(number: float) -> float:\n    while True:\n        pass")
+    hostile = _fence("import os\n\ndef truncate_number(number: float) -> float:\n    os.system('rm -rf /tmp/x')\n    return number % 1.0")
+    loop_critique, hostile_critique = _run(critic, problem, [looping, hostile])
+    assert "did not finish" in loop_critique.text and "timeout" in loop_critique.text
+    assert loop_critique.poor == ["while True:\n        pass"]
+    assert hostile_critique.poor == ["os.system('rm -rf /tmp/x')"]
+    assert "forbidden operation" in hostile_critique.text
+
+
+def test_missing_function_and_missing_code(problem):
+    critic = UnitTestCritic()
+    wrong_name, no_code = _run(critic, problem, [_fence("def other(x):\n    return 0.5"), ""])
+    assert "does not define `truncate_number`" in wrong_name.text and wrong_name.poor == []
+    assert "no code" in no_code.text and critic.last_results[1] is None
+
+
+def test_base_model_continuation(problem):
+    critic = UnitTestCritic()
+    (critique,) = _run(critic, problem, ["    return number % 1.0\n"])
+    assert critique.good == ["return number % 1.0"]
+
+
+def test_kodcode_fixture_rows():
+    rows = [json.loads(line) for line in (FIXTURES / "kodcode_light_rl.jsonl").read_text().splitlines()]
+    critic = UnitTestCritic()
+    critiques = critic.critique(
+        [r["question"] for r in rows],
+        [r["response"] for r in rows],
+        tests=[r["test"] for r in rows],
+        entry_point=[r["test_info"][0]["function_name"] for r in rows],
+    )
+    wrong_parity, correct, zero_division = critiques
+    assert "assertion failed" in wrong_parity.text and "if n % 2 == 1:" in wrong_parity.poor[0]
+    assert "passed" in correct.text and correct.good == ["return ' '.join(reversed(words))"]
+    assert zero_division.poor == ["result = a / b"] and "ZeroDivisionError" in zero_division.text
+
+
+def test_context_is_required(problem):
+    with pytest.raises(ValueError, match="tests="):
+        UnitTestCritic().critique(["p"], ["r"])
+    with pytest.raises(ValueError, match="one entry per sample"):
+        UnitTestCritic().critique(["p"], ["r"], tests=["a", "b"])
+
+
+def test_function_line_range():
+    code = 'x = 1\n\ndef f(a,\n      b):\n    """Doc\n    more."""\n\n    y = a\n    return y\n\nprint(f(1, 2))'
+    assert function_line_range(code, "f") == (2, 7, 8)
+    assert function_line_range(code, "g") is None
+    assert function_line_range("def f():\n    '''only doc'''\n", "f") == (0, 0, 0)
+
+
+@pytest.mark.slow
+def test_unit_test_critic_on_smollm2_humaneval_completions():
+    """The default SmolLM2 answers a few HumanEval problems in chat form; the critic judges each one."""
+    from trl_text2grad.models import load_default_model, load_default_tokenizer
+
+    tokenizer, model = load_default_tokenizer(), load_default_model()
+    problems = load_humaneval().select([0, 2, 7, 12])
+    chats = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Complete this Python function:\n```python\n" + p["prompt"] + "```"}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for p in problems
+    ]
+    encoded = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
+    output = model.generate(**encoded, max_new_tokens=160, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    responses = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+    critic = UnitTestCritic(timeout=10)
+    critiques = critic.critique(
+        problems["prompt"], responses, tests=problems["test"], entry_point=problems["entry_point"]
+    )
+    assert len(critiques) == 4
+    for response, critique, spans, result in zip(responses, critiques, critic.last_spans, critic.last_results):
+        assert critique.text
+        for start, end, _ in spans:  # every span indexes the response
+            assert 0 <= start < end <= len(response)
+        if result is not None and result.passed:
+            assert critique.poor == []
+        elif spans:
+            assert all(score == -1.0 for _, _, score in spans)

@@ -1,0 +1,165 @@
+"""Hostile completions must be contained by the sandbox and reported as failures with a clear reason."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from trl_text2grad.critics.sandbox import run_python, sandbox_capabilities
+
+CAPS = sandbox_capabilities()
+
+
+def test_clean_program_passes_and_captures_output():
+    result = run_python("print('hello', 1 + 1)", timeout=10)
+    assert result.passed and result.returncode == 0 and not result.timed_out
+    assert result.stdout.strip() == "hello 2"
+    assert result.reason == "passed"
+
+
+def test_failing_assertion_is_reported():
+    result = run_python("def f(x):\n    return x + 1\nassert f(1) == 3, 'f(1) should be 3'\n", timeout=10)
+    assert not result.passed
+    assert result.reason.startswith("assertion failed")
+    assert "f(1) should be 3" in result.reason
+    assert 'main.py", line 3' in result.stderr
+
+
+def test_infinite_loop_is_killed_by_wall_clock():
+    start = time.monotonic()
+    result = run_python("while True:\n    pass\n", timeout=1.5)
+    assert time.monotonic() - start < 10
+    assert not result.passed and result.timed_out
+    assert "timeout" in result.reason
+
+
+def test_huge_allocation_hits_memory_limit():
+    result = run_python("x = bytearray(10 * 1024 ** 3)\nprint('allocated')\n", timeout=10, memory_mb=512)
+    assert not result.passed
+    assert "allocated" not in result.stdout
+    assert "memory limit" in result.reason
+
+
+def test_fork_is_blocked_by_guard():
+    result = run_python("import os\nfor _ in range(100):\n    os.fork()\n", timeout=5)
+    assert not result.passed
+    assert "os.fork" in result.reason and "forbidden" in result.reason
+
+
+@pytest.mark.skipif(not CAPS["drop_uid"], reason="RLIMIT_NPROC only binds when the child runs unprivileged")
+def test_fork_loop_without_guard_is_bounded_by_process_limit():
+    """OS layer alone (guard off): a fork loop stops at RLIMIT_NPROC and every child dies with the sandbox."""
+    program = (
+        "import os, sys, time\n"
+        "children = 0\n"
+        "try:\n"
+        "    for _ in range(200):\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(60)\n"
+        "            os._exit(0)\n"
+        "        children += 1\n"
+        "except OSError as error:\n"
+        "    print('limited after', children, type(error).__name__, flush=True)\n"
+        "    sys.exit(3)\n"
+        "print('unbounded', children)\n"
+    )
+    result = run_python(program, timeout=10, max_processes=8, guard=False)
+    assert not result.passed
+    assert "limited after" in result.stdout, result.stdout + result.stderr
+    assert int(result.stdout.split()[2]) < 8
+    time.sleep(0.5)
+    leftovers = subprocess.run(["pgrep", "-u", "65534", "-f", "time.sleep"], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "sleeping children survived the sandbox"
+
+
+def test_writing_outside_workdir_is_denied(tmp_path):
+    target = tmp_path / "evil.txt"
+    for code in (f"open({str(target)!r}, 'w').write('pwned')", f"import io\nio.FileIO({str(target)!r}, 'w')"):
+        result = run_python(code, timeout=10)
+        assert not result.passed
+        assert "PermissionError" in result.reason or "not allowed" in result.reason
+    assert not target.exists()
+
+
+def test_writing_inside_workdir_is_allowed():
+    code = "open('scratch.txt', 'w').write('ok')\nimport os\nassert open('scratch.txt').read() == 'ok'\nos.remove('scratch.txt')\n"
+    assert run_python(code, timeout=10).passed
+
+
+def test_deleting_files_outside_is_denied(tmp_path):
+    victim = tmp_path / "keep.txt"
+    victim.write_text("precious")
+    os.chmod(tmp_path, 0o755)
+    for code in (
+        f"import os\nos.remove({str(victim)!r})",
+        f"import shutil\nshutil.rmtree({str(tmp_path)!r})",
+    ):
+        result = run_python(code, timeout=10)
+        assert not result.passed, code
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.skipif(not CAPS["drop_uid"], reason="file permissions only protect when the child runs unprivileged")
+def test_deleting_files_without_guard_is_denied_by_permissions(tmp_path):
+    victim = tmp_path / "keep.txt"
+    victim.write_text("precious")
+    os.chmod(tmp_path, 0o755)
+    result = run_python(f"import os\nos.unlink({str(victim)!r})", timeout=10, guard=False)
+    assert not result.passed and "PermissionError" in result.reason
+    assert victim.exists()
+
+
+def test_environment_secrets_are_scrubbed(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-very-secret")
+    monkeypatch.setenv("HF_TOKEN", "hf_very_secret")
+    code = "import os\nprint(sorted(os.environ))\nassert os.environ.get('OPENAI_API_KEY'), 'no api key visible'\n"
+    result = run_python(code, timeout=10)
+    assert not result.passed
+    assert "no api key visible" in result.reason
+    assert "sk-test-very-secret" not in result.stdout + result.stderr
+    assert "HF_TOKEN" not in result.stdout
+
+
+def test_socket_is_blocked():
+    result = run_python("import socket\ns = socket.socket()\ns.connect(('127.0.0.1', 9))\n", timeout=10)
+    assert not result.passed and "network" in result.reason
+
+
+@pytest.mark.skipif(not CAPS["namespaces"], reason="no network namespace available on this machine")
+def test_socket_without_guard_has_no_network():
+    code = "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=3)\n"
+    result = run_python(code, timeout=10, guard=False)
+    assert not result.passed
+    assert "OSError" in result.reason or "unreachable" in result.reason.lower()
+
+
+def test_os_system_and_subprocess_are_blocked(tmp_path):
+    marker = tmp_path / "ran"
+    for code in (
+        f"import os\nos.system('touch {marker}')",
+        f"import subprocess\nsubprocess.run(['touch', '{marker}'])",
+    ):
+        result = run_python(code, timeout=10)
+        assert not result.passed and "forbidden operation" in result.reason
+    assert not marker.exists()
+
+
+def test_output_is_capped():
+    result = run_python("print('x' * 5_000_000)", timeout=10, max_output_bytes=1000)
+    assert len(result.stdout) == 1000 and result.output_truncated
+
+
+def test_workdir_is_removed_afterwards():
+    result = run_python("import os\nprint(os.getcwd())", timeout=10)
+    assert result.passed
+    assert not os.path.exists(result.stdout.strip())
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(TypeError, match="code must be a str"):
+        run_python(b"print(1)")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout"):
+        run_python("print(1)", timeout=0)

@@ -1,0 +1,494 @@
+"""SpanPPOTrainer on tiny random Llama models with the SmolLM2 tokenizer (fast), plus one real SmolLM2 run (slow)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+
+from trl_text2grad import Critique
+from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
+from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer, normalize_reward_output, token_char_offsets
+
+METRICS = [
+    "objective/kl",
+    "objective/entropy",
+    "objective/non_score_reward",
+    "objective/rlhf_reward",
+    "objective/scores",
+    "policy/approxkl_avg",
+    "policy/clipfrac_avg",
+    "loss/policy_avg",
+    "loss/value_avg",
+    "val/clipfrac_avg",
+    "policy/entropy_avg",
+    "val/ratio",
+    "val/num_eos_tokens",
+    "lr",
+    "episode",
+    "span/frac_tokens_rewarded",
+    "span/good_tokens",
+    "span/poor_tokens",
+    "span/quotes_unlocated",
+    "span/critic_failures",
+]
+
+
+def _args(tmp_path, **overrides) -> SpanPPOConfig:
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        num_ppo_epochs=2,
+        num_mini_batches=2,
+        response_length=8,
+        total_episodes=8,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        stop_token="eos",
+        disable_tqdm=True,
+        seed=0,
+    )
+    settings.update(overrides)
+    return SpanPPOConfig(**settings)
+
+
+def _dataset(n: int = 8) -> Dataset:
+    return Dataset.from_dict({"prompt": [f"Write a short answer number {i}:" for i in range(n)], "task_id": list(range(n))})
+
+
+def quote_prefix_critic(prompts, responses, task_id=None, **context):
+    """Good quote: the first 6 non-space-stripped characters; poor quote: the last 4 (when long enough)."""
+    assert task_id is not None and len(task_id) == len(responses)  # dataset columns arrive as context
+    out = []
+    for text in responses:
+        good = [text[:6]] if text[:6].strip() else []
+        poor = [text[-4:]] if len(text) >= 12 and text[-4:].strip() else []
+        out.append(Critique("critique", good=good, poor=poor))
+    return out
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _changed(before, model) -> int:
+    return sum(int(not torch.equal(a, b)) for a, b in zip(before, model.parameters()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------
+def test_token_char_offsets_tile_the_text(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    text = "def f(x): return x² + 1  # café 中文 😀"
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    decoded, offsets = token_char_offsets(tok, ids)
+    assert decoded == text
+    assert offsets[-1][0] == offsets[-1][1] == len(text)  # special token: zero width
+    assert offsets[0][0] == 0 and max(e for _, e in offsets) == len(text)
+    for (s0, e0), (s1, e1) in zip(offsets, offsets[1:]):
+        assert e0 <= e1 and s1 >= s0  # monotonic, contiguous cover
+        assert s1 == e0 or (s1, e1) == (s0, e0)  # shared range only for split multi-byte characters
+    # a multi-byte character split over several byte tokens: all its tokens share its range
+    emoji_tokens = [i for i, (s, e) in enumerate(offsets) if "😀" in text[s:e]]
+    assert len(emoji_tokens) >= 2 and len({offsets[i] for i in emoji_tokens}) == 1
+
+
+def test_normalize_reward_output_forms():
+    text = "alpha beta gamma"
+    assert normalize_reward_output(1.5, text).scalar == 1.5
+    assert not normalize_reward_output(float("nan"), text).ok
+    assert not normalize_reward_output(None, text).ok
+    assert not normalize_reward_output("bad", text).ok
+    assert normalize_reward_output([(0, 5, 2.0)], text).spans == [(0, 5, 2.0)]
+    assert not normalize_reward_output([(0, 99, 1.0)], text).ok  # out of range
+    assert not normalize_reward_output([(0, 3)], text).ok  # malformed
+    located = normalize_reward_output(Critique("", good=["beta"], poor=["zzzz qqqq"]), text)
+    assert located.ok and located.spans == [(6, 10, 1.0)] and located.num_unlocated == 1
+    assert not normalize_reward_output(Critique("", good=["not there at all"], poor=[]), text).ok
+    both = normalize_reward_output({"score": 0.5, "good_spans": ["gamma"], "poor_spans": []}, text, 2.0, -3.0)
+    assert both.scalar == 0.5 and both.spans == [(11, 16, 2.0)]
+    pair = normalize_reward_output((0.25, [(0, 5, -1.0)]), text)
+    assert pair.scalar == 0.25 and pair.spans == [(0, 5, -1.0)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["span", "scalar", "hybrid"])
+def test_updates_change_parameters_and_log_metrics(tmp_path, smollm2_tokenizer, tiny_llama, mode):
+    trainer = SpanPPOTrainer(
+        _args(tmp_path, reward_mode=mode),
+        smollm2_tokenizer,
+        tiny_llama(),
+        None,
+        quote_prefix_critic,
+        _dataset(),
+        value_model=None,
+    )
+    before = _params(trainer.model)
+    ref_before = _params(trainer.ref_model)
+    trainer.train()
+    # 2 rollouts x 2 PPO epochs x 2 mini-batches = 8 optimizer steps
+    assert trainer.state.global_step == 8
+    assert _changed(before, trainer.model) == len(before)
+    assert _changed(ref_before, trainer.ref_model) == 0
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert set(METRICS) <= logged
+    first = trainer.state.log_history[0]
+    assert first["episode"] == 4 and first["span/critic_failures"] == 0
+    assert math.isfinite(first["loss/policy_avg"]) and math.isfinite(first["loss/value_avg"])
+    assert first["objective/kl"] == pytest.approx(0.0, abs=1e-5)  # policy == reference at the first rollout
+    scored = trainer.last_rollout["scored"]
+    if mode == "scalar":
+        # spans only: the sequence score is the mean token reward, placed on the last valid token
+        mask = trainer.last_rollout["rollout"]["response_mask"].float()
+        expected = (scored.span_rewards * mask).sum(1) / mask.sum(1)
+        torch.testing.assert_close(scored.scores, expected)
+        assert first["span/frac_tokens_rewarded"] > 0
+
+
+class FixedResponseTrainer(SpanPPOTrainer):
+    """Feeds a known response instead of sampling (the hook a parity run uses for identical rollouts)."""
+
+    fixed_text = "The answer is 42 because six times seven is forty-two."
+
+    def generate_responses(self, policy, prompt_ids, prompt_mask):
+        tok = self.processing_class
+        ids = tok(self.fixed_text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return torch.tensor([ids] * prompt_ids.shape[0], device=prompt_ids.device)
+
+
+def test_span_rewards_land_exactly_on_quoted_tokens(tmp_path, smollm2_tokenizer, tiny_llama):
+    tok = smollm2_tokenizer
+    text = FixedResponseTrainer.fixed_text
+
+    def critic(prompts, responses, **context):
+        assert all(r == text for r in responses)
+        return [Critique("", good=["42 because"], poor=["forty-two"]) for _ in responses]
+
+    trainer = FixedResponseTrainer(
+        _args(tmp_path, total_episodes=4, num_ppo_epochs=1, num_mini_batches=1, kl_coef=0.0),
+        tok,
+        tiny_llama(),
+        None,
+        critic,
+        _dataset(4),
+        None,
+    )
+    trainer.train()
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    good_start, poor_start = text.index("42 because"), text.index("forty-two")
+    expected = []
+    for s, e in enc["offset_mapping"]:
+        piece = text[s:e]
+        touches_good = s < good_start + len("42 because") and e > good_start and piece.strip()
+        touches_poor = s < poor_start + len("forty-two") and e > poor_start and piece.strip()
+        expected.append(-1.0 if touches_poor else (1.0 if touches_good else 0.0))
+    expected.append(0.0)  # the EOS token
+    span_rewards = trainer.last_rollout["scored"].span_rewards
+    mask = trainer.last_rollout["rollout"]["response_mask"]
+    assert mask.sum(1).tolist() == [len(expected)] * 4
+    for row in range(4):
+        assert span_rewards[row, : len(expected)].tolist() == expected
+    assert sum(v == 1.0 for v in expected) >= 2 and sum(v == -1.0 for v in expected) >= 2
+    # with kl_coef 0 the per-token reward is exactly the span reward (the EOS token also gets nothing)
+    rewards = trainer.last_rollout["rewards"]
+    assert rewards[0, : len(expected)].tolist() == pytest.approx(expected)
+
+
+def test_fixed_generation_scalar_rewards_on_last_token(tmp_path, smollm2_tokenizer, tiny_llama):
+    trainer = FixedResponseTrainer(
+        _args(tmp_path, total_episodes=4, num_ppo_epochs=1, num_mini_batches=1, kl_coef=0.0, reward_mode="scalar"),
+        smollm2_tokenizer,
+        tiny_llama(),
+        None,
+        lambda prompts, responses, **c: [2.0] * len(responses),
+        _dataset(4),
+        None,
+    )
+    trainer.train()
+    rewards = trainer.last_rollout["rewards"]
+    n = int(trainer.last_rollout["rollout"]["response_mask"][0].sum())
+    assert rewards[0, n - 1].item() == 2.0 and rewards[0, : n - 1].abs().sum().item() == 0.0
+
+
+def test_peft_reference_is_adapter_disabled_policy(tmp_path, smollm2_tokenizer, tiny_llama):
+    from peft import LoraConfig
+
+    model = tiny_llama()
+    base_before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = SpanPPOTrainer(
+        _args(tmp_path, learning_rate=1e-2),
+        smollm2_tokenizer,
+        model,
+        None,
+        quote_prefix_critic,
+        _dataset(),
+        None,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )
+    assert trainer.ref_model is None and trainer.is_peft_model
+    trainer.train()
+    policy = trainer.model.policy
+    lora = {k: v for k, v in policy.state_dict().items() if "lora_" in k}
+    assert lora and any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
+    for name, value in policy.get_base_model().state_dict().items():  # frozen base weights never change
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(value, base_before[key]), name
+    history = trainer.state.log_history
+    kls = [h["objective/kl"] for h in history if "objective/kl" in h]
+    assert kls[0] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero: policy == reference
+    assert kls[-1] != pytest.approx(0.0, abs=1e-6)  # afterwards the adapter moved the policy away
+    # the saved policy is the adapter
+    trainer.save_model(str(tmp_path / "saved"))
+    assert (tmp_path / "saved" / "adapter_config.json").exists()
+    assert (tmp_path / "saved" / "value_head.safetensors").exists()
+
+
+def test_bad_critic_outputs_never_stop_training(tmp_path, smollm2_tokenizer, tiny_llama, caplog):
+    calls = {"n": 0}
+
+    def flaky(prompts, responses, **context):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("critic service down")
+        if calls["n"] == 2:
+            return [None, float("nan"), Critique("", good=["no such quote anywhere"], poor=[]), [(0, 10_000, 1.0)]]
+        return [1.0, None, [(0, 0, 1.0)], Critique("", good=[], poor=[])]
+
+    trainer = SpanPPOTrainer(
+        _args(tmp_path, total_episodes=12), smollm2_tokenizer, tiny_llama(), None, flaky, _dataset(12), None
+    )
+    before = _params(trainer.model)
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert trainer.state.global_step == 12
+    rollouts = [h for h in trainer.state.log_history if "span/critic_failures" in h]
+    assert [h["span/critic_failures"] for h in rollouts] == [4, 4, 1]
+    assert [h["rollout/skipped"] for h in rollouts] == [1, 1, 0]
+    assert any("unusable reward" in r.message or "raised" in r.message for r in caplog.records)
+    assert _changed(before, trainer.model) > 0  # the last rollout trained
+    assert rollouts[0]["span/quotes_unlocated"] == 0 and rollouts[1]["span/quotes_unlocated"] == 1
+
+
+def test_all_failed_rollout_leaves_parameters_untouched(tmp_path, smollm2_tokenizer, tiny_llama):
+    trainer = SpanPPOTrainer(
+        _args(tmp_path, total_episodes=4),
+        smollm2_tokenizer,
+        tiny_llama(),
+        None,
+        lambda prompts, responses, **c: [None] * len(responses),
+        _dataset(4),
+        None,
+    )
+    before = _params(trainer.model)
+    trainer.train()
+    assert trainer.state.global_step == 4
+    assert _changed(before, trainer.model) == 0
+
+
+def test_skip_mode_drops_failed_samples_from_the_loss(tmp_path, smollm2_tokenizer, tiny_llama):
+    trainer = SpanPPOTrainer(
+        _args(tmp_path, total_episodes=4, on_critic_error="skip"),
+        smollm2_tokenizer,
+        tiny_llama(),
+        None,
+        lambda prompts, responses, **c: [1.0, None, 0.5, float("inf")],
+        _dataset(4),
+        None,
+    )
+    trainer.train()
+    keep = trainer.last_rollout["scored"].keep.tolist()
+    assert sorted(keep) == [False, False, True, True]
+    train_mask = trainer.last_rollout["train_mask"]
+    rows = trainer.last_rollout["rollout"]["rows"]
+    assert len(rows) == 4
+    for row, kept in enumerate(keep):
+        assert (train_mask[row].sum() > 0) == kept
+        if not kept:
+            assert trainer.last_rollout["advantages"][row].abs().sum() == 0
+
+
+def test_classifier_reward_and_separate_value_model(tmp_path, smollm2_tokenizer, tiny_llama):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    tok = smollm2_tokenizer
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(1)
+    reward_model = LlamaForSequenceClassification(config)
+    value_model = LlamaForSequenceClassification(config)
+    trainer = SpanPPOTrainer(
+        _args(tmp_path, reward_mode="scalar", missing_eos_penalty=1.0, stop_token=None, stop_token_id=None),
+        tok,
+        tiny_llama(),
+        None,
+        reward_model,
+        _dataset(),
+        value_model,
+    )
+    value_before = _params(value_model)
+    trainer.train()
+    assert trainer.reward_kind == "classifier"
+    assert _changed(value_before, trainer.model.value_model) > 0
+    rollout = trainer.last_rollout["rollout"]
+    # no stop token: full-length responses, no EOS -> every score carries the missing-EOS penalty
+    assert rollout["response_mask"].sum().item() == rollout["response_mask"].numel()
+    raw = trainer._classifier_scores(rollout)
+    torch.testing.assert_close(trainer.last_rollout["scored"].scores, raw - 1.0)
+    trainer.save_model(str(tmp_path / "saved"))
+    assert (tmp_path / "saved" / "value_model" / "config.json").exists()
+
+
+def test_tokenized_prompts_and_prompt_truncation(tmp_path, smollm2_tokenizer, tiny_llama):
+    tok = smollm2_tokenizer
+    long_ids = tok("one two three four five six seven eight nine ten", add_special_tokens=False)["input_ids"]
+    ds = Dataset.from_dict({"input_ids": [long_ids, long_ids[:3], long_ids, long_ids[:2]]})
+    seen = []
+
+    def critic(prompts, responses, **context):
+        seen.extend(prompts)
+        return [0.0] * len(responses)
+
+    trainer = SpanPPOTrainer(
+        _args(tmp_path, total_episodes=4, max_prompt_length=5), tok, tiny_llama(), None, critic, ds, None
+    )
+    trainer.train()
+    history = [h for h in trainer.state.log_history if "rollout/prompts_truncated" in h]
+    assert history[0]["rollout/prompts_truncated"] == 2
+    assert trainer.last_rollout["rollout"]["prompt_ids"].shape[1] == 5
+    assert any(p.endswith("ten") for p in seen)  # left truncation keeps the end of the prompt
+
+
+def test_chat_prompts_and_bad_rows(tmp_path, smollm2_tokenizer, tiny_llama):
+    tok = smollm2_tokenizer
+    ds = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"Say {i}"}] for i in range(4)]})
+    trainer = SpanPPOTrainer(
+        _args(tmp_path, total_episodes=4), tok, tiny_llama(), None, lambda p, r, **c: [0.0] * len(r), ds, None
+    )
+    trainer.train()
+    prompt_ids = trainer.last_rollout["rollout"]["prompt_ids"][0].tolist()
+    assert "<|im_start|>assistant" in tok.decode(prompt_ids)
+    with pytest.raises(ValueError, match="neither `input_ids` nor `prompt`"):
+        trainer._encode_rows([{"question": "x"}])
+    with pytest.raises(ValueError, match="empty prompt"):
+        trainer._encode_rows([{"prompt": ""}])
+    with pytest.raises(ValueError, match="batch_size"):
+        SpanPPOTrainer(_args(tmp_path), tok, tiny_llama(), None, lambda p, r, **c: [0.0], _dataset(2), None)
+
+
+def _final_state(trainer):
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, smollm2_tokenizer, tiny_llama):
+    # 16 rows, 4 per rollout -> 2 epochs of data; 2 rollouts x 2 PPO epochs x 2 mini-batches per data epoch
+    def make(output_dir, **overrides):
+        args = _args(
+            tmp_path,
+            output_dir=str(output_dir),
+            total_episodes=16,
+            save_strategy="steps",
+            save_steps=3,
+            adaptive_kl=True,
+            kl_target=0.01,
+            **overrides,
+        )
+        return SpanPPOTrainer(args, smollm2_tokenizer, tiny_llama(), None, quote_prefix_critic, _dataset(), None)
+
+    full = make(tmp_path / "full")
+    full.train()
+    assert full.state.global_step == 16
+    expected = _final_state(full)
+    expected_kl_coef = full.kl_coef
+    assert expected_kl_coef != 0.05
+    # checkpoint-3 is in the middle of a rollout and of a PPO epoch; checkpoint-9 is in the second data epoch
+    for step in (3, 9):
+        resumed = make(tmp_path / "full")
+        resumed.train(resume_from_checkpoint=str(tmp_path / "full" / f"checkpoint-{step}"))
+        assert resumed.state.global_step == 16
+        got = _final_state(resumed)
+        for key, value in expected.items():
+            torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=f"{key} after resume at {step}")
+        assert resumed.kl_coef == pytest.approx(expected_kl_coef)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="reward_mode"):
+        SpanPPOConfig(output_dir="x", reward_mode="token", report_to=[])
+    with pytest.raises(ValueError, match="both"):
+        SpanPPOConfig(output_dir="x", stop_token="eos", stop_token_id=3, report_to=[])
+    with pytest.raises(ValueError, match="on_critic_error"):
+        SpanPPOConfig(output_dir="x", on_critic_error="crash", report_to=[])
+    config = SpanPPOConfig(output_dir="x", report_to=[])
+    assert (config.learning_rate, config.num_ppo_epochs, config.kl_coef, config.response_length) == (3e-6, 4, 0.05, 53)
+    assert (config.vf_coef, config.cliprange, config.cliprange_value, config.gamma, config.lam) == (
+        0.1,
+        0.2,
+        0.2,
+        1.0,
+        0.95,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.ci_real_model
+def test_smollm2_two_updates_span_mode(tmp_path):
+    from trl_text2grad.models import load_default_model, load_default_tokenizer
+
+    tok = load_default_tokenizer()
+    model = load_default_model()
+    ds = Dataset.from_dict(
+        {
+            "prompt": [
+                [{"role": "user", "content": "Write a Python function that adds two numbers."}],
+                [{"role": "user", "content": "What is the capital of France?"}],
+            ]
+        }
+    )
+
+    def critic(prompts, responses, **context):
+        out = []
+        for text in responses:
+            words = text.split()
+            out.append(Critique("", good=[" ".join(words[:2])] if words else [], poor=[words[-1]] if words else []))
+        return out
+
+    args = _args(
+        tmp_path,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        num_mini_batches=1,
+        num_ppo_epochs=1,
+        total_episodes=4,
+        response_length=24,
+        learning_rate=1e-5,
+        heatmap_every_n_steps=1,
+    )
+    trainer = SpanPPOTrainer(args, tok, model, None, critic, ds, None)
+    before = _params(trainer.model.policy)
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert _changed(before, trainer.model.policy) > 0
+    history = [h for h in trainer.state.log_history if "span/frac_tokens_rewarded" in h]
+    assert len(history) == 2 and all(h["span/frac_tokens_rewarded"] > 0 for h in history)
+    assert all(np.isfinite(h["loss/policy_avg"]) for h in trainer.state.log_history if "loss/policy_avg" in h)
+    assert list((tmp_path / "out" / "heatmaps").glob("rollout_*.html"))
