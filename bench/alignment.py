@@ -9,7 +9,9 @@ Measured, each as the best of ``--repeats`` interleaved rounds over the whole co
 - ``tokenize``: ``tokenizer(text, add_special_tokens=False)`` (what any training loop pays anyway);
 - ``align``: ``spans_to_token_rewards(text, spans, tokenizer)`` (a tokenizer call *with* offsets + the rule);
 - the same two for the batched path: ``tokenizer(texts)`` vs ``batch_spans_to_token_rewards(texts, ...)``;
-- ``locate``: ``locate_quotes`` for all quotes of a text (reported separately: it does not tokenize).
+- ``locate``: ``locate_quotes`` for all quotes of a text (reported separately: it does not tokenize), for the
+  verbatim quotes (exact stage) and for perturbed copies (upper-cased, whitespace collapsed or one character
+  dropped: normalised and fuzzy stages).
 
 Usage::
 
@@ -39,6 +41,19 @@ def random_quotes(text: str, count: int, rng: random.Random) -> list[str]:
         if quote.strip():
             quotes.append(quote)
     return quotes
+
+
+def perturb(quote: str, rng: random.Random) -> str:
+    """A quote as a critic might write it: upper-cased, whitespace collapsed, or one character dropped."""
+    kind = rng.choice(["case", "space", "drop"])
+    if kind == "case":
+        return quote.upper()
+    if kind == "space":
+        return " ".join(quote.split())
+    if len(quote) < 12:
+        return quote
+    position = rng.randrange(1, len(quote) - 1)
+    return quote[:position] + quote[position + 1 :]
 
 
 def best_of(repeats: int, functions: dict) -> dict[str, float]:
@@ -74,6 +89,7 @@ def main() -> None:
         located = locate_quotes(text, text_quotes)
         assert all(span is not None for span in located), "a verbatim quote was not located"
         spans.append([(s, e, rng.choice([1.0, -1.0])) for s, e in located])
+    perturbed = [[perturb(q, rng) for q in text_quotes] for text_quotes in quotes]
     n = len(texts)
     tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
     chars = sum(len(t) for t in texts)
@@ -96,6 +112,10 @@ def main() -> None:
         for text, text_quotes in zip(texts, quotes):
             locate_quotes(text, text_quotes)
 
+    def locate_perturbed():
+        for text, text_quotes in zip(texts, perturbed):
+            locate_quotes(text, text_quotes)
+
     best = best_of(
         args.repeats,
         {
@@ -104,17 +124,28 @@ def main() -> None:
             "tokenize_batch": tokenize_batch,
             "align_batch": align_batch,
             "locate_each": locate_each,
+            "locate_perturbed": locate_perturbed,
         },
     )
     print(f"tokenizer: {tokenizer.name_or_path} ({type(tokenizer).__name__})")
-    print(f"corpus: {n} HumanEval prompt+solution texts, {chars} characters, {tokens} tokens, {args.quotes} quotes each")
+    print(
+        f"corpus: {n} HumanEval prompt+solution texts, {chars} characters, {tokens} tokens, {args.quotes} quotes each"
+    )
     print(f"python {platform.python_version()}, best of {args.repeats} rounds")
     print(f"{'path':<14}{'tokenize (s)':>14}{'align (s)':>12}{'align cases/s':>16}{'ratio align/tokenize':>22}")
     for path in ("each", "batch"):
         tok_s, align_s = best[f"tokenize_{path}"], best[f"align_{path}"]
         print(f"{path:<14}{tok_s:>14.4f}{align_s:>12.4f}{n / align_s:>16.0f}{align_s / tok_s:>22.2f}")
     locate_s = best["locate_each"]
-    print(f"locate_quotes: {locate_s:.4f} s for {n * args.quotes} quotes ({n * args.quotes / locate_s:.0f} quotes/s)")
+    print(
+        f"locate_quotes, verbatim quotes: {locate_s:.4f} s for {n * args.quotes} quotes ({n * args.quotes / locate_s:.0f}/s)"
+    )
+    found = sum(s is not None for t, q in zip(texts, perturbed) for s in locate_quotes(t, q))
+    locate_s = best["locate_perturbed"]
+    print(
+        f"locate_quotes, perturbed quotes (case / whitespace / one dropped character): {locate_s:.4f} s for "
+        f"{n * args.quotes} quotes ({n * args.quotes / locate_s:.0f}/s), {found} located"
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ Arms (equal compute: same model, LoRA, prompts, batch size, number of updates, K
   become per-token rewards (+1 good, -1 poor).
 - ``scalar``: ``SpanPPOTrainer(reward_mode="scalar")``; the reward function returns the *same* judgement collapsed
   to one number (normalised sum of span scores, see ``bench/evidence_tasks.py``), placed on the last token.
-- ``trl112``: TRL 1.12's ``PPOTrainer`` with the same scalar reward, run inside the separate trl 1.12 venv
-  (``scripts/make_trl112_venv.sh``); see ``--help`` of that arm for its limits.
+- ``trl112``: reserved for TRL 1.12's ``PPOTrainer`` with the same scalar reward (separate venv); not implemented
+  yet (see the message it prints). The ``scalar`` arm is the classic-PPO baseline.
 
 Per update the run records the task metric (success rate of the sampled responses), the mean critic reward (the
 scalar collapse, identical for every arm so the curves are comparable), per-criterion rates, the KL to the reference
@@ -123,6 +123,11 @@ def run_one(args) -> str:
     recorder = RewardRecorder(task, "span" if args.arm == "span" else "scalar")
 
     logs: list[dict] = []
+    run_name = f"{args.task}_{args.arm}_seed{args.seed}"
+    os.makedirs(args.out, exist_ok=True)
+    partial_path = os.path.join(args.out, f"{run_name}.jsonl")
+    open(partial_path, "w").close()  # rows are appended as updates finish, so an interrupted run keeps its data
+    written = [0]
 
     class _Collect(TrainerCallback):
         def on_log(self, _args, state, control, logs_=None, **kwargs):
@@ -130,8 +135,14 @@ def run_one(args) -> str:
             entry["_global_step"] = state.global_step
             entry["_rollouts"] = len(recorder.records)
             logs.append(entry)
+            rows = _rows(args, recorder, logs)
+            # a rollout's row is final once the trainer logged its KL (the first log after that rollout)
+            final = [r for r in rows if not math.isnan(r["kl"])]
+            with open(partial_path, "a") as f:
+                for row in final[written[0] :]:
+                    f.write(json.dumps(row) + "\n")
+            written[0] = max(written[0], len(final))
 
-    run_name = f"{args.task}_{args.arm}_seed{args.seed}"
     work_dir = os.path.join(args.work_dir, run_name)
     config = SpanPPOConfig(
         output_dir=work_dir,
@@ -191,8 +202,7 @@ def _kl_by_rollout(logs: list[dict]) -> dict[int, float]:
     return out
 
 
-def _write_run(args, run_name: str, recorder: RewardRecorder, logs: list[dict], total_s: float) -> str:
-    os.makedirs(args.out, exist_ok=True)
+def _rows(args, recorder: RewardRecorder, logs: list[dict]) -> list[dict]:
     kl = _kl_by_rollout(logs)
     rows = []
     for i, rec in enumerate(recorder.records, start=1):
@@ -200,6 +210,12 @@ def _write_run(args, run_name: str, recorder: RewardRecorder, logs: list[dict], 
         row.update(rec)
         row["kl"] = kl.get(i, float("nan"))
         rows.append(row)
+    return rows
+
+
+def _write_run(args, run_name: str, recorder: RewardRecorder, logs: list[dict], total_s: float) -> str:
+    os.makedirs(args.out, exist_ok=True)
+    rows = _rows(args, recorder, logs)
     path = os.path.join(args.out, f"{run_name}.jsonl")
     with open(path, "w") as f:
         for row in rows:
@@ -429,9 +445,13 @@ def main(argv=None) -> None:
     if args.plot:
         plot(args)
     elif args.arm == "trl112":
-        from trl112_arm import run_trl112  # separate venv; see bench/trl112_arm.py
-
-        run_trl112(args)
+        raise SystemExit(
+            "--arm trl112 is not implemented yet: TRL 1.12's PPOTrainer only accepts a sequence-classification reward "
+            "model (no reward function), so the programmatic critic would have to be wrapped in a fake "
+            "AutoModelForSequenceClassification run inside ~/.cache/trl_text2grad/trl112-venv. The scalar arm "
+            "(SpanPPOTrainer(reward_mode='scalar')) is the TRL-1.12-equivalent baseline here; its numerical parity "
+            "with TRL 1.12 is checked by tests/test_trl112_parity.py."
+        )
     else:
         run_one(args)
 

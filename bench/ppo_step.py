@@ -286,7 +286,11 @@ def bench_main(args) -> int:
             times = result["seconds_per_update"]
             steady = times[1:] if len(times) > 1 else times
             results.setdefault(row, []).append(
-                {"s_per_update": sum(steady) / len(steady), "first_update_s": times[0], "peak_rss_mb": result["peak_rss_mb"]}
+                {
+                    "s_per_update": sum(steady) / len(steady),
+                    "first_update_s": times[0],
+                    "peak_rss_mb": result["peak_rss_mb"],
+                }
             )
             print(f"[{rep}] {row}: {results[row][-1]}", flush=True)
 

@@ -24,11 +24,13 @@ from trl_text2grad.spans import Critique, locate_critique, locate_quotes
 
 def reference_rewards(text, offsets, spans):
     """Brute force: character by character, later spans win."""
+    non_space = [not char.isspace() for char in text]
     rewards = []
     for token_start, token_end in offsets:
         value = 0.0
         for start, end, score in spans:
-            if any(not text[i].isspace() for i in range(max(token_start, start), min(token_end, end))):
+            low, high = max(token_start, start), min(token_end, end)
+            if low < high and any(non_space[low:high]):
                 value = score
         rewards.append(value)
     return rewards

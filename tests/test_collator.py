@@ -58,9 +58,10 @@ def test_encode_prompt_response_chat_template(smollm2_tokenizer):
 
 def test_encode_prompt_response_plain_prompt_has_no_special_tokens(smollm2_tokenizer):
     encoded = encode_prompt_response(smollm2_tokenizer, "Question: 1+1?\nAnswer:", " 2")
-    assert encoded["input_ids"][: encoded["response_start"]] == smollm2_tokenizer(
-        "Question: 1+1?\nAnswer:", add_special_tokens=False
-    )["input_ids"]
+    assert (
+        encoded["input_ids"][: encoded["response_start"]]
+        == smollm2_tokenizer("Question: 1+1?\nAnswer:", add_special_tokens=False)["input_ids"]
+    )
     assert smollm2_tokenizer.eos_token_id not in encoded["input_ids"]
     assert smollm2_tokenizer.bos_token_id not in encoded["input_ids"]
 
@@ -151,14 +152,14 @@ def test_collator_right_padding(right_padded):
         real = batch["attention_mask"][i].sum().item()
         assert batch["response_mask"][i, real - 1] == 1
         assert batch["input_ids"][i, real - 1] == right_padded.eos_token_id
-    assert _response_part(batch, 0, "token_rewards")[:-1] == [1.0] * (
-        batch["response_mask"][0].sum().item() - 1
-    )
+    assert _response_part(batch, 0, "token_rewards")[:-1] == [1.0] * (batch["response_mask"][0].sum().item() - 1)
 
 
 def test_collator_pad_to_multiple_and_no_eos(smollm2_tokenizer):
     rows = [{"prompt": "a", "response": "b c d"}]
-    batch = SpanAnnotationCollator(smollm2_tokenizer, pad_to_multiple_of=8, append_eos=False)(rows)
+    collator = SpanAnnotationCollator(smollm2_tokenizer, pad_to_multiple_of=8, append_eos=False)
+    assert collator.pad_token_id == smollm2_tokenizer.pad_token_id
+    batch = collator(rows)
     assert batch["input_ids"].shape[1] % 8 == 0
     assert smollm2_tokenizer.eos_token_id not in _row_tokens(batch, 0, "input_ids")
     assert (batch["token_rewards"] == 0).all()  # no spans, no annotation: zero rewards
@@ -261,7 +262,7 @@ def test_empty_quotes_and_empty_response_are_counted_not_fatal(smollm2_tokenizer
 
 def test_unicode_crlf_response_through_collator(any_tokenizer):
     response = "Résumé:\r\n  中文 😀 e\u0301 — “ok”\r\n"
-    rows = [{"prompt": "p", "response": response, "good_spans": ["中文 😀"], "poor_spans": ["e\u0301 - \"ok\""]}]
+    rows = [{"prompt": "p", "response": response, "good_spans": ["中文 😀"], "poor_spans": ['e\u0301 - "ok"']}]
     batch = SpanAnnotationCollator(any_tokenizer)(rows)
     assert batch["num_quotes_located"].item() == 2 and batch["num_quotes_unlocated"].item() == 0
     rewards = _response_part(batch, 0, "token_rewards")

@@ -155,7 +155,7 @@ def test_unit_test_critic_on_smollm2_humaneval_completions():
         for p in problems
     ]
     encoded = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
-    output = model.generate(**encoded, max_new_tokens=160, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    output = model.generate(**encoded, max_new_tokens=128, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     responses = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
     critic = UnitTestCritic(timeout=10)
     critiques = critic.critique(

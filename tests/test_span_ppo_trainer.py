@@ -61,7 +61,9 @@ def _args(tmp_path, **overrides) -> SpanPPOConfig:
 
 
 def _dataset(n: int = 8) -> Dataset:
-    return Dataset.from_dict({"prompt": [f"Write a short answer number {i}:" for i in range(n)], "task_id": list(range(n))})
+    return Dataset.from_dict(
+        {"prompt": [f"Write a short answer number {i}:" for i in range(n)], "task_id": list(range(n))}
+    )
 
 
 def quote_prefix_critic(prompts, responses, task_id=None, **context):
@@ -124,11 +126,11 @@ def test_normalize_reward_output_forms():
 # training
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["span", "scalar", "hybrid"])
-def test_updates_change_parameters_and_log_metrics(tmp_path, smollm2_tokenizer, tiny_llama, mode):
+def test_updates_change_parameters_and_log_metrics(tmp_path, bpe_tokenizer, tiny_llama, mode):
     trainer = SpanPPOTrainer(
         _args(tmp_path, reward_mode=mode),
-        smollm2_tokenizer,
-        tiny_llama(),
+        bpe_tokenizer,
+        tiny_llama(bpe_tokenizer),
         None,
         quote_prefix_critic,
         _dataset(),
@@ -221,14 +223,14 @@ def test_fixed_generation_scalar_rewards_on_last_token(tmp_path, smollm2_tokeniz
     assert rewards[0, n - 1].item() == 2.0 and rewards[0, : n - 1].abs().sum().item() == 0.0
 
 
-def test_peft_reference_is_adapter_disabled_policy(tmp_path, smollm2_tokenizer, tiny_llama):
+def test_peft_reference_is_adapter_disabled_policy(tmp_path, bpe_tokenizer, tiny_llama):
     from peft import LoraConfig
 
-    model = tiny_llama()
+    model = tiny_llama(bpe_tokenizer)
     base_before = {k: v.clone() for k, v in model.state_dict().items()}
     trainer = SpanPPOTrainer(
         _args(tmp_path, learning_rate=1e-2),
-        smollm2_tokenizer,
+        bpe_tokenizer,
         model,
         None,
         quote_prefix_critic,
@@ -255,7 +257,7 @@ def test_peft_reference_is_adapter_disabled_policy(tmp_path, smollm2_tokenizer, 
     assert (tmp_path / "saved" / "value_head.safetensors").exists()
 
 
-def test_bad_critic_outputs_never_stop_training(tmp_path, smollm2_tokenizer, tiny_llama, caplog):
+def test_bad_critic_outputs_never_stop_training(tmp_path, bpe_tokenizer, tiny_llama, caplog):
     calls = {"n": 0}
 
     def flaky(prompts, responses, **context):
@@ -267,7 +269,7 @@ def test_bad_critic_outputs_never_stop_training(tmp_path, smollm2_tokenizer, tin
         return [1.0, None, [(0, 0, 1.0)], Critique("", good=[], poor=[])]
 
     trainer = SpanPPOTrainer(
-        _args(tmp_path, total_episodes=12), smollm2_tokenizer, tiny_llama(), None, flaky, _dataset(12), None
+        _args(tmp_path, total_episodes=12), bpe_tokenizer, tiny_llama(bpe_tokenizer), None, flaky, _dataset(12), None
     )
     before = _params(trainer.model)
     with caplog.at_level("WARNING"):
@@ -281,11 +283,11 @@ def test_bad_critic_outputs_never_stop_training(tmp_path, smollm2_tokenizer, tin
     assert rollouts[0]["span/quotes_unlocated"] == 0 and rollouts[1]["span/quotes_unlocated"] == 1
 
 
-def test_all_failed_rollout_leaves_parameters_untouched(tmp_path, smollm2_tokenizer, tiny_llama):
+def test_all_failed_rollout_leaves_parameters_untouched(tmp_path, bpe_tokenizer, tiny_llama):
     trainer = SpanPPOTrainer(
         _args(tmp_path, total_episodes=4),
-        smollm2_tokenizer,
-        tiny_llama(),
+        bpe_tokenizer,
+        tiny_llama(bpe_tokenizer),
         None,
         lambda prompts, responses, **c: [None] * len(responses),
         _dataset(4),
@@ -297,11 +299,11 @@ def test_all_failed_rollout_leaves_parameters_untouched(tmp_path, smollm2_tokeni
     assert _changed(before, trainer.model) == 0
 
 
-def test_skip_mode_drops_failed_samples_from_the_loss(tmp_path, smollm2_tokenizer, tiny_llama):
+def test_skip_mode_drops_failed_samples_from_the_loss(tmp_path, bpe_tokenizer, tiny_llama):
     trainer = SpanPPOTrainer(
         _args(tmp_path, total_episodes=4, on_critic_error="skip"),
-        smollm2_tokenizer,
-        tiny_llama(),
+        bpe_tokenizer,
+        tiny_llama(bpe_tokenizer),
         None,
         lambda prompts, responses, **c: [1.0, None, 0.5, float("inf")],
         _dataset(4),
@@ -319,10 +321,10 @@ def test_skip_mode_drops_failed_samples_from_the_loss(tmp_path, smollm2_tokenize
             assert trainer.last_rollout["advantages"][row].abs().sum() == 0
 
 
-def test_classifier_reward_and_separate_value_model(tmp_path, smollm2_tokenizer, tiny_llama):
+def test_classifier_reward_and_separate_value_model(tmp_path, bpe_tokenizer, tiny_llama):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    tok = smollm2_tokenizer
+    tok = bpe_tokenizer
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,
@@ -339,7 +341,7 @@ def test_classifier_reward_and_separate_value_model(tmp_path, smollm2_tokenizer,
     trainer = SpanPPOTrainer(
         _args(tmp_path, reward_mode="scalar", missing_eos_penalty=1.0, stop_token=None, stop_token_id=None),
         tok,
-        tiny_llama(),
+        tiny_llama(bpe_tokenizer),
         None,
         reward_model,
         _dataset(),
@@ -358,8 +360,8 @@ def test_classifier_reward_and_separate_value_model(tmp_path, smollm2_tokenizer,
     assert (tmp_path / "saved" / "value_model" / "config.json").exists()
 
 
-def test_tokenized_prompts_and_prompt_truncation(tmp_path, smollm2_tokenizer, tiny_llama):
-    tok = smollm2_tokenizer
+def test_tokenized_prompts_and_prompt_truncation(tmp_path, bpe_tokenizer, tiny_llama):
+    tok = bpe_tokenizer
     long_ids = tok("one two three four five six seven eight nine ten", add_special_tokens=False)["input_ids"]
     ds = Dataset.from_dict({"input_ids": [long_ids, long_ids[:3], long_ids, long_ids[:2]]})
     seen = []
@@ -369,7 +371,7 @@ def test_tokenized_prompts_and_prompt_truncation(tmp_path, smollm2_tokenizer, ti
         return [0.0] * len(responses)
 
     trainer = SpanPPOTrainer(
-        _args(tmp_path, total_episodes=4, max_prompt_length=5), tok, tiny_llama(), None, critic, ds, None
+        _args(tmp_path, total_episodes=4, max_prompt_length=5), tok, tiny_llama(bpe_tokenizer), None, critic, ds, None
     )
     trainer.train()
     history = [h for h in trainer.state.log_history if "rollout/prompts_truncated" in h]
@@ -399,24 +401,26 @@ def _final_state(trainer):
     return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, smollm2_tokenizer, tiny_llama):
-    # 16 rows, 4 per rollout -> 2 epochs of data; 2 rollouts x 2 PPO epochs x 2 mini-batches per data epoch
+def test_resume_equals_uninterrupted_run(tmp_path, bpe_tokenizer, tiny_llama):
+    # 8 rows, 4 per rollout -> 2 rollouts per data epoch; 3 rollouts x 2 PPO epochs x 2 mini-batches = 12 steps
     def make(output_dir, **overrides):
         args = _args(
             tmp_path,
             output_dir=str(output_dir),
-            total_episodes=16,
+            total_episodes=12,
             save_strategy="steps",
             save_steps=3,
             adaptive_kl=True,
             kl_target=0.01,
             **overrides,
         )
-        return SpanPPOTrainer(args, smollm2_tokenizer, tiny_llama(), None, quote_prefix_critic, _dataset(), None)
+        return SpanPPOTrainer(
+            args, bpe_tokenizer, tiny_llama(bpe_tokenizer), None, quote_prefix_critic, _dataset(), None
+        )
 
     full = make(tmp_path / "full")
     full.train()
-    assert full.state.global_step == 16
+    assert full.state.global_step == 12
     expected = _final_state(full)
     expected_kl_coef = full.kl_coef
     assert expected_kl_coef != 0.05
@@ -424,7 +428,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, smollm2_tokenizer, tiny_llama
     for step in (3, 9):
         resumed = make(tmp_path / "full")
         resumed.train(resume_from_checkpoint=str(tmp_path / "full" / f"checkpoint-{step}"))
-        assert resumed.state.global_step == 16
+        assert resumed.state.global_step == 12
         got = _final_state(resumed)
         for key, value in expected.items():
             torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=f"{key} after resume at {step}")
@@ -492,3 +496,69 @@ def test_smollm2_two_updates_span_mode(tmp_path):
     assert len(history) == 2 and all(h["span/frac_tokens_rewarded"] > 0 for h in history)
     assert all(np.isfinite(h["loss/policy_avg"]) for h in trainer.state.log_history if "loss/policy_avg" in h)
     assert list((tmp_path / "out" / "heatmaps").glob("rollout_*.html"))
+
+
+MULTIPROC_SCRIPT = r'''
+import json, sys, torch
+sys.path.insert(0, sys.argv[2])
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM
+from trl_text2grad import Critique
+from trl_text2grad.models import load_default_tokenizer
+from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
+from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
+
+tok = load_default_tokenizer()
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id)
+model = LlamaForCausalLM(config)
+ds = Dataset.from_dict({"prompt": [f"Write a short answer number {i}:" for i in range(8)]})
+
+def critic(prompts, responses, **context):
+    return [Critique("", good=[r[:6]] if r[:6].strip() else [], poor=[]) for r in responses]
+
+args = SpanPPOConfig(output_dir=sys.argv[1], per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                     num_ppo_epochs=1, num_mini_batches=1, response_length=6, total_episodes=8, learning_rate=1e-3,
+                     logging_steps=1, report_to=[], bf16=False, gradient_checkpointing=False, save_strategy="no",
+                     stop_token="eos", disable_tqdm=True, use_cpu=True)
+trainer = SpanPPOTrainer(args, tok, model, None, critic, ds, None)
+before = [p.detach().clone() for p in trainer.model.parameters()]
+trainer.train()
+after = [p.detach().clone() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
+first = sum(p.double().sum().item() for p in after)
+result = {"rank": trainer.accelerator.process_index, "world": trainer.accelerator.num_processes,
+          "steps": trainer.state.global_step, "checksum": first,
+          "changed": sum(int(not torch.equal(a, b)) for a, b in zip(before, after)),
+          "episodes": [h["episode"] for h in trainer.state.log_history if "episode" in h]}
+with open(f"{sys.argv[1]}/rank{result['rank']}.json", "w") as f:
+    json.dump(result, f)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_two_process_cpu_training(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "train.py"
+    script.write_text(MULTIPROC_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    # torchrun sets RANK/WORLD_SIZE; accelerate (inside the Trainer) then uses gloo on CPU
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    cmd += [str(script), str(out), str(Path(__file__).parent)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(r["world"] == 2 for r in results)
+    # batch_size = 2 per rank * 2 ranks = 4 prompts per rollout -> 2 rollouts, 1 step each
+    assert [r["steps"] for r in results] == [2, 2]
+    assert all(r["changed"] > 0 for r in results)
+    assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)  # DDP kept replicas equal
+    assert results[0]["episodes"] == [4.0, 8.0]

@@ -84,6 +84,17 @@ def test_normalize_with_offsets_maps_each_character_to_its_source():
         assert char in expected or char in " '\"-", (char, text[source])
 
 
+@pytest.mark.parametrize("wrapped", ['"return a + b"', "'return a + b'", "`return a + b`", "\u201creturn a + b\u201d"])
+def test_quotation_marks_around_a_quote_are_ignored(wrapped):
+    [span] = locate_quotes(CODE, [wrapped], fuzzy=False)
+    assert _quoted(CODE, span) == "return a + b"
+
+
+def test_quotation_marks_that_are_part_of_the_text_are_kept():
+    text = 'print("hello")'
+    assert locate_quotes(text, ['"hello"'], fuzzy=False) == [(6, 13)]
+
+
 def test_normalised_stage_respects_the_fuzzy_flag_only_for_fuzzy():
     assert locate_quotes("Hello World", ["hello world"], fuzzy=False) == [(0, 11)]
 
@@ -271,6 +282,9 @@ def test_critique_dict_round_trip_and_lenient_schema():
     assert single == Critique("", ["one quote"], [])
     with pytest.raises(TypeError, match="good_spans"):
         Critique.from_dict({"good_spans": 3})
+    with pytest.raises(TypeError, match="poor_spans"):
+        Critique.from_dict({"poor_spans": {"a": 1}})
+    assert Critique.from_dict({"good_spans": ("a", None, 42)}).good == ["a", "42"]
 
 
 def test_locate_critique_none_text():

@@ -28,7 +28,9 @@ def test_display_tokens_rebuild_the_text(any_tokenizer):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.lists(st.sampled_from(list("ab c\n\t_(") + ["\u00e9", "😀", "中", "\u00a0", "e\u0301"]), max_size=40).map("".join)
+    st.lists(st.sampled_from(list("ab c\n\t_(") + ["\u00e9", "😀", "中", "\u00a0", "e\u0301"]), max_size=40).map(
+        "".join
+    )
 )
 def test_property_display_tokens_rebuild_text(wordpiece_tokenizer, text):
     tokens = tokens_for_display(wordpiece_tokenizer, text)

@@ -100,10 +100,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     import tempfile
 
+    import trl
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
-
-    import trl
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as ppo_module
 

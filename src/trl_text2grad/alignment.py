@@ -81,6 +81,8 @@ def _offsets_array(offsets) -> np.ndarray:
     """``(n, 2)`` int64 array from a list of ``(start, end)`` pairs (``np.fromiter`` is ~2x faster than asarray)."""
     if isinstance(offsets, np.ndarray):
         return offsets.astype(np.int64, copy=False).reshape(-1, 2)
+    if len(offsets) and len(offsets[0]) != 2:
+        raise ValueError(f"offsets must be (start, end) pairs, got {offsets[0]!r} as the first one.")
     try:
         flat = np.fromiter(chain.from_iterable(offsets), dtype=np.int64, count=2 * len(offsets))
     except (TypeError, ValueError):

@@ -232,6 +232,11 @@ class SpanAnnotationCollator:
             )
         self._pad_id = int(pad_id)
 
+    @property
+    def pad_token_id(self) -> int:
+        """The id padding uses: ``tokenizer.pad_token_id``, else ``tokenizer.eos_token_id``."""
+        return self._pad_id
+
     # -- per-row -----------------------------------------------------------------------------------------------
     def _row_spans(self, index: int, row: Mapping[str, Any], response: str) -> tuple[list, int, int]:
         """Spans for a row, plus (quotes located, quotes unlocated)."""

@@ -115,7 +115,9 @@ class DemoConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     critic_model: str | None = field(default=None, metadata={"help": "Model of the openai/transformers critic."})
     critic_base_url: str | None = field(default=None, metadata={"help": "Endpoint of the openai critic."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "Span reward model for critic=reward_model."})
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Span reward model for critic=reward_model."}
+    )
     sandbox_timeout: float = field(default=10.0, metadata={"help": "Seconds per sandboxed test program."})
     num_threads: int = field(default=0, metadata={"help": "Torch CPU threads (0 = torch default)."})
     color: bool = field(default=True, metadata={"help": "ANSI colours in terminal heatmaps."})
@@ -189,7 +191,9 @@ class UnitTestReward:
                 "UnitTestReward needs the per-sample context columns 'test' and 'entry_point' (HumanEval rows "
                 "built by trl_text2grad.demo.humaneval_rows have them)."
             )
-        self.last_critiques = self.critic.critique(list(problems), list(responses), tests=tests, entry_point=entry_points)
+        self.last_critiques = self.critic.critique(
+            list(problems), list(responses), tests=tests, entry_point=entry_points
+        )
         spans = [list(s) for s in self.critic.last_spans]
         self.last_passed = [bool(r is not None and r.passed) for r in self.critic.last_results]
         self.calls += 1
@@ -299,13 +303,22 @@ def _plot_curves(log_history: list[dict], path: Path) -> str | None:
         logger.warning("no training curves: matplotlib is unavailable (%s); pip install matplotlib", err)
         return None
     rows = [r for r in log_history if "step" in r]
-    numeric = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")})
-    preferred = ["reward", "score", "kl", "loss", "entropy", "clipfrac", "span", "learning_rate"]
-    chosen: list[str] = []
-    for word in preferred:
-        for key in numeric:
-            if word in key and key not in chosen and len(chosen) < 6:
-                chosen.append(key)
+    numeric = sorted(
+        {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and k not in ("step", "epoch")}
+    )
+    preferred = [
+        "objective/scores",
+        "objective/rlhf_reward",
+        "objective/kl",
+        "loss/policy_avg",
+        "loss/value_avg",
+        "policy/entropy_avg",
+        "span/frac_tokens_rewarded",
+        "loss",
+    ]
+    chosen = [key for key in preferred if key in numeric][:6]
+    for word in ("reward", "score", "kl", "loss"):  # other trainers' names
+        chosen += [k for k in numeric if word in k and k not in chosen][: max(0, 6 - len(chosen))]
     if not chosen:
         return None
     cols = 3 if len(chosen) > 4 else 2
@@ -400,10 +413,11 @@ def _stage(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def _honesty(config: DemoConfig, n_train: int, n_eval: int, trained: bool) -> str:
+def _honesty(config: DemoConfig, n_params: int, n_train: int, n_eval: int, trained: bool) -> str:
     episodes = config.steps * config.batch_size if trained else 0
     return (
-        f"This is a demonstration of the pipeline, not an experiment. The policy is a 135M-parameter model; PPO ran "
+        f"This is a demonstration of the pipeline, not an experiment. The policy has {n_params / 1e6:.1f}M "
+        "parameters; PPO ran "
         f"{config.steps if trained else 0} rollout(s) of {config.batch_size} prompts ({episodes} sampled answers in "
         f"total, LoRA rank {config.lora_r}) on {n_train} training problems, and pass@1 is measured with greedy "
         f"decoding on only {n_eval} held-out problems, so one problem moves pass@1 by {100 / max(n_eval, 1):.1f} "
@@ -577,6 +591,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         skipped["span PPO"] = "no critic (see above)"
     else:
         try:
+            if isinstance(reward_fn, UnitTestReward):  # count only the PPO rollouts
+                reward_fn.num_passed = reward_fn.num_scored = 0
             trained_model, log_history = _train_ppo(config, model, tokenizer, train, reward_fn, out_dir)
             final = [r for r in log_history if "train_runtime" in r]
             if final:
@@ -628,7 +644,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "runtime_s": runtime,
         "metrics": metrics,
         "skipped": skipped,
-        "honesty": _honesty(config, len(train), n_eval, trained_model is not None),
+        "honesty": _honesty(config, n_params, len(train), n_eval, trained_model is not None),
         "config": asdict(config),
     }
     report = out_dir / "report.html"

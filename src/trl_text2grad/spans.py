@@ -5,11 +5,14 @@ quotes must be found in the response as *character* spans. :func:`locate_quotes`
 
 1. **exact**: ``str.find``;
 2. **normalised**: the same search after Unicode compatibility decomposition (NFKD), case folding, curly →
-   straight quotes and apostrophes, every dash → ``-``, and runs of whitespace → one space. The match is mapped
-   back to the original characters, so the span always indexes the original text;
-3. **fuzzy**: :func:`rapidfuzz.fuzz.partial_ratio_alignment` on the normalised strings, accepted only when the
-   score reaches ``fuzzy_threshold`` (default 90) and the quote has at least ``fuzzy_min_length`` characters, so
-   that a phrase that is absent from the text is not "found".
+   straight quotes and apostrophes, every dash → ``-``, and runs of whitespace → one space; then once more
+   without quotation marks around the quote (critics often wrap quotes in them). The match is mapped back to the
+   original characters, so the span always indexes the original text;
+3. **fuzzy**: :func:`rapidfuzz.fuzz.partial_ratio_alignment` on the normalised strings finds the best window,
+   whose edges are then moved by a few characters to maximise :func:`rapidfuzz.fuzz.ratio` of quote vs window;
+   accepted only when that ratio reaches ``fuzzy_threshold`` (default 90) and the quote has at least
+   ``fuzzy_min_length`` characters, so that a phrase that is absent from the text is not "found" (measured on
+   HumanEval: a line of another problem is "found" in < 0.2 % of cases, all near-verbatim).
 
 A quote that occurs several times resolves to its first occurrence that starts at or after the end of the
 previously located quote of the same list (critics quote in reading order), else to its first occurrence.
@@ -90,24 +93,30 @@ class Critique:
         """Build from the annotation schema ``{"critique", "good_spans", "poor_spans"}``.
 
         A single string where a list is expected is taken as one quote (not split into characters); ``None``
-        means no quotes. Non-string entries (``None``, numbers) are kept as they are, so that
-        :func:`locate_critique` counts them as empty quotes instead of silently dropping them.
+        means no quotes. Numbers become strings; ``None`` entries are dropped with a logged warning, so that
+        ``good`` and ``poor`` only ever hold strings.
         """
         return cls(
             text=row.get("critique") or "", good=_quote_list(row, "good_spans"), poor=_quote_list(row, "poor_spans")
         )
 
 
-def _quote_list(row: dict, key: str) -> list:
+def _quote_list(row: dict, key: str) -> list[str]:
     value = row.get(key)
     if value is None:
         return []
     if isinstance(value, str):
         return [value]
     try:
-        return list(value)
+        if isinstance(value, (bytes, dict)):
+            raise TypeError
+        value = list(value)
     except TypeError:
         raise TypeError(f"Critique.from_dict: '{key}' must be a list of quoted strings, got {value!r}.") from None
+    quotes = [q if isinstance(q, str) else str(q) for q in value if q is not None]
+    if len(quotes) != len(value):
+        logger.warning("Critique.from_dict: dropped %d None entries of '%s'.", len(value) - len(quotes), key)
+    return quotes
 
 
 @dataclass(frozen=True)
@@ -305,6 +314,11 @@ def locate_quotes(
             needle = _normalize_quote(stripped)
             after = _first_normalised_index_at_or_after(origin, previous_end)
             n_pos = _find_preferring(normalised_text, needle, after) if needle else -1
+            bare = needle.strip("'\" ")
+            if n_pos < 0 and bare and bare != needle:  # the critic wrapped the quote in quotation marks
+                n_pos = _find_preferring(normalised_text, bare, after)
+                if n_pos >= 0:
+                    needle = bare
             if n_pos >= 0:
                 span = (origin[n_pos], origin[n_pos + len(needle) - 1] + 1)
             elif fuzzy and len(needle) >= fuzzy_min_length and normalised_text:

@@ -156,7 +156,8 @@ class SpanPPOConfig(_ConfigBase):
 
     > [!NOTE]
     > As in TRL 1.12: `learning_rate` defaults to `3e-6`, `logging_steps` to `10`, `gradient_checkpointing` to
-    > `True` and `bf16` to `True` unless `fp16` is set.
+    > `True` and `bf16` to `True` unless `fp16` is set (here: only when a bf16-capable GPU is present, so that the
+    > default configuration also works on CPU).
     """
 
     # Parameters whose default values are overridden from TrainingArguments
@@ -278,6 +279,14 @@ class SpanPPOConfig(_ConfigBase):
     )
 
     def __post_init__(self):
+        if self.bf16 is None and not self.fp16 and not self.use_cpu:
+            # TRL's default is bf16 unless fp16 is set; on a machine without a bf16-capable accelerator that default
+            # would make TrainingArguments raise, so it becomes fp32 there.
+            import torch
+
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        elif self.bf16 is None and self.use_cpu:
+            self.bf16 = False
         super().__post_init__()
         if self.reward_mode not in ("span", "scalar", "hybrid"):
             raise ValueError(f"reward_mode must be 'span', 'scalar' or 'hybrid', got {self.reward_mode!r}.")

@@ -54,7 +54,9 @@ def resolve_model_path(name_or_path: str | None) -> str:
     return str(name_or_path)
 
 
-def load_tokenizer(name_or_path: str, padding_side: str = "left", revision: str | None = None, trust_remote_code=False):
+def load_tokenizer(
+    name_or_path: str, padding_side: str = "left", revision: str | None = None, trust_remote_code=False
+):
     """A fast tokenizer with a pad token (falls back to EOS) and the requested padding side."""
     from transformers import AutoTokenizer
 
@@ -150,7 +152,9 @@ def build_reward_function(
         return UnitTestReward(UnitTestCritic(timeout=sandbox_timeout))
     if critic == "reward_model":
         if not reward_model_path:
-            raise ValueError("critic 'reward_model' needs reward_model_path: a folder saved by `trl-text2grad reward`.")
+            raise ValueError(
+                "critic 'reward_model' needs reward_model_path: a folder saved by `trl-text2grad reward`."
+            )
         from ..reward.scoring import SpanRewardModel
 
         return SpanRewardModel.from_pretrained(reward_model_path)

@@ -24,10 +24,12 @@ class AnnotateConfig:
 
     Args:
         dataset_path: Input rows: a ``.jsonl``/``.json`` file, or ``humaneval`` for the bundled HumanEval problems
-            (with ``response_column`` naming a column of completions you added, or ``canonical_solution``).
+            (with ``response_column`` naming a column of completions you added, or ``canonical_solution``), or a
+            hub task ``slf5k``/``kodcode``/``ultrafeedback`` with an optional ``:split`` (``trl_text2grad.tasks``).
         output_path: Output JSONL (also the resume cache).
         critic: ``openai`` (OpenAI-compatible server), ``transformers`` (local model) or ``unit_tests``.
-        task: Critique template: ``summarization``, ``code`` or ``qa`` (LLM critics).
+        task: Critique template: ``summarization``, ``code`` or ``qa`` (LLM critics); ``slf5k``, ``kodcode`` or
+            ``ultrafeedback`` select that task's own template (``trl_text2grad.tasks.<task>.CRITIC_TEMPLATE``).
         system_prompt: Override the template's system message.
         user_template: Override the template's user message (placeholders ``{prompt}`` and ``{response}``).
         model: Model name on the server (``openai``) or checkpoint path (``transformers``; empty = default SmolLM2).
@@ -88,6 +90,19 @@ class AnnotateConfig:
             raise ValueError(f"json_mode must be 'auto', 'true' or 'false', got {self.json_mode!r}")
 
 
+#: Hub task adapters (``trl_text2grad.tasks``) usable as ``dataset_path: <task>[:<split>]``, with their default split.
+_HUB_TASKS = {"slf5k": "train", "kodcode": "train", "ultrafeedback": "train_prefs"}
+
+
+def _template(task: str):
+    """The task's own critique template for the hub tasks, else the built-in template name."""
+    if task.lower() in _HUB_TASKS:
+        from . import critic_template
+
+        return critic_template(task.lower())
+    return task
+
+
 def build_critic(config: AnnotateConfig):
     """The critic an :class:`AnnotateConfig` describes."""
     if config.critic == "openai":
@@ -100,7 +115,7 @@ def build_critic(config: AnnotateConfig):
             model=config.model,
             base_url=config.base_url,
             api_key_env=config.api_key_env,
-            template=config.task,
+            template=_template(config.task),
             system_prompt=config.system_prompt,
             user_template=config.user_template,
             max_concurrency=config.max_concurrency,
@@ -115,7 +130,7 @@ def build_critic(config: AnnotateConfig):
 
         return TransformersCritic(
             model=config.model or None,
-            template=config.task,
+            template=_template(config.task),
             system_prompt=config.system_prompt,
             user_template=config.user_template,
             batch_size=config.batch_size,
@@ -135,10 +150,21 @@ def run(config: AnnotateConfig):
     if not config.dataset_path:
         raise ValueError("dataset_path is required: a .jsonl/.json file or 'humaneval'")
     data = config.dataset_path
+    context_columns = None
+    task_name, _, task_split = config.dataset_path.partition(":")
     if config.dataset_path.lower() == "humaneval":
         from ..tasks.humaneval import load_humaneval
 
         data = load_humaneval()
+    elif task_name.lower() in _HUB_TASKS:  # "slf5k", "kodcode:train", "ultrafeedback:test_prefs" (hub adapters)
+        from . import critic_template, load_task_dataset
+
+        data = load_task_dataset(task_name.lower(), task_split or _HUB_TASKS[task_name.lower()])
+        from ..annotate import DEFAULT_CONTEXT_COLUMNS
+
+        wanted = critic_template(task_name.lower()).placeholders() - {"prompt", "response"}
+        context_columns = {c: k for c, k in DEFAULT_CONTEXT_COLUMNS.items() if c in data.column_names}
+        context_columns.update({c: c for c in wanted if c in data.column_names})
     critic = build_critic(config)
     return annotate(
         data,
@@ -150,6 +176,7 @@ def run(config: AnnotateConfig):
         max_rows=config.max_rows,
         resume=config.resume,
         fuzzy_threshold=config.fuzzy_threshold,
+        context_columns=context_columns,
     )
 
 

@@ -34,7 +34,7 @@ CRITIC_TEMPLATE = CritiqueTemplate(
         "the exact lines that are wrong; quote as good the lines that are correct and essential.\n"
         + _JSON_INSTRUCTIONS
     ),
-    user="TASK:\n{question}\n\nUNIT TESTS (pytest):\n{tests}\n\nRESPONSE (the code to review):\n{response}",
+    user="TASK:\n{prompt}\n\nUNIT TESTS (pytest):\n{tests}\n\nRESPONSE (the code to review):\n{response}",
 )
 
 
@@ -75,7 +75,10 @@ def prepare(dataset):
 
 
 def load(
-    split: str = "train", dataset_name: str = DATASET_NAME, dataset_config: str | None = None, max_samples: int | None = None
+    split: str = "train",
+    dataset_name: str = DATASET_NAME,
+    dataset_config: str | None = None,
+    max_samples: int | None = None,
 ):
     """Load and prepare a split of KodCode-Light-RL-10K (hub, or a local file with the same columns)."""
     return prepare(load_rows(dataset_name, split, dataset_config, max_samples))

@@ -34,7 +34,10 @@ CRITIC_TEMPLATE = CritiqueTemplate(
         "good the phrases that capture the key facts. When a human's feedback is given, use it as evidence, but "
         "quote only the summary.\n" + _JSON_INSTRUCTIONS
     ),
-    user="POST:\n{post}\n\nHUMAN FEEDBACK (may be empty):\n{feedback}\n\nRESPONSE (the summary to evaluate):\n{response}",
+    user=(
+        "TASK GIVEN TO THE WRITER:\n{prompt}\n\nHUMAN FEEDBACK ON THE SUMMARY (may be empty):\n{feedback}\n\n"
+        "RESPONSE (the summary to evaluate):\n{response}"
+    ),
 )
 
 _INSTRUCTION = "Summarize the following Reddit post in one to three sentences (a TL;DR)."
@@ -67,7 +70,10 @@ def prepare(dataset):
 
 
 def load(
-    split: str = "train", dataset_name: str = DATASET_NAME, dataset_config: str | None = None, max_samples: int | None = None
+    split: str = "train",
+    dataset_name: str = DATASET_NAME,
+    dataset_config: str | None = None,
+    max_samples: int | None = None,
 ):
     """Load and prepare a split of SLF5K (hub, or a local file with the same columns)."""
     return prepare(load_rows(dataset_name, split, dataset_config, max_samples))

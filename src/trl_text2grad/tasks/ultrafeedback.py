@@ -32,7 +32,7 @@ CRITIC_TEMPLATE = CritiqueTemplate(
         "wrong, unhelpful, evasive or that ignore an instruction; quote as good the phrases that answer the "
         "question correctly and usefully.\n" + _JSON_INSTRUCTIONS
     ),
-    user="QUESTION:\n{question}\n\nRESPONSE (the answer to evaluate):\n{response}",
+    user="QUESTION:\n{prompt}\n\nRESPONSE (the answer to evaluate):\n{response}",
 )
 
 
@@ -73,7 +73,9 @@ def prepare(dataset, response_from: Literal["chosen", "rejected", "both"] = "cho
 
     if response_from != "both":
         return prepare_rows(dataset, lambda r: (format_rows(r, response_from) or [None])[0], REQUIRED_COLUMNS)[0]
-    single, _ = prepare_rows(dataset, lambda r: {"rows": rows} if (rows := format_rows(r, "both")) else None, REQUIRED_COLUMNS)
+    single, _ = prepare_rows(
+        dataset, lambda r: {"rows": rows} if (rows := format_rows(r, "both")) else None, REQUIRED_COLUMNS
+    )
     return Dataset.from_list([item for rows in single["rows"] for item in rows])
 
 

@@ -1,0 +1,112 @@
+"""Tiny SpanPPOTrainer run for ``tests/test_multiprocess.py``; launched with ``accelerate launch`` (2 CPU processes).
+
+Every rank writes ``rank<k>.json`` to ``--out``: world size, torch.distributed backend, the prompts it rolled out per
+update, the logged metrics, and fingerprints of the trainable parameters before and after training (DDP must keep
+them identical on all ranks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+
+import torch
+
+
+def load_tokenizer():
+    from trl_text2grad.models import _gguf_location, cache_dir, load_default_tokenizer
+
+    if (cache_dir() / "smollm2-135m-instruct" / "config.json").is_file():
+        return load_default_tokenizer()
+    from transformers import AutoTokenizer
+
+    folder, filename = _gguf_location()
+    return AutoTokenizer.from_pretrained(folder, gguf_file=filename, padding_side="left")
+
+
+def span_critic(prompts, responses, **context):
+    """First half of every response good, the rest neutral."""
+    return [[(0, max(1, len(text) // 2), 1.0)] if text else [] for text in responses]
+
+
+def fingerprint(module: torch.nn.Module) -> list[float]:
+    return [float(p.detach().double().sum()) for p in module.parameters() if p.requires_grad]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--updates", type=int, default=2)
+    cli = parser.parse_args()
+
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
+    from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
+
+    state = PartialState()
+    torch.set_num_threads(1)
+    tokenizer = load_tokenizer()
+    torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts them)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    policy = LlamaForCausalLM(config)
+    per_device, world = 2, state.num_processes
+    dataset = Dataset.from_dict({"prompt": [f"Question {i}: name a number." for i in range(8)]})
+    args = SpanPPOConfig(
+        output_dir=tempfile.mkdtemp(prefix=f"multiproc_rank{state.process_index}_"),
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=1,
+        num_ppo_epochs=1,
+        num_mini_batches=1,
+        response_length=6,
+        total_episodes=cli.updates * per_device * world,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+        reward_mode="span",
+    )
+    trainer = SpanPPOTrainer(args, tokenizer, policy, None, span_critic, dataset, value_model=None)
+    before = fingerprint(trainer.model)
+    seen: list[list[str]] = []
+    original_rollout = trainer.rollout
+
+    def recording_rollout(rows):
+        seen.append([str(row.get("prompt")) for row in rows])
+        return original_rollout(rows)
+
+    trainer.rollout = recording_rollout
+    trainer.train()
+    after = fingerprint(trainer.model)
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+    result = {
+        "rank": state.process_index,
+        "world_size": state.num_processes,
+        "distributed_type": str(state.distributed_type),
+        "backend": backend,
+        "global_step": trainer.state.global_step,
+        "prompts": seen,
+        "log_history": trainer.state.log_history,
+        "params_before": before,
+        "params_after": after,
+    }
+    os.makedirs(cli.out, exist_ok=True)
+    with open(os.path.join(cli.out, f"rank{state.process_index}.json"), "w") as f:
+        json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Two-process CPU training (gloo) of SpanPPOTrainer under ``accelerate launch`` with the shipped multi_cpu config."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "tests" / "scripts" / "multiproc_span_ppo.py"
+CONFIG = REPO / "recipes" / "accelerate" / "multi_cpu.yaml"
+
+
+def _accelerate() -> list[str]:
+    exe = Path(sys.executable).with_name("accelerate")
+    if exe.exists():
+        return [str(exe)]
+    if shutil.which("accelerate"):
+        return ["accelerate"]
+    return [sys.executable, "-m", "accelerate.commands.launch"]
+
+
+@pytest.mark.multiproc
+def test_two_cpu_processes_train_with_gloo(tmp_path):
+    out = tmp_path / "out"
+    cmd = [*_accelerate(), "launch", "--config_file", str(CONFIG), "--num_processes", "2",
+           "--main_process_port", "29517", str(SCRIPT), "--out", str(out), "--updates", "2"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.pop("ACCELERATE_USE_CPU", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, f"accelerate launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # both ranks ran, in one 2-process gloo group
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 and r["backend"] == "gloo" for r in ranks)
+    assert all("MULTI_CPU" in r["distributed_type"] for r in ranks)
+    # 2 updates x 1 PPO epoch x 1 mini-batch = 2 optimizer steps on each rank
+    assert all(r["global_step"] == 2 and len(r["prompts"]) == 2 for r in ranks)
+    # the ranks rolled out different prompts (the rollout batch is sharded), 2 per rank per update
+    for update in range(2):
+        p0, p1 = ranks[0]["prompts"][update], ranks[1]["prompts"][update]
+        assert len(p0) == len(p1) == 2 and not set(p0) & set(p1)
+    # finite losses, logged on every rank
+    for r in ranks:
+        logs = [entry for entry in r["log_history"] if "loss/policy_avg" in entry]
+        assert len(logs) == 2
+        for entry in logs:
+            assert math.isfinite(entry["loss/policy_avg"]) and math.isfinite(entry["loss/value_avg"])
+    # parameters changed, and DDP kept them identical across ranks (gradients were all-reduced)
+    for r in ranks:
+        assert sum(abs(a - b) > 0 for a, b in zip(r["params_before"], r["params_after"])) == len(r["params_after"])
+    assert ranks[0]["params_before"] == pytest.approx(ranks[1]["params_before"], rel=1e-12, abs=1e-12)
+    assert ranks[0]["params_after"] == pytest.approx(ranks[1]["params_after"], rel=1e-6, abs=1e-6)
