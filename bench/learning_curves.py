@@ -41,8 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from evidence_tasks import get_task  # noqa: E402
 
 ARMS = ("span", "scalar", "trl112")
-# The threshold of the "updates to reach it" figure, fixed before the runs (baseline success of SmolLM2-135M-Instruct
-# at temperature 0.7 is about 0.35 on both tasks; see docs/evidence.md).
+# The threshold of the "updates to reach it" figure, fixed before the runs (a 32-sample probe of SmolLM2-135M-Instruct
+# at temperature 1.0 and 40/48 new tokens succeeded on about 0.35 of the prompts of both tasks; see docs/evidence.md).
 DEFAULT_THRESHOLDS = {"text": 0.6, "code": 0.6}
 SMOOTH_WINDOW = 3
 

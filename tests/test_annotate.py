@@ -61,8 +61,22 @@ def test_output_schema_on_slf5k_fixture(tmp_path):
     dataset = annotate(rows, RecordingCritic(), out, batch_size=2, progress=False)
     assert len(dataset) == 3
     row = dataset[0]
-    for key in ("prompt", "response", "critique", "good_spans", "poor_spans", "located_spans", "num_located",
-                "num_unlocated", "unlocated_good", "unlocated_poor", "critic_error", "id", "_row", "_key"):
+    for key in (
+        "prompt",
+        "response",
+        "critique",
+        "good_spans",
+        "poor_spans",
+        "located_spans",
+        "num_located",
+        "num_unlocated",
+        "unlocated_good",
+        "unlocated_poor",
+        "critic_error",
+        "id",
+        "_row",
+        "_key",
+    ):
         assert key in row, key
     response = rows[0]["response"]
     assert row["good_spans"] == ["My roommate"]
@@ -221,7 +235,9 @@ def test_cli_main_with_yaml_config(tmp_path, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = tmp_path / "annotate.yaml"
     out = tmp_path / "he_annotated.jsonl"
-    config.write_text(f"dataset_path: {data}\noutput_path: {out}\ncritic: unit_tests\nbatch_size: 2\nsandbox_timeout: 10\n")
+    config.write_text(
+        f"dataset_path: {data}\noutput_path: {out}\ncritic: unit_tests\nbatch_size: 2\nsandbox_timeout: 10\n"
+    )
     dataset = main(["--config", str(config), "--good_span", "body"])
     assert len(dataset) == 2 and "annotated 2 rows" in capsys.readouterr().out
     assert all("passed" in c for c in dataset["critique"])

@@ -297,10 +297,15 @@ def test_real_model_end_to_end_generate_locate_collate_score():
     messages = [{"role": "user", "content": "Complete this Python function:\n" + problem["prompt"]}]
     prompt = encode_prompt_response(tokenizer, messages, "")
     input_ids = torch.tensor([prompt["input_ids"]])
-    with torch.no_grad():
-        generated = model.generate(
-            input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=48, do_sample=False
-        )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 135M model decodes as fast on one thread, and does not thrash on a busy machine
+    try:
+        with torch.no_grad():
+            generated = model.generate(
+                input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=32, do_sample=False
+            )
+    finally:
+        torch.set_num_threads(threads)
     response = tokenizer.decode(generated[0, input_ids.shape[1] :], skip_special_tokens=True)
     words = response.split()
     assert len(words) >= 4, response

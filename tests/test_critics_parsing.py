@@ -86,6 +86,8 @@ def test_template_override_and_extra_context():
 def test_prompt_to_text():
     assert prompt_to_text("plain") == "plain"
     assert prompt_to_text([{"role": "user", "content": "hi"}]) == "hi"
-    assert prompt_to_text([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]) == "system: s\nuser: u"
+    assert (
+        prompt_to_text([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]) == "system: s\nuser: u"
+    )
     with pytest.raises(TypeError):
         prompt_to_text(3)

@@ -34,7 +34,9 @@ def _fence(code: str) -> str:
 
 def test_passing_chat_answer_gets_last_line_as_good(problem):
     critic = UnitTestCritic(timeout=10)
-    response = _fence('def truncate_number(number: float) -> float:\n    """Decimal part."""\n    whole = int(number)\n    return number - whole')
+    response = _fence(
+        'def truncate_number(number: float) -> float:\n    """Decimal part."""\n    whole = int(number)\n    return number - whole'
+    )
     (critique,) = _run(critic, problem, [response])
     assert "passed" in critique.text
     assert critique.good == ["return number - whole"] and critique.poor == []
@@ -44,7 +46,9 @@ def test_passing_chat_answer_gets_last_line_as_good(problem):
 
 
 def test_good_span_modes(problem):
-    response = _fence("def truncate_number(number: float) -> float:\n    whole = int(number)\n    return number - whole")
+    response = _fence(
+        "def truncate_number(number: float) -> float:\n    whole = int(number)\n    return number - whole"
+    )
     (body,) = _run(UnitTestCritic(good_span="body"), problem, [response])
     assert body.good == ["whole = int(number)\n    return number - whole"]
     (none,) = _run(UnitTestCritic(good_span="none"), problem, [response])
@@ -55,7 +59,9 @@ def test_good_span_modes(problem):
 
 def test_failing_assertion_blames_the_function_body(problem):
     critic = UnitTestCritic()
-    response = _fence("def truncate_number(number: float) -> float:\n    whole = round(number)\n    return number - whole")
+    response = _fence(
+        "def truncate_number(number: float) -> float:\n    whole = round(number)\n    return number - whole"
+    )
     (critique,) = _run(critic, problem, [response])
     assert "assertion failed" in critique.text
     assert critique.poor == ["whole = round(number)\n    return number - whole"]
@@ -89,7 +95,9 @@ def test_syntax_error_blames_its_line(problem):
 def test_timeout_and_hostile_code_are_contained(problem):
     critic = UnitTestCritic(timeout=1.5)
     looping = _fence("def truncate_number(number: float) -> float:\n    while True:\n        pass")
-    hostile = _fence("import os\n\ndef truncate_number(number: float) -> float:\n    os.system('rm -rf /tmp/x')\n    return number % 1.0")
+    hostile = _fence(
+        "import os\n\ndef truncate_number(number: float) -> float:\n    os.system('rm -rf /tmp/x')\n    return number % 1.0"
+    )
     loop_critique, hostile_critique = _run(critic, problem, [looping, hostile])
     assert "did not finish" in loop_critique.text and "timeout" in loop_critique.text
     assert loop_critique.poor == ["while True:\n        pass"]

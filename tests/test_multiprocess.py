@@ -6,6 +6,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,11 +27,17 @@ def _accelerate() -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch"]
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.multiproc
 def test_two_cpu_processes_train_with_gloo(tmp_path):
     out = tmp_path / "out"
     cmd = [*_accelerate(), "launch", "--config_file", str(CONFIG), "--num_processes", "2",
-           "--main_process_port", "29517", str(SCRIPT), "--out", str(out), "--updates", "2"]  # fmt: skip
+           "--main_process_port", str(_free_port()), str(SCRIPT), "--out", str(out), "--updates", "2"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     env.pop("ACCELERATE_USE_CPU", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
@@ -42,7 +49,7 @@ def test_two_cpu_processes_train_with_gloo(tmp_path):
     assert all(r["world_size"] == 2 and r["backend"] == "gloo" for r in ranks)
     assert all("MULTI_CPU" in r["distributed_type"] for r in ranks)
     # 2 updates x 1 PPO epoch x 1 mini-batch = 2 optimizer steps on each rank
-    assert all(r["global_step"] == 2 and len(r["prompts"]) == 2 for r in ranks)
+    assert all(r["max_steps"] == 2 and r["global_step"] == 2 and len(r["prompts"]) == 2 for r in ranks)
     # the ranks rolled out different prompts (the rollout batch is sharded), 2 per rank per update
     for update in range(2):
         p0, p1 = ranks[0]["prompts"][update], ranks[1]["prompts"][update]

@@ -498,7 +498,7 @@ def test_smollm2_two_updates_span_mode(tmp_path):
     assert list((tmp_path / "out" / "heatmaps").glob("rollout_*.html"))
 
 
-MULTIPROC_SCRIPT = r'''
+MULTIPROC_SCRIPT = r"""
 import json, sys, torch
 sys.path.insert(0, sys.argv[2])
 from datasets import Dataset
@@ -533,7 +533,7 @@ result = {"rank": trainer.accelerator.process_index, "world": trainer.accelerato
           "episodes": [h["episode"] for h in trainer.state.log_history if "episode" in h]}
 with open(f"{sys.argv[1]}/rank{result['rank']}.json", "w") as f:
     json.dump(result, f)
-'''
+"""
 
 
 @pytest.mark.slow

@@ -251,7 +251,9 @@ def annotate(
     if max_rows is not None:
         rows = rows[:max_rows]
     if rows and prompt_column not in rows[0]:
-        raise ValueError(f"annotate: rows have no '{prompt_column}' column (columns: {sorted(rows[0])}); set prompt_column")
+        raise ValueError(
+            f"annotate: rows have no '{prompt_column}' column (columns: {sorted(rows[0])}); set prompt_column"
+        )
     if rows and response_column not in rows[0]:
         raise ValueError(
             f"annotate: rows have no '{response_column}' column (columns: {sorted(rows[0])}); set response_column"
@@ -304,7 +306,9 @@ def annotate(
                 row = rows[index]
                 response = row.get(response_column)
                 if not isinstance(response, str) or not response.strip():
-                    reason = f"'{response_column}' is {'empty' if isinstance(response, str) else type(response).__name__}"
+                    reason = (
+                        f"'{response_column}' is {'empty' if isinstance(response, str) else type(response).__name__}"
+                    )
                     logger.warning("annotate: skipping row %d: %s", index, reason)
                     out.append(_skip_record(index, row, reason, keep_columns, prompt_column, response_column))
                     skipped += 1

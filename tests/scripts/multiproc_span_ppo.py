@@ -48,7 +48,7 @@ def main() -> None:
     from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
     from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
 
-    state = PartialState()
+    state = PartialState(cpu=True)  # without cpu=True accelerate reports 1 process on a machine without GPUs
     torch.set_num_threads(1)
     tokenizer = load_tokenizer()
     torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts them)
@@ -91,13 +91,15 @@ def main() -> None:
     trainer.rollout = recording_rollout
     trainer.train()
     after = fingerprint(trainer.model)
-    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+    backend = str(state.backend) if torch.distributed.is_initialized() else None
     result = {
         "rank": state.process_index,
         "world_size": state.num_processes,
         "distributed_type": str(state.distributed_type),
         "backend": backend,
         "global_step": trainer.state.global_step,
+        "max_steps": trainer.state.max_steps,
+        "dataloader_batches": len(trainer.get_train_dataloader()),
         "prompts": seen,
         "log_history": trainer.state.log_history,
         "params_before": before,

@@ -30,7 +30,23 @@ _EXPORTS = {
     "get_template": "trl_text2grad.critics.prompts",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "TEMPLATES",
+    "BaseCritic",
+    "Critic",
+    "CritiqueTemplate",
+    "LLMCritic",
+    "OpenAICompatibleCritic",
+    "ParsedCritique",
+    "SandboxResult",
+    "TransformersCritic",
+    "UnitTestCritic",
+    "get_template",
+    "parse_critique",
+    "run_python",
+    "sandbox_capabilities",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name: str):

@@ -72,7 +72,10 @@ class LLMCritic(BaseCritic):
     """
 
     def __init__(
-        self, template: str | CritiqueTemplate | None = "qa", system_prompt: str | None = None, user_template: str | None = None
+        self,
+        template: str | CritiqueTemplate | None = "qa",
+        system_prompt: str | None = None,
+        user_template: str | None = None,
     ) -> None:
         super().__init__()
         self.template = get_template(template, system=system_prompt, user=user_template)
@@ -105,7 +108,9 @@ class LLMCritic(BaseCritic):
             errors.append(parsed.error)
         failures = sum(e is not None for e in errors)
         if failures:
-            logger.warning("%s: %d of %d critiques had errors (see last_errors)", type(self).__name__, failures, len(errors))
+            logger.warning(
+                "%s: %d of %d critiques had errors (see last_errors)", type(self).__name__, failures, len(errors)
+            )
         self.last_errors = errors
         self.last_answers = [a if isinstance(a, str) else None for a in answers]
         return critiques

@@ -106,7 +106,9 @@ class TransformersCritic(LLMCritic):
 
     def _generate_chunk(self, chunk: list[list[dict]]) -> list[str]:
         tokenizer = self.tokenizer
-        texts = [tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) for messages in chunk]
+        texts = [
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) for messages in chunk
+        ]
         previous_side, previous_trunc = tokenizer.padding_side, tokenizer.truncation_side
         tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
         try:

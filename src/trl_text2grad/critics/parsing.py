@@ -130,7 +130,9 @@ def parse_critique(text: str | None) -> ParsedCritique:
     critique_text = raw_text if isinstance(raw_text, str) else ("" if raw_text is None else str(raw_text))
     good, dropped_good = _spans(_first(obj, _GOOD_KEYS))
     poor, dropped_poor = _spans(_first(obj, _POOR_KEYS))
-    missing = [name for name, keys in (("good_spans", _GOOD_KEYS), ("poor_spans", _POOR_KEYS)) if _first(obj, keys) is None]
+    missing = [
+        name for name, keys in (("good_spans", _GOOD_KEYS), ("poor_spans", _POOR_KEYS)) if _first(obj, keys) is None
+    ]
     error = None
     if raw_text is None and missing:
         error = f"JSON object lacks 'critique' and {missing}"

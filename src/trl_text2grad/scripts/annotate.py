@@ -54,9 +54,7 @@ class AnnotateConfig:
 
     dataset_path: str = field(default="", metadata={"help": "Input .jsonl/.json file, or 'humaneval'."})
     output_path: str = field(default="annotations.jsonl", metadata={"help": "Output JSONL (also the resume cache)."})
-    critic: str = field(
-        default="openai", metadata={"help": "Critic: 'openai', 'transformers' or 'unit_tests'."}
-    )
+    critic: str = field(default="openai", metadata={"help": "Critic: 'openai', 'transformers' or 'unit_tests'."})
     task: str = field(default="qa", metadata={"help": "Critique template: 'summarization', 'code' or 'qa'."})
     system_prompt: str | None = field(default=None, metadata={"help": "Override the template's system message."})
     user_template: str | None = field(

@@ -90,23 +90,25 @@ def _dtype(name):
 def load_policy(model_args, training_args):
     """Policy model and tokenizer from a :class:`trl.ModelConfig` (``default`` = packaged SmolLM2)."""
     from transformers import AutoModelForCausalLM
-    from trl import get_kbit_device_map, get_quantization_config
+    from trl import get_quantization_config
 
     from . import load_tokenizer, resolve_model_path
 
     path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(
-        path, revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+        path, revision=model_args.model_revision, trust_remote_code=getattr(training_args, "trust_remote_code", False)
     )
     quantization_config = get_quantization_config(model_args)
     kwargs = dict(
         revision=model_args.model_revision,
         attn_implementation=model_args.attn_implementation,
         dtype=_dtype(model_args.dtype),
-        trust_remote_code=model_args.trust_remote_code,
+        trust_remote_code=getattr(training_args, "trust_remote_code", False),
     )
     if quantization_config is not None:
-        kwargs.update(quantization_config=quantization_config, device_map=get_kbit_device_map())
+        from accelerate import PartialState
+
+        kwargs.update(quantization_config=quantization_config, device_map={"": PartialState().local_process_index})
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

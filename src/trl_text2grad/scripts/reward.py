@@ -110,7 +110,10 @@ def run(script_args: RewardScriptArguments, training_args, model_args):
 
     path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(
-        path, padding_side="right", revision=model_args.model_revision, trust_remote_code=model_args.trust_remote_code
+        path,
+        padding_side="right",
+        revision=model_args.model_revision,
+        trust_remote_code=getattr(training_args, "trust_remote_code", False),
     )
     init_kwargs = dict(training_args.model_init_kwargs or {})
     if model_args.dtype not in (None, "auto"):

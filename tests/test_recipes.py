@@ -1,0 +1,332 @@
+"""Every recipe parses with TrlParser, and every trainer recipe runs one tiny update on a tiny random model.
+
+The paper recipes name Llama-3.1-8B-Instruct and hub data sets; here the model is overridden with a 2-layer random
+Llama saved next to the SmolLM2 tokenizer, and the data with local JSONL files that have the hub's columns, so the
+recipes (their field names, values and the code paths they select) are exercised offline and cannot rot.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").glob("*/*.yaml") if p.parent.name != "accelerate")
+PAPER_TASKS = ("slf5k", "kodcode", "ultrafeedback")
+CPU = ["--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--use_cpu", "true"]
+
+
+def _parse(recipe: Path, extra: list[str]):
+    from trl import TrlParser
+
+    kind = recipe.stem
+    if kind == "demo":
+        from trl_text2grad.demo import DemoConfig
+
+        return TrlParser((DemoConfig,)).parse_args_and_config(["--config", str(recipe), *extra])
+    if kind == "annotate":
+        from trl_text2grad.scripts.annotate import AnnotateConfig
+
+        return TrlParser((AnnotateConfig,)).parse_args_and_config(["--config", str(recipe), *extra])
+    if kind == "ppo":
+        from trl_text2grad.scripts.ppo import make_parser
+    elif kind == "reward":
+        from trl_text2grad.scripts.reward import make_parser
+    else:  # pragma: no cover - a new recipe kind must be added here
+        raise AssertionError(f"unknown recipe kind {kind!r} ({recipe})")
+    return make_parser().parse_args_and_config(["--config", str(recipe), *extra])
+
+
+def test_recipe_inventory():
+    names = {f"{p.parent.name}/{p.name}" for p in RECIPES}
+    for task in PAPER_TASKS:
+        assert {f"{task}/annotate.yaml", f"{task}/reward.yaml", f"{task}/ppo.yaml"} <= names
+    assert {"humaneval_smollm2/ppo.yaml", "humaneval_smollm2/demo.yaml"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_recipe_parses(recipe, tmp_path):
+    extra = [] if recipe.stem in ("demo", "annotate") else ["--output_dir", str(tmp_path), "--bf16", "false"]
+    parsed = _parse(recipe, extra)
+    assert parsed, recipe
+    if recipe.stem == "ppo":
+        script_args, training_args, model_args = parsed
+        assert training_args.gamma == 1.0 and training_args.lam == 0.95
+        assert training_args.cliprange == 0.2 and training_args.vf_coef == 0.1
+        assert model_args.use_peft and model_args.lora_r == 16 and model_args.lora_alpha == 32
+        if recipe.parent.name in PAPER_TASKS:
+            assert script_args.task == recipe.parent.name
+            assert model_args.model_name_or_path == "meta-llama/Llama-3.1-8B-Instruct"
+            expected_kl = {"slf5k": 0.2, "kodcode": 0.07, "ultrafeedback": 0.05}[recipe.parent.name]
+            assert training_args.kl_coef == pytest.approx(expected_kl)
+            assert script_args.critic == "reward_model"
+    if recipe.stem == "annotate" and recipe.parent.name in PAPER_TASKS:
+        (config,) = parsed
+        assert config.critic == "openai" and config.api_key_env == "OPENAI_API_KEY"
+        assert config.dataset_path.split(":")[0] == recipe.parent.name
+
+
+def test_overrides_beat_the_recipe(tmp_path):
+    recipe = ROOT / "recipes/slf5k/ppo.yaml"
+    script_args, training_args, model_args = _parse(
+        recipe, ["--output_dir", str(tmp_path), "--bf16", "false", "--kl_coef", "0.3", "--lora_r", "4"]
+    )
+    assert training_args.kl_coef == pytest.approx(0.3) and model_args.lora_r == 4
+    assert training_args.output_dir == str(tmp_path)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Tiny end-to-end runs
+# -------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = smollm2_tokenizer
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("tiny_policy")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def hub_rows(task: str) -> list[dict]:
+    """Rows with the columns of the task's hub data set."""
+    if task == "slf5k":
+        return [
+            {
+                "id": f"p{i}",
+                "subreddit": "relationships",
+                "title": f"My roommate keeps eating my food ({i})",
+                "post": "We share a flat. Every week my groceries vanish and he denies it. How do I bring it up?",
+                "generated_summary_for_feedback": "Roommate eats my food and denies it; how to confront him?",
+                "feedback": "Good, but mention that it happens every week.",
+                "ideal_human_summary": "My roommate eats my groceries every week and denies it. How do I confront him?",
+            }
+            for i in range(4)
+        ]
+    if task == "kodcode":
+        return [
+            {
+                "question_id": f"q{i}",
+                "question": f"Write a function add(a, b) that returns the sum of a and b plus {i}.",
+                "solution": f"def add(a, b):\n    return a + b + {i}",
+                "test": f"from solution import add\n\ndef test_add():\n    assert add(1, 2) == {3 + i}\n",
+                "test_info": [{"function_name": "add", "function_declaration": "def add(a, b):"}],
+            }
+            for i in range(4)
+        ]
+    return [
+        {
+            "prompt_id": f"u{i}",
+            "prompt": f"Name a primary colour ({i}).",
+            "chosen": [
+                {"role": "user", "content": f"Name a primary colour ({i})."},
+                {"role": "assistant", "content": "Red is a primary colour."},
+            ],
+            "rejected": [
+                {"role": "user", "content": f"Name a primary colour ({i})."},
+                {"role": "assistant", "content": "Green, obviously, in every colour model."},
+            ],
+            "score_chosen": 9.0,
+            "score_rejected": 3.0,
+        }
+        for i in range(4)
+    ]
+
+
+def annotated_rows(task: str) -> list[dict]:
+    """Annotation-schema rows (what `trl-text2grad annotate` writes) built from the task adapter's rows."""
+    import importlib
+
+    module = importlib.import_module(f"trl_text2grad.tasks.{task}")
+    from datasets import Dataset
+
+    rows = []
+    for row in module.prepare(Dataset.from_list(hub_rows(task))):
+        response = row["response"]
+        words = response.split()
+        rows.append(
+            {
+                **row,
+                "critique": "Mostly right; the ending is weak.",
+                "good_spans": [" ".join(words[:2])],
+                "poor_spans": [" ".join(words[-2:])],
+            }
+        )
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_humaneval_ppo_recipe_tiny_update(tiny_model_dir, tmp_path):
+    from trl_text2grad.scripts import ppo
+
+    out = tmp_path / "ppo"
+    code = ppo.main(
+        [
+            "--config",
+            str(ROOT / "recipes/humaneval_smollm2/ppo.yaml"),
+            "--model_name_or_path",
+            tiny_model_dir,
+            "--output_dir",
+            str(out),
+            "--total_episodes",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--response_length",
+            "8",
+            "--num_ppo_epochs",
+            "1",
+            "--max_train_samples",
+            "4",
+            "--save_steps",
+            "100",
+            *CPU,
+        ]
+    )
+    assert code == 0
+    assert (out / "adapter_model.safetensors").is_file(), sorted(p.name for p in out.iterdir())
+
+
+def test_humaneval_reward_recipe_tiny_update(tiny_model_dir, tmp_path):
+    from trl_text2grad.reward.scoring import SpanRewardModel
+    from trl_text2grad.scripts import reward
+
+    rows = annotated_rows("kodcode")  # code rows; the recipe is HumanEval's, the schema is the same
+    for i, row in enumerate(rows):
+        row["task_id"] = f"HumanEval/{i}"
+    data = _write_jsonl(tmp_path / "ann.jsonl", rows)
+    out = tmp_path / "rm"
+    code = reward.main(
+        [
+            "--config",
+            str(ROOT / "recipes/humaneval_smollm2/reward.yaml"),
+            "--dataset_name",
+            data,
+            "--model_name_or_path",
+            tiny_model_dir,
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+            "--eval_fraction",
+            "0.25",
+            "--eval_strategy",
+            "no",
+            *CPU,
+        ]
+    )
+    assert code == 0
+    scorer = SpanRewardModel.from_pretrained(out)
+    critiques = scorer.score([rows[0]["prompt"]], [rows[0]["response"]])
+    assert len(critiques) == 1
+
+
+@pytest.mark.parametrize("task", PAPER_TASKS)
+def test_paper_recipes_tiny_reward_then_ppo(task, tiny_model_dir, tmp_path):
+    """The task's reward recipe trains a (tiny) span reward model; its PPO recipe then uses it as reward."""
+    from trl_text2grad.scripts import ppo, reward
+
+    annotations = _write_jsonl(tmp_path / "ann.jsonl", annotated_rows(task))
+    hub_file = _write_jsonl(tmp_path / "hub.jsonl", hub_rows(task))
+    rm_dir = tmp_path / "rm"
+    assert (
+        reward.main(
+            [
+                "--config",
+                str(ROOT / f"recipes/{task}/reward.yaml"),
+                "--dataset_name",
+                annotations,
+                "--model_name_or_path",
+                tiny_model_dir,
+                "--dtype",
+                "float32",
+                "--output_dir",
+                str(rm_dir),
+                "--max_steps",
+                "1",
+                "--per_device_train_batch_size",
+                "2",
+                "--gradient_accumulation_steps",
+                "1",
+                "--max_length",
+                "384",
+                "--max_target_length",
+                "32",
+                "--max_new_tokens",
+                "8",
+                "--eval_fraction",
+                "0",
+                "--eval_strategy",
+                "no",
+                "--save_strategy",
+                "no",
+                *CPU,
+            ]
+        )
+        == 0
+    )
+    assert (rm_dir / "span_reward_config.json").is_file()
+
+    ppo_dir = tmp_path / "ppo"
+    split = "train_prefs" if task == "ultrafeedback" else "train"
+    assert (
+        ppo.main(
+            [
+                "--config",
+                str(ROOT / f"recipes/{task}/ppo.yaml"),
+                "--dataset_name",
+                hub_file,
+                "--dataset_train_split",
+                split,
+                "--reward_model_path",
+                str(rm_dir),
+                "--model_name_or_path",
+                tiny_model_dir,
+                "--dtype",
+                "float32",
+                "--output_dir",
+                str(ppo_dir),
+                "--total_episodes",
+                "2",
+                "--per_device_train_batch_size",
+                "2",
+                "--gradient_accumulation_steps",
+                "1",
+                "--num_ppo_epochs",
+                "1",
+                "--response_length",
+                "8",
+                "--save_steps",
+                "100",
+                *CPU,
+            ]
+        )
+        == 0
+    )
+    assert (ppo_dir / "adapter_model.safetensors").is_file()
