@@ -253,10 +253,11 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 
 def _mean_std(columns: list[list[float]]) -> tuple[list[float], list[float]]:
-    length = min(len(c) for c in columns)
+    """Per-index mean and sample std over the columns that have that index (runs may be of unequal length)."""
+    length = max(len(c) for c in columns)
     means, stds = [], []
     for i in range(length):
-        vals = [c[i] for c in columns if not math.isnan(c[i])]
+        vals = [c[i] for c in columns if i < len(c) and not math.isnan(c[i])]
         if not vals:
             means.append(float("nan"))
             stds.append(float("nan"))
@@ -287,8 +288,16 @@ def load_runs(directory: str) -> dict[tuple[str, str], dict[int, list[dict]]]:
 
 def summarise(runs, thresholds: dict[str, float]) -> list[dict]:
     summary = []
-    for (task, arm), seeds in sorted(runs.items()):
+    full_length = defaultdict(int)
+    for (task, _), seeds in runs.items():
+        full_length[task] = max([full_length[task]] + [len(rows) for rows in seeds.values()])
+    for (task, arm), all_seeds in sorted(runs.items()):
         threshold = thresholds.get(task, 0.6)
+        # only complete runs enter the summary (an interrupted run is plotted but not summarised)
+        seeds = {s: rows for s, rows in all_seeds.items() if len(rows) == full_length[task]}
+        partial = sorted(s for s in all_seeds if s not in seeds)
+        if not seeds:
+            continue
         reached = {s: updates_to_threshold([r["success"] for r in rows], threshold) for s, rows in seeds.items()}
         first3 = [sum(r["success"] for r in rows[:3]) / len(rows[:3]) for rows in seeds.values()]
         last3 = [sum(r["success"] for r in rows[-3:]) / len(rows[-3:]) for rows in seeds.values()]
@@ -304,11 +313,17 @@ def summarise(runs, thresholds: dict[str, float]) -> list[dict]:
             return m, math.sqrt(sum((v - m) ** 2 for v in vals) / max(len(vals) - 1, 1))
 
         hits = [v for v in reached.values() if v is not None]
+        # pooled over seeds: success of the responses sampled in the second half of the run (binomial standard error)
+        late = [r for rows in seeds.values() for r in rows[len(rows) // 2 :]]
+        batch = {id(r): r["episodes"] / r["update"] for r in late}  # responses behind each success rate
+        late_n = sum(batch.values())
+        late_p = sum(r["success"] * batch[id(r)] for r in late) / late_n
         summary.append(
             {
                 "task": task,
                 "arm": arm,
                 "seeds": len(seeds),
+                "partial_seeds_excluded": ";".join(str(s) for s in partial),
                 "updates": min(len(rows) for rows in seeds.values()),
                 "threshold": threshold,
                 "success_first3_mean": ms(first3)[0],
@@ -322,6 +337,9 @@ def summarise(runs, thresholds: dict[str, float]) -> list[dict]:
                     "-" if reached[s] is None else str(reached[s]) for s in sorted(reached)
                 ),
                 "updates_to_threshold_mean_of_reached": (sum(hits) / len(hits)) if hits else float("nan"),
+                "success_second_half_pooled": late_p,
+                "success_second_half_se": math.sqrt(late_p * (1 - late_p) / late_n),
+                "success_second_half_samples": int(late_n),
                 "kl_last_mean": ms(kl_last)[0],
                 "wall_s_mean": ms(wall)[0],
                 "wall_s_std": ms(wall)[1],
@@ -395,15 +413,16 @@ def plot(args) -> None:
 
 def markdown_table(summary: list[dict]) -> str:
     head = (
-        "| task | arm | seeds | updates | success, updates 1-3 | success, last 3 updates | critic reward, last 3 "
-        "| updates to threshold (per seed) | final KL | wall time (s) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|"
+        "| task | arm | seeds | updates | success, updates 1-3 | success, last 3 updates | success, 2nd half pooled "
+        "| critic reward, last 3 | updates to threshold (per seed) | final KL | wall time (s) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for s in summary:
         lines.append(
             f"| {s['task']} | {s['arm']} | {s['seeds']} | {s['updates']} | {s['success_first3_mean']:.2f} ± "
             f"{s['success_first3_std']:.2f} | {s['success_last3_mean']:.2f} ± {s['success_last3_std']:.2f} | "
+            f"{s['success_second_half_pooled']:.2f} ± {s['success_second_half_se']:.2f} (n={s['success_second_half_samples']}) | "
             f"{s['critic_reward_last3_mean']:.2f} ± {s['critic_reward_last3_std']:.2f} | ≥{s['threshold']}: "
             f"{s['updates_to_threshold']} | {s['kl_last_mean']:.3f} | {s['wall_s_mean']:.0f} ± {s['wall_s_std']:.0f} |"
         )

@@ -152,6 +152,7 @@ def train(args: argparse.Namespace) -> dict:
         gradient_accumulation_steps=1,
         learning_rate=args.lr,
         num_train_epochs=args.epochs,
+        max_steps=args.max_steps,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=5,
         max_length=args.max_length,
@@ -231,6 +232,7 @@ def main() -> None:
     t.add_argument("--out", required=True)
     t.add_argument("--minutes", type=float, default=5.0)
     t.add_argument("--epochs", type=float, default=3.0)
+    t.add_argument("--max-steps", type=int, default=-1, help="stop after this many optimizer steps (-1: epochs)")
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--max-length", type=int, default=512)

@@ -153,7 +153,7 @@ def test_unit_test_critic_on_smollm2_humaneval_completions():
     from trl_text2grad.models import load_default_model, load_default_tokenizer
 
     tokenizer, model = load_default_tokenizer(), load_default_model()
-    problems = load_humaneval().select([0, 2, 7, 12])
+    problems = load_humaneval().select([0, 2, 12])
     chats = [
         tokenizer.apply_chat_template(
             [{"role": "user", "content": "Complete this Python function:\n```python\n" + p["prompt"] + "```"}],
@@ -163,13 +163,13 @@ def test_unit_test_critic_on_smollm2_humaneval_completions():
         for p in problems
     ]
     encoded = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False)
-    output = model.generate(**encoded, max_new_tokens=128, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    output = model.generate(**encoded, max_new_tokens=96, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     responses = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
     critic = UnitTestCritic(timeout=10)
     critiques = critic.critique(
         problems["prompt"], responses, tests=problems["test"], entry_point=problems["entry_point"]
     )
-    assert len(critiques) == 4
+    assert len(critiques) == 3
     for response, critique, spans, result in zip(responses, critiques, critic.last_spans, critic.last_results):
         assert critique.text
         for start, end, _ in spans:  # every span indexes the response

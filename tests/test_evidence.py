@@ -207,6 +207,7 @@ def _fake_runs(directory, task="text"):
                         "arm": arm,
                         "seed": seed,
                         "update": u,
+                        "episodes": 8 * u,
                         "success": min(1.0, 0.3 + slope * u + 0.01 * seed),
                         "critic_reward": slope * u,
                         "kl": 0.1 * u,
@@ -277,3 +278,38 @@ def test_one_run_with_a_tiny_policy_writes_per_update_metrics(tmp_path, tiny_lla
     assert (out / f"text_{arm}_seed3.csv").exists()
     meta = json.loads((out / f"text_{arm}_seed3.meta.json").read_text())
     assert meta["config"]["arm"] == arm and meta["samples"]
+
+
+@pytest.mark.slow
+@pytest.mark.ci_real_model
+def test_one_update_with_smollm2_and_the_code_critic(tmp_path):
+    """The real setup of docs/evidence.md (SmolLM2-135M-Instruct + LoRA + sandboxed code critic), cut to one update."""
+    pytest.importorskip("peft")
+    out = tmp_path / "runs"
+    learning_curves.main(
+        [
+            "--task",
+            "code",
+            "--arm",
+            "span",
+            "--seed",
+            "0",
+            "--updates",
+            "1",
+            "--batch-size",
+            "2",
+            "--response-length",
+            "12",
+            "--ppo-epochs",
+            "1",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(tmp_path / "work"),
+        ]
+    )
+    rows = [json.loads(line) for line in (out / "code_span_seed0.jsonl").read_text().splitlines()]
+    assert len(rows) == 1
+    assert 0.0 <= rows[0]["success"] <= 1.0
+    assert rows[0]["num_spans"] >= 1.0  # the code critic marks every response (good function or a poor line)
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)  # first rollout: LoRA starts at zero, policy == reference

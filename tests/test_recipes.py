@@ -330,3 +330,54 @@ def test_paper_recipes_tiny_reward_then_ppo(task, tiny_model_dir, tmp_path):
         == 0
     )
     assert (ppo_dir / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_ppo_recipe_under_two_process_accelerate_launch(tiny_model_dir, tmp_path):
+    """`accelerate launch` with the shipped multi_cpu config, 2 processes (gloo), of the HumanEval PPO recipe."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "ppo"
+    cmd = [
+        str(Path(sys.executable).with_name("accelerate")),
+        "launch",
+        "--config_file",
+        str(ROOT / "recipes/accelerate/multi_cpu.yaml"),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "trl_text2grad.scripts.ppo",
+        "--config",
+        str(ROOT / "recipes/humaneval_smollm2/ppo.yaml"),
+        "--model_name_or_path",
+        tiny_model_dir,
+        "--output_dir",
+        str(out),
+        "--total_episodes",
+        "4",
+        "--per_device_train_batch_size",
+        "2",
+        "--response_length",
+        "8",
+        "--num_ppo_epochs",
+        "1",
+        "--max_train_samples",
+        "8",
+        "--save_steps",
+        "100",
+        *CPU,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert "span PPO finished" in proc.stdout
+    assert (out / "adapter_model.safetensors").is_file()

@@ -81,7 +81,13 @@ def test_token_head_end_to_end_save_reload_identical(tmp_path, tiny_llama, smoll
     assert logged and all("critique_loss" in entry and "span_accuracy" in entry for entry in logged)
 
     metrics = trainer.evaluate()
-    for key in ("eval_loss", "eval_good_precision", "eval_poor_recall", "eval_exact_span_precision", "eval_parse_rate"):
+    for key in (
+        "eval_loss",
+        "eval_good_precision",
+        "eval_poor_recall",
+        "eval_exact_span_precision",
+        "eval_parse_rate",
+    ):
         assert key in metrics or key.replace("precision", "recall") in metrics, key
     assert metrics["eval_parse_rate"] == 1.0
 
@@ -115,7 +121,9 @@ def test_token_head_learns_a_span_rule(tmp_path, tiny_llama, smollm2_tokenizer):
     rows = _rows(16)
     trainer = SpanRewardTrainer(
         tiny_llama(seed=1),
-        args=_config(tmp_path, "token_head", head_layout="repeat", max_steps=120, learning_rate=1e-2, logging_steps=120),
+        args=_config(
+            tmp_path, "token_head", head_layout="repeat", max_steps=120, learning_rate=1e-2, logging_steps=120
+        ),
         train_dataset=Dataset.from_list(rows),
         processing_class=smollm2_tokenizer,
     )
@@ -136,7 +144,9 @@ def test_generative_end_to_end_unparseable_is_neutral(tmp_path, tiny_llama, smol
     batch = trainer.data_collator([trainer.train_dataset[0], trainer.train_dataset[1]])
     labels = batch["labels"][0]
     target = smollm2_tokenizer.decode(labels[labels != -100])
-    assert target.startswith('{"critique": "Subtracts instead of adding."') and '"poor_spans": ["return x - y"]' in target
+    assert (
+        target.startswith('{"critique": "Subtracts instead of adding."') and '"poor_spans": ["return x - y"]' in target
+    )
     assert target.endswith(smollm2_tokenizer.eos_token)
     trainer.train()
     metrics = trainer.evaluate()
@@ -177,7 +187,9 @@ def test_generative_scoring_parses_and_locates(tmp_path, tiny_llama, smollm2_tok
     monkeypatch.setattr(model, "generate", fake_generate)
     response = "def add(x, y):\n    return x - y"
     predictions = rm.predict(["p1", "p2"], [response, response])
-    assert predictions[0].parsed and predictions[0].critique == Critique("bad sign", ["def add(x, y):"], ["return x - y"])
+    assert predictions[0].parsed and predictions[0].critique == Critique(
+        "bad sign", ["def add(x, y):"], ["return x - y"]
+    )
     assert [(s.start, s.end, s.score) for s in predictions[0].spans] == [(0, 14, 1.0), (19, 31, -1.0)]
     assert not predictions[1].parsed and predictions[1].critique == Critique()
     assert rm.stats["num_unparseable"] == 1 and rm.stats["num_scored"] == 2

@@ -628,6 +628,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     _stage("Stage 5/5: report")
     runtime = time.time() - started
     metrics["runtime_s"] = round(runtime, 1)
+    metrics["cpu_time_s"] = round(_cpu_seconds(), 1)
     curves = _plot_curves(log_history, out_dir / "training_curves.png")
     problems_table = [
         {
@@ -734,6 +735,20 @@ def _policy_of(trainer):
     if hasattr(model, "generate"):
         return model
     raise RuntimeError("could not find the trained policy on the SpanPPOTrainer (expected .policy or .model.policy)")
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children (the sandboxed test programs).
+
+    On a busy machine wall time says little; CPU time divided by the number of free cores approximates the wall
+    time on an idle one.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return float("nan")
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _cuda_available() -> bool:

@@ -304,9 +304,7 @@ def _last_exception_line(stderr: str) -> str | None:
     return None
 
 
-def _reason(
-    returncode: int | None, timed_out: bool, stderr: str, timeout: float, memory_mb: int, duration: float
-) -> str:
+def _reason(returncode: int | None, timed_out: bool, stderr: str, timeout: float, memory_mb: int) -> str:
     if timed_out:
         return f"timeout: killed after {timeout:g} s wall clock"
     if returncode == 0:
@@ -437,7 +435,7 @@ def run_python(
         duration = time.monotonic() - start
         stdout, out_truncated = _read_capped(stdout_path, max_output_bytes)
         stderr, err_truncated = _read_capped(stderr_path, max_output_bytes)
-        reason = _reason(returncode, timed_out, stderr, timeout, memory_mb, duration)
+        reason = _reason(returncode, timed_out, stderr, timeout, memory_mb)
         return SandboxResult(
             passed=returncode == 0 and not timed_out,
             returncode=returncode,

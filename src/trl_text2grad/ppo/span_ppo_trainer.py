@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import math
 import os
@@ -388,7 +389,9 @@ class SpanPPOTrainer(Trainer):
         # Batch sizes (TRL 1.12 names). One optimizer step = one mini-batch.
         from accelerate import PartialState
 
-        world_size = PartialState().num_processes
+        # PartialState can report 1 process under torchrun on a GPU-less machine when created without cpu=True;
+        # the launcher's WORLD_SIZE is authoritative then.
+        world_size = max(PartialState().num_processes, int(os.environ.get("WORLD_SIZE", "1")))
         user_ga = getattr(args, "_span_ppo_rollout_ga", None) or args.gradient_accumulation_steps
         args._span_ppo_rollout_ga = user_ga  # idempotent when the same args object is reused
         args.world_size = world_size
@@ -671,6 +674,16 @@ class SpanPPOTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Score
     # ------------------------------------------------------------------------------------------------------------
+    def _reward_context_keys(self) -> set[str] | None:
+        """Names of the keyword arguments a reward function accepts (``None``: it takes ``**kwargs``)."""
+        try:
+            parameters = inspect.signature(self.reward_model).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            return None
+        return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
     def _call_reward(self, prompts: list, texts: list[str], rows: list[dict]) -> tuple[list[Any], int]:
         """Call the reward function / span model; a raising call makes every sample of the batch a failure."""
         try:
@@ -678,6 +691,9 @@ class SpanPPOTrainer(Trainer):
                 outputs = self.reward_model.score(prompts, texts)
             else:
                 context_keys = [k for k in rows[0] if k not in ("prompt", "input_ids", "response")]
+                accepted = self._reward_context_keys()
+                if accepted is not None:  # the function takes no **kwargs: pass only the columns it names
+                    context_keys = [k for k in context_keys if k in accepted]
                 context = {k: [row.get(k) for row in rows] for k in context_keys}
                 outputs = self.reward_model(prompts, texts, **context)
             outputs = list(outputs) if outputs is not None else None
