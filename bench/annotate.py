@@ -83,6 +83,7 @@ def bench_server(
                 "request_failures": failed,
                 "parse_errors": parse_errors,
                 "unlocated_quotes": int(sum(out["num_unlocated"])),
+                "error_examples": sorted({str(e)[:160] for e in out["critic_error"] if e})[:3],
                 "load": _load(),
             }
             print(json.dumps(result), flush=True)

@@ -205,3 +205,30 @@ def test_hub_loader_reads_local_files_and_explains_failures(tmp_path):
         odd = tmp_path / "rows.txt"
         odd.write_text("x")
         load_rows(str(odd), "train")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# README and docs
+# ------------------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_docs_cover_every_public_name():
+    import trl_text2grad
+
+    api = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    missing = [name for name in trl_text2grad.__all__ if f"`{name}" not in api]
+    assert not missing, f"docs/api.md does not document {missing}"
+
+
+def test_readme_has_exactly_the_two_quickstart_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = [line for line in readme.splitlines() if line.startswith("bash scripts/install.sh && ")]
+    assert commands == [
+        "bash scripts/install.sh && .venv/bin/trl-text2grad demo",
+        'bash scripts/install.sh && .venv/bin/python -m pytest -m "not slow or ci_real_model"',
+    ]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for link in ("docs/concepts.md", "docs/quickstart.md", "docs/recipes.md", "docs/api.md"):
+        assert link in readme and (ROOT / link).is_file()

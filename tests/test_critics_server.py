@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 def server():
     from trl_text2grad.models import default_model_path
 
-    with TransformersServer(default_model_path(), threads=2, startup_timeout=400) as running:
+    with TransformersServer(default_model_path(), threads=1, startup_timeout=400) as running:
         yield running
 
 

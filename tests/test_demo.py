@@ -86,7 +86,8 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     assert "How small this run is" in report and "2 held-out problems" in report
     assert "data:image/png;base64," in report and (out / "training_curves.png").stat().st_size > 1000
     assert report.count("class='sample'") >= 2  # heatmaps of annotated answers
-    assert "t2g-heatmap" in report
+    assert "t2g-heatmap" in report and "last PPO rollout" in report
+    assert metrics["cpu_time_s"] > 0
     # the random model's answers fail, so the critic marked poor tokens (red) in at least one heatmap
     assert re.search(r"rgba\(220, 0, 0", report)
 

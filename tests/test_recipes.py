@@ -381,3 +381,15 @@ def test_ppo_recipe_under_two_process_accelerate_launch(tiny_model_dir, tmp_path
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert "span PPO finished" in proc.stdout
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_annotate_recipes_use_the_task_critic_prompt():
+    from trl_text2grad.scripts.annotate import AnnotateConfig, _template, build_critic
+    from trl_text2grad.tasks import kodcode, slf5k, ultrafeedback
+
+    assert _template("slf5k") is slf5k.CRITIC_TEMPLATE
+    assert _template("kodcode") is kodcode.CRITIC_TEMPLATE
+    assert _template("ultrafeedback") is ultrafeedback.CRITIC_TEMPLATE
+    assert _template("qa") == "qa"
+    critic = build_critic(AnnotateConfig(critic="openai", task="slf5k", model="m", base_url="http://127.0.0.1:9/v1"))
+    assert critic.template is slf5k.CRITIC_TEMPLATE

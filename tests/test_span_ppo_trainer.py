@@ -207,6 +207,64 @@ def test_span_rewards_land_exactly_on_quoted_tokens(tmp_path, smollm2_tokenizer,
     assert rewards[0, : len(expected)].tolist() == pytest.approx(expected)
 
 
+class EmptyResponseTrainer(SpanPPOTrainer):
+    """Every response is just the stop token (an empty text)."""
+
+    def generate_responses(self, policy, prompt_ids, prompt_mask):
+        eos = self.processing_class.eos_token_id
+        return torch.full((prompt_ids.shape[0], 3), eos, device=prompt_ids.device)
+
+
+def test_empty_responses_train_on_the_stop_token(tmp_path, smollm2_tokenizer, tiny_llama):
+    seen = []
+
+    def critic(prompts, responses, **context):
+        seen.extend(responses)
+        return [Critique("empty", good=[], poor=[]) for _ in responses]
+
+    trainer = EmptyResponseTrainer(
+        _args(tmp_path, total_episodes=4, num_ppo_epochs=1, num_mini_batches=1, missing_eos_penalty=2.0),
+        smollm2_tokenizer,
+        tiny_llama(),
+        None,
+        critic,
+        _dataset(4),
+        None,
+    )
+    trainer.train()
+    assert seen == [""] * 4
+    rollout = trainer.last_rollout["rollout"]
+    assert rollout["response_mask"].tolist() == [[1, 0, 0]] * 4  # only the stop token is trained on
+    assert trainer.last_rollout["scored"].scores.tolist() == [0.0] * 4  # it has an EOS: no penalty
+    assert trainer.last_rollout["scored"].failures == 0
+
+
+def test_span_reward_model_object(tmp_path, smollm2_tokenizer, tiny_llama):
+    class SpanModel:  # the interface of trl_text2grad.reward.scoring.SpanRewardModel
+        def __init__(self):
+            self.calls = 0
+
+        def score(self, prompts, responses):
+            self.calls += 1
+            return [Critique("", good=[], poor=["six times seven"]) for _ in responses]
+
+    span_model = SpanModel()
+    trainer = FixedResponseTrainer(
+        _args(tmp_path, total_episodes=4, num_ppo_epochs=1, num_mini_batches=1),
+        smollm2_tokenizer,
+        tiny_llama(),
+        None,
+        span_model,
+        _dataset(4),
+        None,
+    )
+    assert trainer.reward_kind == "span_model"
+    trainer.train()
+    assert span_model.calls == 1
+    rewards = trainer.last_rollout["scored"].span_rewards[0]
+    assert (rewards == -1.0).sum() >= 3 and (rewards == 1.0).sum() == 0
+
+
 def test_fixed_generation_scalar_rewards_on_last_token(tmp_path, smollm2_tokenizer, tiny_llama):
     trainer = FixedResponseTrainer(
         _args(tmp_path, total_episodes=4, num_ppo_epochs=1, num_mini_batches=1, kl_coef=0.0, reward_mode="scalar"),

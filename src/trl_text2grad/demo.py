@@ -26,6 +26,7 @@ import io
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -86,8 +87,11 @@ class DemoConfig:
         critic_base_url: Endpoint of the ``openai`` critic.
         reward_model_path: Folder of a span reward model for ``critic=reward_model``.
         sandbox_timeout: Seconds per sandboxed test program.
-        num_threads: Torch CPU threads (``0``: torch's default).
-        color: Colour the terminal heatmaps (ANSI); ``False`` prints ``[+ … +]``/``[- … -]`` markers instead.
+        num_threads: Torch CPU threads. ``0`` (auto): torch's default, except on a machine whose load average
+            exceeds its core count, where 1 thread is used (OpenMP threads that wait for each other on a busy
+            machine can make generation an order of magnitude slower).
+        color: Colour the terminal heatmaps (ANSI) when stdout is a terminal; ``False`` (or output to a file/pipe)
+            prints ``[+ … +]``/``[- … -]`` markers instead.
     """
 
     model: str = field(default="default", metadata={"help": "Policy checkpoint ('default' = packaged SmolLM2)."})
@@ -119,7 +123,9 @@ class DemoConfig:
         default=None, metadata={"help": "Span reward model for critic=reward_model."}
     )
     sandbox_timeout: float = field(default=10.0, metadata={"help": "Seconds per sandboxed test program."})
-    num_threads: int = field(default=0, metadata={"help": "Torch CPU threads (0 = torch default)."})
+    num_threads: int = field(
+        default=0, metadata={"help": "Torch CPU threads (0 = auto: 1 on a busy machine, else torch's default)."}
+    )
     color: bool = field(default=True, metadata={"help": "ANSI colours in terminal heatmaps."})
 
     def __post_init__(self) -> None:
@@ -207,17 +213,35 @@ class UnitTestReward:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _fence_stop(tokenizer, prompt_length: int):
-    """Stopping criterion: a row is done once its answer has closed a Markdown code block (two ``` fences)."""
+def _fence_stop(tokenizer, prompt_length: int, on_step=None):
+    """Stopping criterion: a row is done once its answer has closed a Markdown code block (two ``` fences).
+
+    ``on_step`` (optional) is called once per generated token position (progress bars).
+    """
     import torch
     from transformers import StoppingCriteria
 
     class _FenceClosed(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
+            if on_step is not None:
+                on_step()
             texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
             return torch.tensor([t.count("```") >= 2 for t in texts], dtype=torch.bool, device=input_ids.device)
 
     return _FenceClosed()
+
+
+class _StepCounter:
+    """Stopping criterion that never stops; it advances a progress bar once per generated token position."""
+
+    def __init__(self, on_step) -> None:
+        self.on_step = on_step
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        self.on_step()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 def generate_completions(
@@ -251,7 +275,10 @@ def generate_completions(
             texts.append("\n".join(m["content"] for m in prompt) + "\n")
     outputs: list[str] = []
     model.eval()
-    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch", leave=True):
+    starts = list(range(0, len(texts), batch_size))
+    # one tick per generated token position of each batch; a batch that stops early jumps to its end
+    bar = tqdm(total=len(starts) * max_new_tokens, desc=f"{desc} ({len(texts)} prompts)", unit="tok", leave=True)
+    for start in starts:
         chunk = texts[start : start + batch_size]
         encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         length = encoded["input_ids"].shape[1]
@@ -263,11 +290,21 @@ def generate_completions(
         }
         if do_sample:
             kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        done_before = bar.n
+
+        def tick() -> None:
+            if bar.n - done_before < max_new_tokens:
+                bar.update(1)
+
         if stop_at_closed_fence:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_fence_stop(tokenizer, length)])
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_fence_stop(tokenizer, length, tick)])
+        else:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StepCounter(tick)])
         with torch.no_grad():
             generated = model.generate(**encoded, **kwargs)
+        bar.update(done_before + max_new_tokens - bar.n)
         outputs.extend(tokenizer.batch_decode(generated[:, length:], skip_special_tokens=True))
+    bar.close()
     return outputs
 
 
@@ -391,10 +428,10 @@ def _html_report(summary: dict, samples: list[dict], curves_b64: str | None, pro
         "for its reward. Spans come from the critic; token rewards from <code>spans_to_token_rewards</code>.</p>"
     )
     for sample in samples:
-        status = "passed" if sample.get("passed") else "failed"
+        status = {True: " · tests passed", False: " · tests failed"}.get(sample.get("passed"), "")
         out.append(
-            f"<div class='sample'><b>{esc(sample['stage'])}</b> · <code>{esc(sample['task_id'])}</code> · "
-            f"tests {status}<div class='critique'>{esc(sample['critique'])}</div>{sample['html']}</div>"
+            f"<div class='sample'><b>{esc(sample['stage'])}</b> · <code>{esc(sample['task_id'])}</code>{status}"
+            f"<div class='critique'>{esc(sample['critique'])}</div>{sample['html']}</div>"
         )
 
     if problems_table:
@@ -439,8 +476,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from .scripts import load_tokenizer, resolve_model_path
 
     started = time.time()
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
+    use_color = config.color and sys.stdout.isatty()
+    threads = _choose_threads(config.num_threads)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
     set_seed(config.seed)
     random.seed(config.seed)
     out_dir = Path(config.output_dir)
@@ -511,7 +550,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     def record(stage: str, rows, responses, critiques, spans, passed, limit: int, show: bool) -> None:
         for i in range(min(limit, len(responses))):
-            terminal, html_block, rewards = _heatmap(tokenizer, responses[i], spans[i], config.color)
+            terminal, html_block, rewards = _heatmap(tokenizer, responses[i], spans[i], use_color)
             critique = critiques[i].text if critiques[i] is not None else "(no critique)"
             samples.append(
                 {
@@ -566,9 +605,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         problems = split["test"].select(range(n_eval))
         results = evaluate_completions(problems, responses, timeout=config.sandbox_timeout)
         passed = [r.passed for r in results]
-        if reward_fn is not None and isinstance(reward_fn, UnitTestReward):
-            critiques, spans, _ = score(held_out, responses)
-            record(stage, held_out, responses, critiques, spans, passed, 3, False)
+        if reward_fn is not None and isinstance(reward_fn, UnitTestReward):  # heatmaps of the first 3 answers
+            shown = held_out.select(range(min(3, len(responses))))
+            critiques, spans, _ = score(shown, responses[: len(shown)])
+            record(stage, shown, responses, critiques, spans, passed, len(shown), False)
         return (sum(passed) / len(passed) if passed else None), passed
 
     _stage("Stage 2/5: pass@1 on held-out problems BEFORE training (greedy, sandboxed tests)")
@@ -593,7 +633,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         try:
             if isinstance(reward_fn, UnitTestReward):  # count only the PPO rollouts
                 reward_fn.num_passed = reward_fn.num_scored = 0
-            trained_model, log_history = _train_ppo(config, model, tokenizer, train, reward_fn, out_dir)
+            trained_model, log_history, rollout_samples = _train_ppo(
+                config, model, tokenizer, train, reward_fn, out_dir
+            )
+            samples.extend(rollout_samples)
             final = [r for r in log_history if "train_runtime" in r]
             if final:
                 metrics["ppo_train_runtime_s"] = round(final[-1]["train_runtime"], 1)
@@ -718,7 +761,42 @@ def _train_ppo(config: DemoConfig, model, tokenizer, train_rows, reward_fn, out_
     )
     trainer.train()
     policy = _policy_of(trainer)
-    return policy, list(trainer.state.log_history)
+    return policy, list(trainer.state.log_history), _last_rollout_samples(trainer, reward_fn)
+
+
+def _last_rollout_samples(trainer, reward_fn, limit: int = 3) -> list[dict]:
+    """Heatmaps of the last PPO rollout exactly as the trainer rewarded its *sampled* tokens."""
+    from .visualize import render_token_rewards_html
+
+    try:
+        scored = trainer.last_rollout["scored"]
+        critiques = getattr(reward_fn, "last_critiques", None) or []
+        passed = getattr(reward_fn, "last_passed", None) or []
+        samples = []
+        for i, text in enumerate(scored.texts[:limit]):
+            offsets = scored.offsets[i]
+            pieces, shown = [], 0
+            for _, end in offsets:
+                end = min(max(end, shown), len(text))
+                pieces.append(text[shown:end])
+                shown = end
+            if pieces and shown < len(text):
+                pieces[-1] += text[shown:]
+            rewards = [float(r) for r in scored.span_rewards[i, : len(pieces)].tolist()]
+            samples.append(
+                {
+                    "stage": "last PPO rollout (sampled tokens, as trained)",
+                    "task_id": f"sample {i}",
+                    "critique": critiques[i].text if i < len(critiques) and critiques[i] is not None else "",
+                    "passed": passed[i] if i < len(passed) else None,
+                    "html": render_token_rewards_html(pieces, rewards) if pieces else "<i>(empty response)</i>",
+                    "rewarded_tokens": sum(1 for r in rewards if r != 0),
+                }
+            )
+        return samples
+    except Exception as err:  # inspection only: never fail the demo for it
+        logger.warning("could not render the last PPO rollout: %s", err)
+        return []
 
 
 def _policy_of(trainer):
@@ -735,6 +813,24 @@ def _policy_of(trainer):
     if hasattr(model, "generate"):
         return model
     raise RuntimeError("could not find the trained policy on the SpanPPOTrainer (expected .policy or .model.policy)")
+
+
+def _choose_threads(requested: int) -> int:
+    """Torch CPU threads for the demo (see ``DemoConfig.num_threads``); prints the choice when it is automatic."""
+    import torch
+
+    if requested > 0:
+        return requested
+    default = torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - not available on every platform
+        return default
+    cores = os.cpu_count() or default
+    if default > 1 and load >= cores:
+        print(f"the machine is busy (load average {load:.1f} on {cores} cores): using 1 torch thread (--num_threads)")
+        return 1
+    return default
 
 
 def _cpu_seconds() -> float:

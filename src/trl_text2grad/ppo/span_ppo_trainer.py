@@ -389,8 +389,9 @@ class SpanPPOTrainer(Trainer):
         # Batch sizes (TRL 1.12 names). One optimizer step = one mini-batch.
         from accelerate import PartialState
 
-        # PartialState can report 1 process under torchrun on a GPU-less machine when created without cpu=True;
-        # the launcher's WORLD_SIZE is authoritative then.
+        # Let TrainingArguments set up the distributed state first (it passes cpu=True on GPU-less machines; a bare
+        # PartialState() created there would see a single process under torchrun); WORLD_SIZE as a safety net.
+        _ = args.device
         world_size = max(PartialState().num_processes, int(os.environ.get("WORLD_SIZE", "1")))
         user_ga = getattr(args, "_span_ppo_rollout_ga", None) or args.gradient_accumulation_steps
         args._span_ppo_rollout_ga = user_ga  # idempotent when the same args object is reused

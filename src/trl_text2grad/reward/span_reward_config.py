@@ -18,8 +18,10 @@ class SpanRewardConfig(RewardConfig):
     Configuration class for the [`SpanRewardTrainer`], the span-level reward model of Text2Grad.
 
     Extends TRL's [`~trl.RewardConfig`]; only the parameters below are new. Parent parameters keep their meaning,
-    except `max_length`, which here *truncates* overlong rows (counted and logged) instead of filtering them out, and
-    `center_rewards_coefficient`, which has no effect (there is no scalar reward).
+    except `max_length`, which here *truncates* overlong rows (counted and logged) instead of filtering them out (it
+    bounds prompt + response; the `repeat` layout then appends the separator and the response copy, and the
+    generative form's bound includes the target), and `center_rewards_coefficient`, which has no effect (there is
+    no scalar reward).
 
     Defaults that differ from `RewardConfig`: `remove_unused_columns=False` (required), `gradient_checkpointing` /
     `activation_checkpointing` off, and `bf16` on only when a CUDA device supports it (TRL's default `True` fails
