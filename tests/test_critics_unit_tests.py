@@ -178,3 +178,17 @@ def test_unit_test_critic_on_smollm2_humaneval_completions():
             assert critique.poor == []
         elif spans:
             assert all(score == -1.0 for _, _, score in spans)
+
+
+def test_problem_context_replaces_chat_prompt(problem):
+    """With chat-message prompts, the raw problem (context ``problem``) heads the program."""
+    critic = UnitTestCritic()
+    chat_prompt = [{"role": "user", "content": "Complete the function truncate_number."}]
+    (critique,) = critic.critique(
+        [chat_prompt],
+        [_fence("def truncate_number(number: float) -> float:\n    return number % 1.0")],
+        tests=[problem["test"]],
+        entry_point=[problem["entry_point"]],
+        problem=[problem["prompt"]],
+    )
+    assert "passed" in critique.text

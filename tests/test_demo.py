@@ -204,7 +204,7 @@ def test_demo_on_smollm2_small(tmp_path):
         "--response_length",
         "48",
         "--eval_max_new_tokens",
-        "160",
+        "128",
     ]
     assert main(args) == 0
     report, summary = _read(out)

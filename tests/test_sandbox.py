@@ -166,3 +166,10 @@ def test_bad_arguments_raise_clear_errors():
         run_python(b"print(1)")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="timeout"):
         run_python("print(1)", timeout=0)
+
+
+def test_creating_directories_or_links_outside_is_denied(tmp_path):
+    for code in ("import os\nos.mkdir('/tmp/t2g-sandbox-escape')", "import os\nos.symlink('/etc/passwd', 'pw')"):
+        result = run_python(code, timeout=10)
+        assert not result.passed and "not allowed" in result.reason, code
+    assert not os.path.exists("/tmp/t2g-sandbox-escape")

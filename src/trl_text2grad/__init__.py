@@ -29,7 +29,24 @@ _EXPORTS = {
     "load_default_tokenizer": "trl_text2grad.models",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Critique",
+    "LocatedCritique",
+    "ScoredSpan",
+    "SpanAnnotationCollator",
+    "SpanPPOConfig",
+    "SpanPPOTrainer",
+    "SpanRewardConfig",
+    "SpanRewardModel",
+    "SpanRewardTrainer",
+    "batch_spans_to_token_rewards",
+    "default_model_path",
+    "load_default_model",
+    "load_default_tokenizer",
+    "locate_critique",
+    "locate_quotes",
+    "spans_to_token_rewards",
+]
 
 
 def __getattr__(name: str):

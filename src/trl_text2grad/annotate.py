@@ -51,6 +51,7 @@ DEFAULT_CONTEXT_COLUMNS: dict[str, str] = {
     "test": "tests",
     "tests": "tests",
     "entry_point": "entry_point",
+    "problem": "problem",
     "reference": "reference",
 }
 _REQUEST_FAILED = "request failed"

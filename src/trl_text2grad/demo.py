@@ -231,17 +231,17 @@ def _fence_stop(tokenizer, prompt_length: int, on_step=None):
     return _FenceClosed()
 
 
-class _StepCounter:
-    """Stopping criterion that never stops; it advances a progress bar once per generated token position."""
+def _step_counter(on_step):
+    """Stopping criterion that never stops; it calls ``on_step`` once per generated token position."""
+    import torch
+    from transformers import StoppingCriteria
 
-    def __init__(self, on_step) -> None:
-        self.on_step = on_step
+    class _Count(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            on_step()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        self.on_step()
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    return _Count()
 
 
 def generate_completions(
@@ -292,14 +292,14 @@ def generate_completions(
             kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
         done_before = bar.n
 
-        def tick() -> None:
+        def tick(done_before: int = done_before) -> None:
             if bar.n - done_before < max_new_tokens:
                 bar.update(1)
 
         if stop_at_closed_fence:
             kwargs["stopping_criteria"] = StoppingCriteriaList([_fence_stop(tokenizer, length, tick)])
         else:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StepCounter(tick)])
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_step_counter(tick)])
         with torch.no_grad():
             generated = model.generate(**encoded, **kwargs)
         bar.update(done_before + max_new_tokens - bar.n)

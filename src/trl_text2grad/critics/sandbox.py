@@ -173,7 +173,8 @@ io.FileIO = _GuardedFileIO
 _io.FileIO = _GuardedFileIO
 os.open = _guarded_os_open
 
-for _name in ("remove", "unlink", "rmdir", "rename", "replace", "removedirs", "chmod", "chown", "truncate"):
+for _name in ("remove", "unlink", "rmdir", "rename", "replace", "removedirs", "chmod", "chown", "truncate", "mkdir",
+              "symlink", "link", "mkfifo", "mknod", "utime"):
     _original = getattr(os, _name, None)
     if _original is None:
         continue

@@ -111,8 +111,10 @@ def _exception_line(stderr: str) -> str:
 class UnitTestCritic(BaseCritic):
     """Critic that executes the response against unit tests (HumanEval-style ``check(candidate)`` code).
 
-    Context per sample: ``tests`` (the test code defining ``check``) and ``entry_point`` (the function name);
-    without them the critic raises a ``ValueError`` naming the missing key.
+    Context per sample: ``tests`` (HumanEval ``check(candidate)`` code or pytest-style ``test_*`` functions),
+    ``entry_point`` (the function name; needed for ``check`` tests) and optionally ``problem`` (the raw task prompt
+    placed before the code, when ``prompts`` are chat messages). Without ``tests`` the critic raises a
+    ``ValueError``.
 
     Args:
         timeout: Wall-clock seconds per program.
@@ -152,9 +154,12 @@ class UnitTestCritic(BaseCritic):
             )
         if entry_points is None:
             entry_points = [""] * len(prompts)
+        # ``problem``: the raw task prompt (e.g. HumanEval's code stub) when ``prompts`` are chat messages
+        problems = context.get("problem") or [None] * len(prompts)
         jobs = []
-        for prompt, response, test, entry_point in zip(prompts, responses, tests, entry_points):
-            jobs.append(self._prepare(prompt_to_text(prompt), response or "", test or "", entry_point or ""))
+        for prompt, problem, response, test, entry_point in zip(prompts, problems, responses, tests, entry_points):
+            head = problem if isinstance(problem, str) and problem else prompt_to_text(prompt)
+            jobs.append(self._prepare(head, response or "", test or "", entry_point or ""))
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             results = list(pool.map(self._run, jobs))
         critiques, spans, errors = [], [], []

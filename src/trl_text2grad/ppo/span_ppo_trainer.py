@@ -389,10 +389,15 @@ class SpanPPOTrainer(Trainer):
         # Batch sizes (TRL 1.12 names). One optimizer step = one mini-batch.
         from accelerate import PartialState
 
-        # Let TrainingArguments set up the distributed state first (it passes cpu=True on GPU-less machines; a bare
-        # PartialState() created there would see a single process under torchrun); WORLD_SIZE as a safety net.
-        _ = args.device
-        world_size = max(PartialState().num_processes, int(os.environ.get("WORLD_SIZE", "1")))
+        _ = args.device  # let TrainingArguments set up the distributed state
+        world_size = PartialState().num_processes
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > world_size:
+            raise ValueError(
+                f"launched with WORLD_SIZE={launched} but the distributed state has {world_size} process(es); on a "
+                "machine without GPUs set `use_cpu=True` in SpanPPOConfig (or ACCELERATE_USE_CPU=1) so that the "
+                "processes join one gloo group."
+            )
         user_ga = getattr(args, "_span_ppo_rollout_ga", None) or args.gradient_accumulation_steps
         args._span_ppo_rollout_ga = user_ga  # idempotent when the same args object is reused
         args.world_size = world_size
