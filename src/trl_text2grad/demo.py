@@ -446,8 +446,18 @@ def _html_report(summary: dict, samples: list[dict], curves_b64: str | None, pro
     return "\n".join(out)
 
 
-def _stage(title: str) -> None:
-    print(f"\n=== {title} ===", flush=True)
+_STAGE_CLOCK: dict[str, Any] = {}
+
+
+def _stage(title: str, show: bool = True) -> None:
+    """Print a stage header and record the wall/CPU time of the previous stage in ``_STAGE_CLOCK``."""
+    now, cpu = time.time(), _cpu_seconds()
+    previous = _STAGE_CLOCK.get("current")
+    if previous is not None:
+        _STAGE_CLOCK["times"][previous] = (now - _STAGE_CLOCK["wall"], cpu - _STAGE_CLOCK["cpu"])
+    _STAGE_CLOCK.update(current=title.split(":")[0], wall=now, cpu=cpu)
+    if show:
+        print(f"\n=== {title} ===", flush=True)
 
 
 def _honesty(config: DemoConfig, n_params: int, n_train: int, n_eval: int, trained: bool) -> str:
@@ -476,6 +486,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from .scripts import load_tokenizer, resolve_model_path
 
     started = time.time()
+    _STAGE_CLOCK.clear()
+    _STAGE_CLOCK["times"] = {}
     use_color = config.color and sys.stdout.isatty()
     threads = _choose_threads(config.num_threads)
     if threads != torch.get_num_threads():
@@ -672,6 +684,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     runtime = time.time() - started
     metrics["runtime_s"] = round(runtime, 1)
     metrics["cpu_time_s"] = round(_cpu_seconds(), 1)
+    _stage("done", show=False)
+    metrics["stage times (wall s / cpu s)"] = ", ".join(
+        f"{name}: {wall:.0f}/{cpu:.0f}" for name, (wall, cpu) in _STAGE_CLOCK["times"].items() if name != "done"
+    )
     curves = _plot_curves(log_history, out_dir / "training_curves.png")
     problems_table = [
         {
