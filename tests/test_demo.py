@@ -226,3 +226,25 @@ def test_default_demo_command(tmp_path):
     _, summary = _read(tmp_path / "demo_out")
     assert summary["skipped"] == {}
     assert summary["metrics"]["held_out_problems"] == 20
+
+
+def test_demo_with_an_llm_critic_and_no_training(tiny_model_dir, tmp_path):
+    """--critic transformers (a local LLM critic; here the tiny model, so its critiques do not parse) and --steps 0."""
+    from trl_text2grad.demo import DemoConfig, run_demo
+
+    config = DemoConfig(
+        model=tiny_model_dir,
+        critic="transformers",
+        output_dir=str(tmp_path / "out"),
+        train_problems=2,
+        eval_problems=1,
+        annotate_problems=1,
+        steps=0,
+        eval_max_new_tokens=8,
+        color=False,
+    )
+    summary = run_demo(config)
+    assert "critic" not in summary["skipped"] and "annotation" not in summary["skipped"]
+    assert summary["skipped"]["span PPO"] == "--steps 0"
+    assert summary["metrics"]["stage1_annotated_answers"] == 1
+    assert "pass@1 before" in summary["metrics"] and "pass@1 after" not in summary["metrics"]

@@ -19,8 +19,11 @@ __all__ = ["main"]
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse :class:`~trl_text2grad.demo.DemoConfig` (YAML ``--config`` + flags) and run the main job."""
     import os
+    import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers 5 deprecation notices (e.g. gradient_checkpointing → activation_checkpointing) are noise here
+    warnings.filterwarnings("ignore", category=FutureWarning)
     from trl import TrlParser
 
     from ..demo import DemoConfig, run_demo
