@@ -82,15 +82,18 @@ class _Recorder:
         class _CB(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 recorder.marks.append(time.perf_counter())
+                recorder.cpu_marks.append(time.process_time())
 
             def on_step_end(self, args, state, control, **kwargs):
                 recorder.marks.append(time.perf_counter())
+                recorder.cpu_marks.append(time.process_time())
 
             def on_log(self, args, state, control, logs=None, **kwargs):
                 recorder.logs.append(dict(logs or {}))
 
         self.logs: list[dict] = []
         self.marks: list[float] = []
+        self.cpu_marks: list[float] = []  # CPU time of all threads: robust to other jobs on a shared machine
         self.callback = _CB()
 
 
@@ -225,6 +228,7 @@ def main(argv=None) -> int:
         "updates": update_logs,
         "rollouts": rollouts,
         "seconds_per_update": step_times,
+        "cpu_seconds_per_update": [b - a for a, b in zip(recorder.cpu_marks, recorder.cpu_marks[1:])],
         "load_seconds": load_s,
         "train_seconds": train_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
