@@ -39,7 +39,12 @@ def _response_part(batch, i, key):
 
 @pytest.fixture
 def right_padded(smollm2_tokenizer):
-    tokenizer = type(smollm2_tokenizer).from_pretrained(smollm2_tokenizer.name_or_path, padding_side="right")
+    # a copy, not from_pretrained(name_or_path): on a fresh machine the session fixture may have been read straight
+    # from the GGUF file (no converted cache yet), whose folder from_pretrained cannot load without gguf_file=
+    import copy
+
+    tokenizer = copy.deepcopy(smollm2_tokenizer)
+    tokenizer.padding_side = "right"
     return tokenizer
 
 

@@ -181,3 +181,19 @@ def test_token_head_model_loss_and_head(tiny_llama, smollm2_tokenizer):
     # no labelled token: zero loss but a connected graph
     empty = model(input_ids=batch["input_ids"], span_labels=torch.full_like(batch["input_ids"], -100))
     assert empty.loss.item() == 0.0 and empty.loss.requires_grad
+
+
+def test_generative_row_truncation_keeps_the_kept_part_of_a_cut_span(tmp_path, smollm2_tokenizer):
+    from trl_text2grad.reward.span_reward_trainer import SpanRewardTrainer
+
+    body = "\n".join(f"    y{i} = x + {i}" for i in range(60)) + "\n    return y59"
+    row = {"prompt": "Write f.", "response": body, "critique": "Wrong.", "good_spans": [], "poor_spans": [body]}
+    args = SpanRewardConfig(str(tmp_path), model_form="generative", max_length=300, report_to=[], use_cpu=True)
+    encoded = SpanRewardTrainer._encode_generative_row(row, smollm2_tokenizer, args)
+    assert encoded["rows_truncated"] == 1 and len(encoded["input_ids"]) <= 300
+    target_ids = [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != -100]
+    critique = parse_generated_critique(smollm2_tokenizer.decode(target_ids, skip_special_tokens=True))
+    assert critique is not None and len(critique.poor) == 1
+    assert body.lstrip().startswith(critique.poor[0]) and 0 < len(critique.poor[0]) < len(body)
+    prompt_text = smollm2_tokenizer.decode(encoded["input_ids"][: len(encoded["input_ids"]) - len(target_ids)])
+    assert critique.poor[0] in prompt_text  # the quote lies inside the (cut) response the model sees

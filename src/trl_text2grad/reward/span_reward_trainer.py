@@ -59,8 +59,8 @@ from .modeling import (
     SPAN_LABEL_NAMES,
     SPAN_REWARD_CONFIG_NAME,
     SpanTokenHeadModel,
+    build_generative_prompt_ids,
     build_token_head_batch,
-    fit_generative_prompt,
     format_generative_target,
     write_model_card,
 )
@@ -470,42 +470,86 @@ class SpanRewardTrainer(RewardTrainer):
             char_spans = [(int(s[0]), int(s[1]), float(s[2])) for s in (spans or [])]
 
         def quotes(upto: int) -> tuple[list[str], list[str]]:
-            good = [response[s:e] for s, e, score in char_spans if score > 0 and e <= upto and e > s]
-            poor = [response[s:e] for s, e, score in char_spans if score < 0 and e <= upto and e > s]
+            """Quotes of the spans within ``response[:upto]``; a span cut by ``upto`` keeps its kept part."""
+            good, poor = [], []
+            for s, e, score in char_spans:
+                quote = response[s : min(e, upto)].strip() if s < upto else ""
+                if quote and score != 0:
+                    (good if score > 0 else poor).append(quote)
             return good, poor
 
-        good, poor = quotes(len(response))
         eos = tokenizer.eos_token_id
-        target = format_generative_target(text, good, poor)
-        target_ids = list(tokenizer(target, add_special_tokens=False)["input_ids"]) + [eos]
-        critiques_cut = 0
-        if len(target_ids) > args.max_target_length:  # shorten the critique, keep the spans
-            fixed = len(tokenizer(format_generative_target("", good, poor), add_special_tokens=False)["input_ids"])
-            room = max(0, args.max_target_length - fixed - 1)
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            cut = text[: enc["offset_mapping"][room - 1][1]] if room > 0 else ""
-            target_ids = list(
-                tokenizer(format_generative_target(cut, good, poor), add_special_tokens=False)["input_ids"]
+        limit = max(2, args.max_target_length)
+
+        def n_tokens(value: str) -> int:
+            return len(tokenizer(value, add_special_tokens=False)["input_ids"])
+
+        def build_target(upto: int) -> tuple[list[int], list[str], list[str], bool]:
+            """Target ids for the spans within ``response[:upto]``, within ``max_target_length`` tokens: the
+            critique is shortened first, then (when the quotes alone are too long) every quote keeps its start."""
+            good, poor = quotes(upto)
+            critique_text, shortened = text, False
+            if n_tokens(format_generative_target(text, good, poor)) + 1 > limit:
+                shortened = True
+                room = limit - 1 - n_tokens(format_generative_target("", good, poor))
+                if room > 0:
+                    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+                    critique_text = text[: offsets[min(room, len(offsets)) - 1][1]] if offsets else ""
+                else:
+                    critique_text = ""
+                    chars = max(len(q) for q in good + poor)
+                    while (
+                        chars > 1
+                        and n_tokens(
+                            format_generative_target("", [q[:chars] for q in good], [q[:chars] for q in poor])
+                        )
+                        + 1
+                        > limit
+                    ):
+                        chars //= 2
+                    good = [q[:chars].rstrip() for q in good if q[:chars].strip()]
+                    poor = [q[:chars].rstrip() for q in poor if q[:chars].strip()]
+            ids = list(
+                tokenizer(format_generative_target(critique_text, good, poor), add_special_tokens=False)["input_ids"]
             )
-            target_ids = target_ids[: max(1, args.max_target_length - 1)] + [eos]
-            critiques_cut = 1
-        budget = None if args.max_length is None else max(1, args.max_length - len(target_ids))
-        prompt_ids, used, truncated = fit_generative_prompt(
-            tokenizer, row["prompt"], response, args.critique_prompt, budget
-        )
-        if truncated and len(used) < len(response):  # quotes beyond the kept response cannot be taught
-            good, poor = quotes(len(used))
-            target_ids = list(
-                tokenizer(format_generative_target(text, good, poor), add_special_tokens=False)["input_ids"]
-            )[: max(1, args.max_target_length - 1)] + [eos]
-            prompt_ids = prompt_ids[: max(1, args.max_length - len(target_ids))]
+            return ids[: limit - 1] + [eos], good, poor, shortened
+
+        def encode(upto: int) -> tuple[list[int], list[int], list[str], list[str], bool]:
+            target_ids, good, poor, cut = build_target(upto)
+            prompt_ids = build_generative_prompt_ids(tokenizer, row["prompt"], response[:upto], args.critique_prompt)
+            return prompt_ids, target_ids, good, poor, cut
+
+        def fits(encoded) -> bool:
+            return args.max_length is None or len(encoded[0]) + len(encoded[1]) <= args.max_length
+
+        encoded, any_truncated = encode(len(response)), False
+        if not fits(encoded):
+            # Keep the longest prefix of the response (at a token boundary) whose prompt + target fit: the total
+            # length only grows with the prefix, so a binary search finds it.
+            any_truncated = True
+            offsets = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            cuts = [0] + [end for _, end in offsets]
+            low, high = 0, len(cuts) - 1  # cuts[low] fits (checked below), cuts[high] does not
+            best = encode(0)
+            while high - low > 1:
+                middle = (low + high) // 2
+                candidate = encode(cuts[middle])
+                if fits(candidate):
+                    low, best = middle, candidate
+                else:
+                    high = middle
+            encoded = best
+            if not fits(encoded):  # the task prompt alone is too long: keep its end
+                keep = max(1, args.max_length - len(encoded[1]))
+                encoded = (encoded[0][len(encoded[0]) - keep :],) + encoded[1:]
+        prompt_ids, target_ids, good, poor, critiques_cut = encoded
         return {
             "input_ids": prompt_ids + target_ids,
             "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
             "quotes_unlocated": unlocated,
-            "rows_truncated": int(truncated),
+            "rows_truncated": int(any_truncated),
             "rows_without_spans": int(not (good or poor)),
-            "critiques_cut": critiques_cut,
+            "critiques_cut": int(critiques_cut),
         }
 
     def _set_signature_columns_if_needed(self):
