@@ -361,6 +361,16 @@ def plot(args) -> None:
     runs = load_runs(args.out)
     if not runs:
         raise SystemExit(f"No run files (*.jsonl) in {args.out!r}; run some arms first (see --help).")
+    # interrupted runs (fewer updates than the longest run of their task) are left out of plots and tables
+    full = defaultdict(int)
+    for (task, _), seeds in runs.items():
+        full[task] = max([full[task]] + [len(rows) for rows in seeds.values()])
+    for (task, arm), seeds in list(runs.items()):
+        for seed in [s for s, rows in seeds.items() if len(rows) < full[task]]:
+            print(f"leaving out {task}/{arm}/seed {seed}: {len(seeds[seed])} of {full[task]} updates (interrupted)")
+            del seeds[seed]
+        if not seeds:
+            del runs[(task, arm)]
     plot_dir = args.plot_dir or args.out
     os.makedirs(plot_dir, exist_ok=True)
     colors = {"span": "tab:blue", "scalar": "tab:orange", "trl112": "tab:green"}
@@ -409,6 +419,33 @@ def plot(args) -> None:
         writer.writerows(summary)
     print(f"wrote {path}")
     print(markdown_table(summary))
+    print()
+    print(halves_table(runs))
+
+
+def halves_table(runs) -> str:
+    """Markdown table: every recorded rate, averaged over the first and the second half of each complete run, then
+    over seeds (shows *what* changed, e.g. which constraint of the text task)."""
+    lines = ["| task | arm | seeds | metric | first half | second half |", "|---|---|---|---|---|---|"]
+    full = defaultdict(int)
+    for (task, _), seeds in runs.items():
+        full[task] = max([full[task]] + [len(r) for r in seeds.values()])
+    for (task, arm), seeds in sorted(runs.items()):
+        complete = [rows for rows in seeds.values() if len(rows) == full[task]]
+        if not complete:
+            continue
+        half = full[task] // 2
+        # a rate missing from a row means no response of that rollout had the flag: 0
+        keys = ["success", "critic_reward"] + sorted(
+            {k for rows in complete for r in rows for k in r if k.startswith("rate_")}
+        )
+        keys += ["response_chars", "kl"]
+        for key in keys:
+            first = sum(sum(r.get(key, 0.0) for r in rows[:half]) / half for rows in complete) / len(complete)
+            second = sum(sum(r.get(key, 0.0) for r in rows[half:]) / (len(rows) - half) for rows in complete)
+            second /= len(complete)
+            lines.append(f"| {task} | {arm} | {len(complete)} | {key} | {first:.3f} | {second:.3f} |")
+    return "\n".join(lines)
 
 
 def markdown_table(summary: list[dict]) -> str:

@@ -103,15 +103,15 @@ class DemoConfig:
     output_dir: str = field(default="demo_out", metadata={"help": "Output folder (report.html, metrics.json)."})
     train_problems: int = field(default=32, metadata={"help": "HumanEval train problems PPO samples from."})
     eval_problems: int = field(default=20, metadata={"help": "Held-out problems for pass@1 (0 = all held out)."})
-    annotate_problems: int = field(default=6, metadata={"help": "Train problems annotated in stage 1."})
+    annotate_problems: int = field(default=4, metadata={"help": "Train problems annotated in stage 1."})
     test_fraction: float = field(default=0.2, metadata={"help": "Fraction of problems held out."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the problem split."})
     seed: int = field(default=42, metadata={"help": "Seed of training and sampling."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per PPO rollout."})
     num_ppo_epochs: int = field(default=2, metadata={"help": "Optimisation epochs per rollout."})
-    response_length: int = field(default=160, metadata={"help": "Maximum new tokens of a PPO rollout."})
-    eval_max_new_tokens: int = field(default=224, metadata={"help": "Maximum new tokens of greedy pass@1 answers."})
-    generation_batch_size: int = field(default=10, metadata={"help": "Prompts per generation call (stages 1/2/4)."})
+    response_length: int = field(default=128, metadata={"help": "Maximum new tokens of a PPO rollout."})
+    eval_max_new_tokens: int = field(default=192, metadata={"help": "Maximum new tokens of greedy pass@1 answers."})
+    generation_batch_size: int = field(default=20, metadata={"help": "Prompts per generation call (stages 1/2/4)."})
     learning_rate: float = field(default=2e-4, metadata={"help": "Learning rate of the LoRA adapters."})
     kl_coef: float = field(default=0.05, metadata={"help": "KL penalty coefficient."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
@@ -248,8 +248,8 @@ def generate_completions(
     model,
     tokenizer,
     prompts: Sequence[Any],
-    max_new_tokens: int = 224,
-    batch_size: int = 10,
+    max_new_tokens: int = 192,
+    batch_size: int = 20,
     do_sample: bool = False,
     temperature: float = 1.0,
     stop_at_closed_fence: bool = True,
