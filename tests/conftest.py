@@ -12,6 +12,8 @@ Fixtures other test modules may use:
   ``tokenizers`` library on ``TOKENIZER_CORPUS`` and wrapped in ``PreTrainedTokenizerFast``;
   ``trained_tokenizers`` (session) is a dict of the three by family name; ``any_tokenizer`` is parametrised over
   the SmolLM2 tokenizer and the three trained ones.
+- ``one_thread``: pins torch to one thread for the test (tiny models train faster that way, and far faster on a
+  busy machine); use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
 """
 
 from __future__ import annotations
@@ -47,6 +49,16 @@ def _wrap(tokenizer_object, **special):
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, **special)
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -3,18 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from datasets import Dataset
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # see conftest.py
 
 
 def _rows(n: int = 8) -> list[dict]:

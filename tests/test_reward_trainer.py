@@ -14,14 +14,7 @@ from trl_text2grad.reward.span_reward_config import SpanRewardConfig
 from trl_text2grad.reward.span_reward_trainer import SpanRewardTrainer
 from trl_text2grad.spans import Critique
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train faster on one thread (and far faster on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _rows(n: int = 12) -> list[dict]:
