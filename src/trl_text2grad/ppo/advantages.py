@@ -95,7 +95,9 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     """
     if temperature <= 0:
         raise ValueError(f"logprobs_from_logits: temperature must be > 0, got {temperature}.")
-    logits = logits.float() / temperature
+    logits = logits.float()  # no copy when already float32
+    if temperature != 1.0:  # avoid a full-vocabulary copy in the common already-scaled case
+        logits = logits / temperature
     chosen = torch.gather(logits, dim=-1, index=tokens.long().unsqueeze(-1)).squeeze(-1)
     return chosen - torch.logsumexp(logits, dim=-1)
 
@@ -106,6 +108,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     Returns a tensor with the last (vocabulary) dimension reduced.
     """
     logits = logits.float()
+    if logits.dim() > 2 and not torch.is_grad_enabled():
+        # Row by row keeps the softmax temporaries at one sequence's size (this is only ever a logged statistic).
+        return torch.stack([entropy_from_logits(row) for row in logits])
     probs = F.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
 
