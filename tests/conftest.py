@@ -131,32 +131,45 @@ def any_tokenizer(request):
     return request.getfixturevalue(f"{request.param}_tokenizer")
 
 
-@pytest.fixture
-def tiny_llama(smollm2_tokenizer):
+def build_tiny_llama(tokenizer, seed: int = 0, **overrides):
+    """A 2-layer random ``LlamaForCausalLM`` sized for ``tokenizer`` (config ``overrides`` win)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    settings = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "pad_token_id": pad,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "tie_word_embeddings": True,
+    }
+    settings.update(overrides)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**settings))
+    model.generation_config.pad_token_id = pad
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_llama(smollm2_tokenizer):
     def build(tokenizer=None, seed: int = 0, **overrides):
-        tokenizer = tokenizer if tokenizer is not None else smollm2_tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        settings = {
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": 512,
-            "pad_token_id": pad,
-            "eos_token_id": tokenizer.eos_token_id,
-            "bos_token_id": tokenizer.bos_token_id,
-            "tie_word_embeddings": True,
-        }
-        settings.update(overrides)
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(LlamaConfig(**settings))
-        model.generation_config.pad_token_id = pad
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        return model.eval()
+        return build_tiny_llama(tokenizer if tokenizer is not None else smollm2_tokenizer, seed, **overrides)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
+    """A saved tiny random Llama policy + the SmolLM2 tokenizer, for tests that load a model by path."""
+    path = tmp_path_factory.mktemp("tiny_policy")
+    build_tiny_llama(smollm2_tokenizer, max_position_embeddings=2048).save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return str(path)
