@@ -14,8 +14,9 @@ Arms (equal compute: same model, LoRA, prompts, batch size, number of updates, K
   become per-token rewards (+1 good, -1 poor).
 - ``scalar``: ``SpanPPOTrainer(reward_mode="scalar")``; the reward function returns the *same* judgement collapsed
   to one number (normalised sum of span scores, see ``bench/evidence_tasks.py``), placed on the last token.
-- ``trl112``: reserved for TRL 1.12's ``PPOTrainer`` with the same scalar reward (separate venv); not implemented
-  yet (see the message it prints). The ``scalar`` arm is the classic-PPO baseline.
+- ``trl112``: TRL 1.12's classic ``PPOTrainer`` (``trl.experimental.ppo``, in the separate venv made by
+  ``scripts/make_trl112_venv.sh``) with the same scalar reward: the critic is wrapped as a sequence-classification
+  reward model (``bench/trl112/run_evidence_trl112.py``), and the value function is TRL 1.12's separate value model.
 
 Per update the run records the task metric (success rate of the sampled responses), the mean critic reward (the
 scalar collapse, identical for every arm so the curves are comparable), per-criterion rates, the KL to the reference
@@ -86,6 +87,76 @@ class RewardRecorder:
         return [j.scalar for j in judgements]
 
 
+def progress_callback(args, recorder: RewardRecorder, logs: list[dict], run_name: str):
+    """A ``TrainerCallback`` that keeps every trainer log in ``logs`` and appends each finished update's row to
+    ``OUT/<run_name>.jsonl`` as soon as it is final, so an interrupted run keeps its data. Works with any
+    ``transformers.Trainer``-based PPO trainer (ours, and trl 1.12's ``PPOTrainer`` in ``bench/trl112``)."""
+    from transformers import TrainerCallback
+
+    os.makedirs(args.out, exist_ok=True)
+    partial_path = os.path.join(args.out, f"{run_name}.jsonl")
+    open(partial_path, "w").close()
+    written = [0]
+
+    class _Progress(TrainerCallback):
+        def on_log(self, _args, state, control, logs_=None, **kwargs):
+            entry = dict(kwargs.get("logs") or logs_ or {})
+            entry["_global_step"] = state.global_step
+            entry["_rollouts"] = len(recorder.records)
+            logs.append(entry)
+            rows = _rows(args, recorder, logs)
+            # a rollout's row is final once the trainer logged its KL (the first log after that rollout)
+            final = [r for r in rows if not math.isnan(r["kl"])]
+            with open(partial_path, "a") as f:
+                for row in final[written[0] :]:
+                    f.write(json.dumps(row) + "\n")
+            written[0] = max(written[0], len(final))
+
+    return _Progress()
+
+
+def ppo_settings(args, run_name: str) -> dict:
+    """The PPO settings every arm shares, as keyword arguments of TRL 1.12's ``PPOConfig`` (``SpanPPOConfig`` keeps
+    its field names): batch, epochs, length, sampling, learning rate, KL coefficient, seed and quiet logging."""
+    return {
+        "output_dir": os.path.join(args.work_dir, run_name),
+        "per_device_train_batch_size": args.batch_size,
+        "gradient_accumulation_steps": 1,
+        "num_mini_batches": args.num_mini_batches,
+        "num_ppo_epochs": args.ppo_epochs,
+        "total_episodes": args.updates * args.batch_size,
+        "response_length": args.response_length,
+        "temperature": args.temperature,
+        "stop_token": "eos",
+        "learning_rate": args.learning_rate,
+        "kl_coef": args.kl_coef,
+        "seed": args.seed,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": [],
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "use_cpu": True,
+        "num_sample_generations": 0,
+        "local_rollout_forward_batch_size": args.batch_size,  # one reward call per rollout
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+    }
+
+
+def lora_config(args):
+    """The LoRA adapter of every arm: rank ``--lora-r``, alpha 2r, no dropout, on all attention and MLP projections."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=2 * args.lora_r,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        task_type="CAUSAL_LM",
+    )
+
+
 def _context_columns(rows: list[dict]) -> list[str]:
     return [k for k in rows[0] if k != "prompt"]
 
@@ -105,14 +176,16 @@ def run_one(args) -> str:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    from peft import LoraConfig
-    from transformers import TrainerCallback
-
     from trl_text2grad import SpanPPOConfig, SpanPPOTrainer
     from trl_text2grad.models import load_default_model, load_default_tokenizer
 
     task = get_task(args.task)
-    tokenizer = load_default_tokenizer()
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, padding_side="left")
+    else:
+        tokenizer = load_default_tokenizer()
     if args.model:
         from transformers import AutoModelForCausalLM
 
@@ -124,57 +197,10 @@ def run_one(args) -> str:
 
     logs: list[dict] = []
     run_name = f"{args.task}_{args.arm}_seed{args.seed}"
-    os.makedirs(args.out, exist_ok=True)
-    partial_path = os.path.join(args.out, f"{run_name}.jsonl")
-    open(partial_path, "w").close()  # rows are appended as updates finish, so an interrupted run keeps its data
-    written = [0]
+    progress = progress_callback(args, recorder, logs, run_name)
 
-    class _Collect(TrainerCallback):
-        def on_log(self, _args, state, control, logs_=None, **kwargs):
-            entry = dict(kwargs.get("logs") or logs_ or {})
-            entry["_global_step"] = state.global_step
-            entry["_rollouts"] = len(recorder.records)
-            logs.append(entry)
-            rows = _rows(args, recorder, logs)
-            # a rollout's row is final once the trainer logged its KL (the first log after that rollout)
-            final = [r for r in rows if not math.isnan(r["kl"])]
-            with open(partial_path, "a") as f:
-                for row in final[written[0] :]:
-                    f.write(json.dumps(row) + "\n")
-            written[0] = max(written[0], len(final))
-
-    work_dir = os.path.join(args.work_dir, run_name)
-    config = SpanPPOConfig(
-        output_dir=work_dir,
-        reward_mode="span" if args.arm == "span" else "scalar",
-        per_device_train_batch_size=args.batch_size,
-        gradient_accumulation_steps=1,
-        num_mini_batches=args.num_mini_batches,
-        num_ppo_epochs=args.ppo_epochs,
-        total_episodes=args.updates * args.batch_size,
-        response_length=args.response_length,
-        temperature=args.temperature,
-        stop_token="eos",
-        learning_rate=args.learning_rate,
-        kl_coef=args.kl_coef,
-        seed=args.seed,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        num_sample_generations=0,
-        local_rollout_forward_batch_size=args.batch_size,
-        disable_tqdm=True,
-    )
-    peft_config = LoraConfig(
-        r=args.lora_r,
-        lora_alpha=2 * args.lora_r,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        task_type="CAUSAL_LM",
-    )
+    config = SpanPPOConfig(reward_mode="span" if args.arm == "span" else "scalar", **ppo_settings(args, run_name))
+    peft_config = lora_config(args)
     trainer = SpanPPOTrainer(
         args=config,
         processing_class=tokenizer,
@@ -183,7 +209,7 @@ def run_one(args) -> str:
         reward_model=recorder,
         train_dataset=dataset,
         peft_config=peft_config,
-        callbacks=[_Collect()],
+        callbacks=[progress],
     )
     t0 = time.perf_counter()
     trainer.train()
@@ -466,6 +492,42 @@ def markdown_table(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def trl112_python() -> str:
+    """The interpreter of the trl==1.12.0 venv (``$TRL112_VENV``, default ``~/.cache/trl_text2grad/trl112-venv``)."""
+    venv = os.environ.get(
+        "TRL112_VENV", os.path.join(os.path.expanduser("~"), ".cache", "trl_text2grad", "trl112-venv")
+    )
+    return os.path.join(venv, "bin", "python")
+
+
+def run_trl112(args, argv: list[str]) -> None:
+    """Run the ``trl112`` arm: ``bench/trl112/run_evidence_trl112.py`` in the trl 1.12 venv, same arguments.
+
+    The policy (``--model``, default the packaged SmolLM2-135M-Instruct checkpoint, converted here first) and the
+    tokenizer (``--tokenizer``) are passed as paths, because the trl 1.12 venv does not have this package."""
+    import subprocess
+
+    python = trl112_python()
+    if not os.path.exists(python):
+        raise SystemExit(
+            f"--arm trl112 needs the trl==1.12.0 venv, and {python} does not exist. Create it with "
+            "`bash scripts/make_trl112_venv.sh` (needs the package registry; set TRL112_VENV to use another place)."
+        )
+    argv = list(argv)
+    if args.model is None or args.tokenizer is None:
+        from trl_text2grad.models import default_model_path
+
+        path = default_model_path()  # converts the packaged GGUF once, if needed
+        if args.model is None:
+            argv += ["--model", path]
+        if args.tokenizer is None:
+            argv += ["--tokenizer", path]
+    runner = os.path.join(os.path.dirname(os.path.abspath(__file__)), "trl112", "run_evidence_trl112.py")
+    result = subprocess.run([python, runner, *argv])
+    if result.returncode != 0:
+        raise SystemExit(f"the trl 1.12 arm failed (exit {result.returncode}); its output is above.")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -487,6 +549,11 @@ def parse_args(argv=None):
         default=None,
         help="Policy path (default: the packaged SmolLM2-135M-Instruct; tests pass tiny models).",
     )
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="Tokenizer path (default: the packaged SmolLM2-135M-Instruct tokenizer).",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads.")
     parser.add_argument("--out", default="docs/evidence/runs", help="Directory of the per-run JSONL/CSV files.")
     parser.add_argument("--work-dir", default="/tmp/t2g-evidence", help="Trainer output_dir root (not kept).")
@@ -501,13 +568,7 @@ def main(argv=None) -> None:
     if args.plot:
         plot(args)
     elif args.arm == "trl112":
-        raise SystemExit(
-            "--arm trl112 is not implemented yet: TRL 1.12's PPOTrainer only accepts a sequence-classification reward "
-            "model (no reward function), so the programmatic critic would have to be wrapped in a fake "
-            "AutoModelForSequenceClassification run inside ~/.cache/trl_text2grad/trl112-venv. The scalar arm "
-            "(SpanPPOTrainer(reward_mode='scalar')) is the TRL-1.12-equivalent baseline here; its numerical parity "
-            "with TRL 1.12 is checked by tests/test_trl112_parity.py."
-        )
+        run_trl112(args, argv if argv is not None else sys.argv[1:])
     else:
         run_one(args)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) a separate virtual environment with trl==1.12.0, the last TRL release that ships the classic
-# `PPOTrainer` (as `trl.experimental.ppo.PPOTrainer`). The parity test (tests/test_trl112_parity.py) and the PPO
-# benchmark (bench/ppo_step.py) run the reference trainer in it, in a subprocess.
+# `PPOTrainer` (as `trl.experimental.ppo.PPOTrainer`). The parity test (tests/test_trl112_parity.py), the PPO
+# benchmark (bench/ppo_step.py) and the trl112 arm of the evidence runs (bench/learning_curves.py --arm trl112) run
+# the reference trainer in it, in a subprocess.
 #
 # Usage: bash scripts/make_trl112_venv.sh [DIR]        (default: ~/.cache/trl_text2grad/trl112-venv)
 # Env:   PYTHON=python3.11   TORCH_SPEC="torch==2.13.0"
@@ -20,10 +21,12 @@ PINS=(
   "datasets==5.2.0"
   "pandas"
   "safetensors"
+  "peft==0.21.2"        # LoRA for the trl112 arm of bench/learning_curves.py
+  "rapidfuzz==3.14.6"   # trl_text2grad.spans, imported by the evidence critics (bench/evidence_tasks.py)
 )
 check() {
   "$DIR/bin/python" - <<'PY' 2>/dev/null
-import trl, transformers, torch
+import trl, transformers, torch, peft, rapidfuzz  # noqa: F401
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: F401
 assert trl.__version__ == "1.12.0", trl.__version__
 PY

@@ -313,3 +313,84 @@ def test_one_update_with_smollm2_and_the_code_critic(tmp_path):
     assert 0.0 <= rows[0]["success"] <= 1.0
     assert rows[0]["num_spans"] >= 1.0  # the code critic marks every response (good function or a poor line)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)  # first rollout: LoRA starts at zero, policy == reference
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the trl112 arm: the critic in the shape of a sequence-classification reward model
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _load_trl112_runner():
+    sys.path.insert(0, os.path.join(BENCH, "trl112"))
+    try:
+        import run_evidence_trl112
+    finally:
+        sys.path.pop(0)
+    return run_evidence_trl112
+
+
+def test_critic_as_sequence_classifier_scores_each_row_with_its_own_prompt_context(smollm2_tokenizer):
+    import torch
+
+    runner = _load_trl112_runner()
+    tok = smollm2_tokenizer
+    pad = tok.convert_tokens_to_ids(runner.PAD_TOKEN)
+    task = TextConstraintTask()
+    rows = [
+        {"prompt": [{"role": "user", "content": "Describe the sea. Use 'waves', avoid 'water'."}], "required": "waves",
+         "forbidden": ["water"]},
+        {"prompt": [{"role": "user", "content": "Describe a city at night."}], "required": "lights",
+         "forbidden": ["dark"]},
+    ]  # fmt: skip
+    context, prompts = {}, []
+    for row in rows:
+        text = tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        prompts.append(ids)
+        context[tuple(ids)] = {"required": row["required"], "forbidden": row["forbidden"]}
+    responses = ["Rolling waves at dawn.", "The dark streets at midnight."]
+    width_q, width_r = max(map(len, prompts)), 16
+    batch = []
+    for ids, response in zip(prompts, responses):
+        r_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        batch.append([pad] * (width_q - len(ids)) + ids + r_ids + [pad] * (width_r - len(r_ids)))
+    query_responses = torch.tensor(batch)
+    recorder = learning_curves.RewardRecorder(task, "scalar")
+    model = runner.CriticAsSequenceClassifier(tok, context, recorder, pad)
+    # what trl 1.12's get_reward does: mask pads to id 0, run the backbone, read `score` of the last hidden state
+    masked = torch.masked_fill(query_responses, query_responses == pad, 0)
+    logits = model.score(getattr(model, model.base_model_prefix)(input_ids=masked).hidden_states[-1])
+    expected = [task.judge_one(r, c["required"], c["forbidden"]).scalar for r, c in zip(responses, context.values())]
+    assert expected == [1.0, -1.0]  # each row is judged against its own prompt's constraints
+    assert logits.shape == (2, query_responses.shape[1], 1)
+    assert torch.equal(logits[:, :, 0], torch.tensor(expected)[:, None].expand(2, query_responses.shape[1]))
+    assert recorder.records[0]["success"] == 0.5 and recorder.samples[0]["response"] == responses[0]
+    unknown = torch.tensor([[pad] * 3 + tok("hello there", add_special_tokens=False)["input_ids"]])
+    with pytest.raises(ValueError, match="does not start with any prompt"):
+        model.score(model.backbone(input_ids=unknown).hidden_states[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.trl112
+def test_trl112_arm_trains_trl_ppo_on_the_critic_scores(tmp_path, tiny_llama):
+    """trl 1.12's PPOTrainer (separate venv) on a tiny policy: the scores its PPO logged are the critic's."""
+    if not os.path.exists(learning_curves.trl112_python()):
+        pytest.skip("trl 1.12 venv missing; create it with `bash scripts/make_trl112_venv.sh`")
+    model_dir = tmp_path / "tiny"
+    tiny_llama(seed=0).save_pretrained(model_dir)
+    from trl_text2grad.models import default_model_path
+
+    out = tmp_path / "runs"
+    learning_curves.main(
+        ["--task", "text", "--arm", "trl112", "--seed", "1", "--updates", "3", "--batch-size", "4",
+         "--response-length", "8", "--ppo-epochs", "1", "--model", str(model_dir), "--tokenizer",
+         default_model_path(), "--out", str(out), "--work-dir", str(tmp_path / "work")]
+    )  # fmt: skip
+    rows = [json.loads(line) for line in (out / "text_trl112_seed1.jsonl").read_text().splitlines()]
+    assert [r["update"] for r in rows] == [1, 2, 3]
+    meta = json.loads((out / "text_trl112_seed1.meta.json").read_text())
+    trl_logs = [log for log in meta["trainer_logs"] if "objective/scores" in log]
+    assert len(trl_logs) == 3
+    for row, log in zip(rows, trl_logs):
+        assert log["objective/scores"] == pytest.approx(row["critic_reward"], abs=1e-6)
+        assert row["kl"] == pytest.approx(log["objective/kl"])

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
+import tempfile
 import time
+import uuid
 
 import pytest
 
+from trl_text2grad.critics import sandbox
 from trl_text2grad.critics.sandbox import run_python, sandbox_capabilities
 
 CAPS = sandbox_capabilities()
@@ -106,13 +111,78 @@ def test_deleting_files_outside_is_denied(tmp_path):
 
 
 @pytest.mark.skipif(not CAPS["drop_uid"], reason="file permissions only protect when the child runs unprivileged")
-def test_deleting_files_without_guard_is_denied_by_permissions(tmp_path):
-    victim = tmp_path / "keep.txt"
-    victim.write_text("precious")
-    os.chmod(tmp_path, 0o755)
-    result = run_python(f"import os\nos.unlink({str(victim)!r})", timeout=10, guard=False)
-    assert not result.passed and "PermissionError" in result.reason
-    assert victim.exists()
+@pytest.mark.skipif(not os.path.isdir("/var/tmp"), reason="needs /var/tmp: a shared directory outside /tmp")
+def test_deleting_files_without_guard_is_denied_by_permissions():
+    # outside /tmp: with a private /tmp the child would not even see a victim in the host's /tmp (test below)
+    directory = tempfile.mkdtemp(prefix="t2g-sandbox-victim-", dir="/var/tmp")
+    try:
+        victim = os.path.join(directory, "keep.txt")
+        with open(victim, "w") as handle:
+            handle.write("precious")
+        os.chmod(directory, 0o755)
+        result = run_python(f"import os\nos.unlink({victim!r})", timeout=10, guard=False)
+        assert not result.passed and "PermissionError" in result.reason
+        assert os.path.exists(victim)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# Bypasses the guard the way determined code would: ``posix.open`` is the unguarded original of ``os.open``.
+_WRITE_SHARED_TMP = """
+import os, posix
+for path in ({tmp!r}, {shm!r}):
+    if os.path.isdir(os.path.dirname(path)):
+        fd = posix.open(path, posix.O_WRONLY | posix.O_CREAT, 0o644)
+        posix.write(fd, b"written from the sandbox")
+        posix.close(fd)
+        assert os.path.exists(path)
+print("wrote", sorted(os.listdir("/tmp")))
+"""
+
+
+@pytest.mark.skipif(not CAPS["private_tmp"], reason="mount namespaces are not permitted here: no private /tmp")
+@pytest.mark.parametrize("guard", [True, False], ids=["guard", "no-guard"])
+def test_writes_to_tmp_and_dev_shm_never_reach_the_host(guard):
+    name = f"t2g-sandbox-escape-{uuid.uuid4().hex}"
+    tmp, shm = os.path.join("/tmp", name), os.path.join("/dev/shm", name)
+    try:
+        result = run_python(_WRITE_SHARED_TMP.format(tmp=tmp, shm=shm), timeout=10, guard=guard)
+        assert result.passed, result.reason + result.stderr  # the writes succeed, inside the child's own tmpfs
+        assert name in result.stdout
+        assert not os.path.exists(tmp), "the sandboxed program wrote into the host's /tmp"
+        assert not os.path.exists(shm), "the sandboxed program wrote into the host's /dev/shm"
+    finally:
+        for path in (tmp, shm):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+@pytest.mark.skipif(not CAPS["private_tmp"], reason="mount namespaces are not permitted here: no private /tmp")
+def test_host_tmp_is_invisible_and_private_tmp_is_size_limited(tmp_path):
+    assert str(tmp_path).startswith("/tmp/")  # pytest's tmp_path lives in the host's /tmp
+    (tmp_path / "host.txt").write_text("host")
+    code = (
+        "import os, posix\n"
+        f"assert not os.path.exists({str(tmp_path / 'host.txt')!r}), 'host /tmp visible'\n"
+        "fd = posix.open('/tmp/big', posix.O_WRONLY | posix.O_CREAT, 0o644)\n"
+        "try:\n"
+        "    for _ in range(8):\n"
+        "        posix.write(fd, b'x' * (1024 * 1024))\n"
+        "except OSError as error:\n"
+        "    print('full', error.errno)\n"
+    )
+    result = run_python(code, timeout=10, guard=False, tmp_size_mb=2, max_file_bytes=64 * 1024 * 1024)
+    assert result.passed, result.reason + result.stderr
+    assert "full 28" in result.stdout  # ENOSPC: the tmpfs is capped at tmp_size_mb
+
+
+def test_shared_tmp_fallback_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(sandbox, "_warned_shared_tmp", False)
+    with caplog.at_level(logging.WARNING, logger=sandbox.__name__):
+        sandbox._warn_shared_tmp("mount namespaces are not permitted here")
+        sandbox._warn_shared_tmp("mount namespaces are not permitted here")
+    messages = [r.getMessage() for r in caplog.records if "no private /tmp" in r.getMessage()]
+    assert len(messages) == 1 and "shares the host's /tmp" in messages[0]
 
 
 def test_environment_secrets_are_scrubbed(monkeypatch):

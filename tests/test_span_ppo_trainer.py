@@ -527,6 +527,212 @@ def test_config_validation():
     )
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation: sample generations, evaluate(), eval_strategy
+# ----------------------------------------------------------------------------------------------------------------
+def _eval_args(tmp_path, **overrides) -> SpanPPOConfig:
+    """One optimizer step per rollout of 2 prompts (fast)."""
+    settings = dict(
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=1,
+        num_ppo_epochs=1,
+        num_mini_batches=1,
+        per_device_eval_batch_size=2,
+        num_sample_generations=0,
+    )
+    settings.update(overrides)
+    return _args(tmp_path, **settings)
+
+
+def _read_jsonl(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sample_generations_cadence_and_table_scores(tmp_path, bpe_tokenizer, tiny_llama, capsys):
+    given = {}
+
+    def reward(prompts, responses, task_id):
+        scores = [len(text) / 10 + t for text, t in zip(responses, task_id)]
+        given.update(zip(zip(prompts, responses), scores))
+        return scores
+
+    eval_ds = Dataset.from_dict(
+        {"prompt": ["Eval prompt A:", "Eval prompt B:", "Eval prompt C:"], "task_id": [7, 8, 9]}
+    )
+    # 5 rollouts, num_sample_generations=2 -> every max(1, 5 // 2) = 2 updates, from the first: updates 1, 3, 5
+    args = _eval_args(tmp_path, total_episodes=10, num_sample_generations=2)
+    trainer = SpanPPOTrainer(
+        args, bpe_tokenizer, tiny_llama(bpe_tokenizer), None, reward, _dataset(10), None, eval_dataset=eval_ds
+    )
+    assert trainer.sample_generations_freq == 2
+    trainer.train()
+    assert trainer.state.global_step == 5
+    directory = tmp_path / "out" / "completions"
+    assert sorted(p.name for p in directory.iterdir()) == ["update_1.jsonl", "update_3.jsonl", "update_5.jsonl"]
+    for name in ("update_1.jsonl", "update_3.jsonl", "update_5.jsonl"):
+        table = _read_jsonl(directory / name)
+        # the first eval batch (per_device_eval_batch_size=2 prompts), scored by the reward function
+        assert [row["query"] for row in table] == ["Eval prompt A:", "Eval prompt B:"]
+        for row, task_id in zip(table, (7, 8)):
+            assert row["score"] == pytest.approx(given[row["query"], row["response"]])
+            assert row["score"] == pytest.approx(len(row["response"]) / 10 + task_id)
+            assert row["good_spans"] == 0 and row["poor_spans"] == 0
+    assert capsys.readouterr().out.count("Sample completions after update") == 3
+
+
+class PerPromptResponseTrainer(SpanPPOTrainer):
+    """Eval prompt i ("... number i:") gets response A + EOS for even i and the longer response B (no EOS) for odd i."""
+
+    text_a = "The answer is 42."
+    text_b = "I am not sure what the answer could be here, sorry about that"
+
+    def generate_responses(self, policy, prompt_ids, prompt_mask):
+        tok = self.processing_class
+        ids_a = tok(self.text_a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids_b = tok(self.text_b, add_special_tokens=False)["input_ids"]
+        assert len(ids_b) > len(ids_a)  # B fills the width: no padding after it
+        out = []
+        for ids in prompt_ids:
+            number = int(tok.decode(ids, skip_special_tokens=True).rstrip(":").split()[-1])
+            row = ids_a if number % 2 == 0 else ids_b
+            out.append(row + [tok.pad_token_id] * (len(ids_b) - len(row)))
+        return torch.tensor(out, device=prompt_ids.device)
+
+
+def test_evaluate_metrics_equal_hand_computation(tmp_path, bpe_tokenizer, tiny_llama):
+    tok = bpe_tokenizer
+    text_a, text_b = PerPromptResponseTrainer.text_a, PerPromptResponseTrainer.text_b
+    seen_ids = []
+
+    def reward(prompts, responses, task_id):
+        seen_ids.extend(task_id)
+        out = []
+        for text, t in zip(responses, task_id):
+            critique = Critique("", good=["answer"], poor=["42"]) if text == text_a else None
+            critique = critique or Critique("", good=[], poor=["not sure", "could be"])
+            out.append((t + 0.5, critique))
+        return out
+
+    trainer = PerPromptResponseTrainer(
+        _eval_args(tmp_path, reward_mode="scalar", missing_eos_penalty=1.0, total_episodes=2),
+        tok,
+        tiny_llama(tok),
+        None,
+        reward,
+        _dataset(2),
+        None,
+        eval_dataset=_dataset(5),  # 3 batches of 2, 2, 1 prompts
+    )
+    metrics = trainer.evaluate()
+    assert sorted(seen_ids) == [0, 1, 2, 3, 4]
+    # scalar mode: the task reward is the explicit score, minus missing_eos_penalty for the odd rows (no EOS)
+    scores = [i + 0.5 - (i % 2) * 1.0 for i in range(5)]
+    len_a = len(tok(text_a, add_special_tokens=False)["input_ids"]) + 1  # + the EOS token
+    len_b = len(tok(text_b, add_special_tokens=False)["input_ids"])
+    assert metrics["eval_score"] == pytest.approx(sum(scores) / 5)  # 2.1
+    assert metrics["eval_eos_fraction"] == pytest.approx(3 / 5)
+    assert metrics["eval_response_length"] == pytest.approx((3 * len_a + 2 * len_b) / 5)
+    assert metrics["eval_good_spans"] == pytest.approx(3 / 5)  # "answer" in the 3 A rows
+    assert metrics["eval_poor_spans"] == pytest.approx((3 * 1 + 2 * 2) / 5)
+    assert metrics["eval_failed_fraction"] == 0.0
+    assert {"eval_runtime", "eval_samples_per_second"} <= set(metrics)
+    logged = trainer.state.log_history[-1]
+    assert logged["eval_score"] == pytest.approx(2.1) and "objective/kl" not in logged
+    # another prefix, a dataset passed in
+    other = trainer.evaluate(_dataset(2), metric_key_prefix="test")
+    assert other["test_score"] == pytest.approx((0.5 + 0.5) / 2) and "eval_score" not in other
+
+
+def test_evaluate_counts_bad_reward_outputs(tmp_path, bpe_tokenizer, tiny_llama):
+    calls = {"n": 0}
+
+    def flaky(prompts, responses, **context):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return [None, 1.0]
+        if calls["n"] == 2:
+            raise RuntimeError("critic service down")
+        return [Critique("", good=["no such quote anywhere in it"], poor=[])] * len(responses)
+
+    trainer = SpanPPOTrainer(
+        _eval_args(tmp_path, total_episodes=2),
+        bpe_tokenizer,
+        tiny_llama(bpe_tokenizer),
+        None,
+        flaky,
+        _dataset(2),
+        None,
+        eval_dataset=_dataset(5),
+    )
+    metrics = trainer.evaluate()
+    assert calls["n"] == 3
+    assert metrics["eval_failed_fraction"] == pytest.approx(4 / 5)
+    assert metrics["eval_score"] == pytest.approx(1.0)  # the one usable reward
+    assert metrics["eval_good_spans"] == 0.0
+    trainer.reward_model = lambda prompts, responses, **c: [float("nan")] * len(responses)
+    metrics = trainer.evaluate()
+    assert metrics["eval_failed_fraction"] == 1.0 and math.isnan(metrics["eval_score"])
+
+
+def test_eval_strategy_steps_evaluates_during_training(tmp_path, bpe_tokenizer, tiny_llama):
+    reward = lambda prompts, responses, **c: [0.25] * len(responses)  # noqa: E731
+    # 2 rollouts x 2 PPO epochs = 4 optimizer steps; evaluation every 2 steps (after each rollout)
+    args = _eval_args(tmp_path, total_episodes=4, num_ppo_epochs=2, eval_strategy="steps", eval_steps=2)
+    trainer = SpanPPOTrainer(
+        args, bpe_tokenizer, tiny_llama(bpe_tokenizer), None, reward, _dataset(4), None, eval_dataset=_dataset(2)
+    )
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_score" in h]
+    assert [h["step"] for h in evals] == [2, 4]
+    assert all(h["eval_score"] == pytest.approx(0.25) for h in evals)
+    assert not any("objective/kl" in h for h in evals)  # training statistics stay in the training entries
+    assert sum("objective/kl" in h for h in trainer.state.log_history) == 2  # one per rollout
+    with pytest.raises(ValueError, match="eval_dataset"):
+        SpanPPOTrainer(
+            _eval_args(tmp_path, eval_strategy="epoch"), bpe_tokenizer, tiny_llama(bpe_tokenizer), None, reward,
+            _dataset(4), None,
+        )  # fmt: skip
+
+
+def test_model_adapter_name_selects_the_trained_adapter(tmp_path, bpe_tokenizer, tiny_llama):
+    from peft import LoraConfig, get_peft_model
+
+    def lora():
+        return LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+
+    model = get_peft_model(tiny_llama(bpe_tokenizer), lora())  # adapter "default"
+    model.add_adapter("policy", lora())
+    assert model.active_adapter == "default"
+
+    def make(**overrides):
+        args = _eval_args(tmp_path, total_episodes=2, learning_rate=1e-2, **overrides)
+        return SpanPPOTrainer(args, bpe_tokenizer, model, None, quote_prefix_critic, _dataset(2), None)
+
+    with pytest.raises(ValueError, match="model_adapter_name='nope' is not an adapter"):
+        make(model_adapter_name="nope")
+    with pytest.raises(ValueError, match="ref_adapter_name='nope' is not an adapter"):
+        make(model_adapter_name="policy", ref_adapter_name="nope")
+    with pytest.raises(ValueError, match="need a PEFT policy"):
+        SpanPPOTrainer(
+            _eval_args(tmp_path, model_adapter_name="policy"), bpe_tokenizer, tiny_llama(bpe_tokenizer), None,
+            quote_prefix_critic, _dataset(2), None,
+        )  # fmt: skip
+    assert model.active_adapter == "default"  # failed validation changed nothing
+
+    trainer = make(model_adapter_name="policy", ref_adapter_name="default")
+    assert model.active_adapter == "policy"
+    grads = {name: p.requires_grad for name, p in model.named_parameters() if "lora_" in name}
+    assert all(grads[n] for n in grads if ".policy." in n) and not any(grads[n] for n in grads if ".default." in n)
+    lora_b = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert model.active_adapter == "policy"  # the reference context switches back to the trained adapter
+    after = dict(model.named_parameters())
+    assert any(not torch.equal(v, after[n]) for n, v in lora_b.items() if ".policy." in n)
+    assert all(torch.equal(v, after[n]) for n, v in lora_b.items() if ".default." in n)
+
+
 @pytest.mark.slow
 @pytest.mark.ci_real_model
 def test_smollm2_two_updates_span_mode(tmp_path):
@@ -590,13 +796,17 @@ model = LlamaForCausalLM(config)
 ds = Dataset.from_dict({"prompt": [f"Write a short answer number {i}:" for i in range(8)]})
 
 def critic(prompts, responses, **context):
+    if prompts[0].startswith("Eval"):  # evaluation: score = the prompt's number
+        return [float(p.split()[-1]) for p in prompts]
     return [Critique("", good=[r[:6]] if r[:6].strip() else [], poor=[]) for r in responses]
 
 args = SpanPPOConfig(output_dir=sys.argv[1], per_device_train_batch_size=2, gradient_accumulation_steps=1,
                      num_ppo_epochs=1, num_mini_batches=1, response_length=6, total_episodes=8, learning_rate=1e-3,
                      logging_steps=1, report_to=[], bf16=False, gradient_checkpointing=False, save_strategy="no",
-                     stop_token="eos", disable_tqdm=True, use_cpu=True)
-trainer = SpanPPOTrainer(args, tok, model, None, critic, ds, None)
+                     stop_token="eos", disable_tqdm=True, use_cpu=True, per_device_eval_batch_size=2,
+                     num_sample_generations=1)
+eval_ds = Dataset.from_dict({"prompt": [f"Eval {i}" for i in range(5)]})  # 5 rows over 2 ranks x 2: uneven
+trainer = SpanPPOTrainer(args, tok, model, None, critic, ds, None, eval_dataset=eval_ds)
 before = [p.detach().clone() for p in trainer.model.parameters()]
 trainer.train()
 after = [p.detach().clone() for p in trainer.accelerator.unwrap_model(trainer.model).parameters()]
@@ -604,7 +814,8 @@ first = sum(p.double().sum().item() for p in after)
 result = {"rank": trainer.accelerator.process_index, "world": trainer.accelerator.num_processes,
           "steps": trainer.state.global_step, "checksum": first,
           "changed": sum(int(not torch.equal(a, b)) for a, b in zip(before, after)),
-          "episodes": [h["episode"] for h in trainer.state.log_history if "episode" in h]}
+          "episodes": [h["episode"] for h in trainer.state.log_history if "episode" in h],
+          "eval": trainer.evaluate()}
 with open(f"{sys.argv[1]}/rank{result['rank']}.json", "w") as f:
     json.dump(result, f)
 """
@@ -636,3 +847,12 @@ def test_two_process_cpu_training(tmp_path):
     assert all(r["changed"] > 0 for r in results)
     assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)  # DDP kept replicas equal
     assert results[0]["episodes"] == [4.0, 8.0]
+    # evaluate(): 5 prompts on 2 ranks, each counted once (gather_for_metrics drops the padding duplicates)
+    assert all(r["eval"]["eval_score"] == pytest.approx((0 + 1 + 2 + 3 + 4) / 5) for r in results)
+    assert all(r["eval"]["eval_failed_fraction"] == 0.0 for r in results)
+    # sample generations: after update 1 of 2 only, the first eval batch of each rank (2 x 2 prompts)
+    tables = sorted(p.name for p in (out / "completions").iterdir())
+    assert tables == ["update_1.jsonl"]
+    rows = [json.loads(line) for line in (out / "completions" / "update_1.jsonl").read_text().splitlines()]
+    assert sorted(row["query"] for row in rows) == ["Eval 0", "Eval 1", "Eval 2", "Eval 3"]
+    assert all(row["score"] == float(row["query"].split()[-1]) for row in rows)

@@ -25,10 +25,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .alignment import _validate_spans, require_fast_tokenizer, token_rewards_from_offsets
 from .spans import DEFAULT_FUZZY_THRESHOLD, Critique, locate_critique
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SpanAnnotationCollator",
     "encode_prompt_response",
+    "pad_sequences",
     "SPAN_LABEL_IGNORE",
     "SPAN_LABEL_NEUTRAL",
     "SPAN_LABEL_GOOD",
@@ -54,6 +56,55 @@ SPAN_LABEL_POOR = 2
 """``span_labels`` value of a response token in a span with a negative score."""
 
 _ANNOTATION_KEYS = ("critique", "good_spans", "poor_spans")
+
+
+def pad_sequences(
+    sequences: Sequence[Sequence[float] | np.ndarray | torch.Tensor],
+    pad_value: float,
+    *,
+    side: Literal["left", "right"] = "right",
+    dtype: torch.dtype = torch.long,
+    pad_to_multiple_of: int | None = None,
+) -> torch.Tensor:
+    """Stack ragged 1-D rows into one ``[batch, length]`` tensor, padded with ``pad_value`` on ``side``.
+
+    The one padding rule of the package (the annotation collator, the generative reward collator, PPO prompts and
+    the generative span scorer use it); a thin wrapper of :func:`torch.nn.utils.rnn.pad_sequence`.
+
+    Args:
+        sequences: The rows (lists, NumPy arrays or 1-D tensors); rows may be empty.
+        pad_value: The value of the padding positions (a pad token id, ``-100``, ``0`` for masks, ...).
+        side: ``"right"`` (rows start at column 0) or ``"left"`` (rows end at the last column, as generation needs).
+        dtype: The dtype of the result; every row is converted to it.
+        pad_to_multiple_of: Round ``length`` up to a multiple of this (``None``: the longest row).
+
+    Returns:
+        A ``[len(sequences), length]`` tensor on the CPU (``[0, 0]`` for no rows).
+
+    Example:
+        >>> pad_sequences([[1, 2], [3]], 0, side="left")
+        tensor([[1, 2],
+                [0, 3]])
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"pad_sequences: side must be 'left' or 'right', got {side!r}.")
+    if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+        raise ValueError(
+            f"pad_sequences: pad_to_multiple_of must be a positive int or None, got {pad_to_multiple_of}."
+        )
+    rows = [torch.as_tensor(row, dtype=dtype).cpu() for row in sequences]
+    for index, row in enumerate(rows):
+        if row.dim() != 1:
+            raise ValueError(f"pad_sequences: row {index} must be 1-D, got shape {tuple(row.shape)}.")
+    if not rows:
+        return torch.empty((0, 0), dtype=dtype)
+    padded = pad_sequence(rows, batch_first=True, padding_value=pad_value, padding_side=side)
+    if pad_to_multiple_of:
+        extra = -padded.shape[1] % pad_to_multiple_of
+        if extra:
+            widths = (extra, 0) if side == "left" else (0, extra)
+            padded = torch.nn.functional.pad(padded, widths, value=pad_value)
+    return padded
 
 
 def _is_conversation(prompt: Any) -> bool:
@@ -343,24 +394,24 @@ class SpanAnnotationCollator:
             rewards_list.append(rewards)
             labels_list.append(_labels_from_rewards(rewards))
 
-        length = max(len(ids) for ids in sequences)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = len(sequences)
-        input_ids = torch.full((batch, length), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((batch, length), dtype=torch.long)
-        response_mask = torch.zeros((batch, length), dtype=torch.long)
-        token_rewards = torch.zeros((batch, length), dtype=torch.float32)
-        span_labels = torch.full((batch, length), SPAN_LABEL_IGNORE, dtype=torch.long)
-        left = self.tokenizer.padding_side == "left"
-        for i, (ids, start, rewards, labels) in enumerate(zip(sequences, starts, rewards_list, labels_list)):
-            offset = length - len(ids) if left else 0
-            end = offset + len(ids)
-            input_ids[i, offset:end] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[i, offset:end] = 1
-            response_mask[i, offset + start : end] = 1
-            token_rewards[i, offset + start : end] = torch.from_numpy(rewards)
-            span_labels[i, offset + start : end] = torch.from_numpy(labels)
+        side = "left" if self.tokenizer.padding_side == "left" else "right"
+
+        def pad(rows: list, value: float, dtype: torch.dtype = torch.long) -> torch.Tensor:
+            return pad_sequences(rows, value, side=side, dtype=dtype, pad_to_multiple_of=self.pad_to_multiple_of)
+
+        input_ids = pad(sequences, self._pad_id)
+        attention_mask = pad([[1] * len(ids) for ids in sequences], 0)
+        response_mask = pad([[0] * start + [1] * (len(ids) - start) for ids, start in zip(sequences, starts)], 0)
+        token_rewards = pad(
+            [np.concatenate([np.zeros(start), r]) for start, r in zip(starts, rewards_list)], 0.0, torch.float32
+        )
+        span_labels = pad(
+            [
+                np.concatenate([np.full(start, SPAN_LABEL_IGNORE), labels])
+                for start, labels in zip(starts, labels_list)
+            ],
+            SPAN_LABEL_IGNORE,
+        )
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,

@@ -12,6 +12,11 @@ against its task's unit tests. Containment is layered; each layer is used where 
   it, *and* in every case a Python-level guard that makes socket creation raise;
 * **unprivileged user**: when the parent runs as root, the child runs as ``nobody`` (``setpriv``), so it cannot
   write or delete files outside its working directory and ``RLIMIT_NPROC`` actually binds (it does not for root);
+* **private /tmp and /dev/shm**: with the namespaces above, the child also gets its own mount namespace in which
+  ``/tmp`` and ``/dev/shm`` are fresh, size-limited ``tmpfs`` mounts (``tmp_size_mb`` each; only the sandbox's own
+  directory is bound back in), so nothing it writes there reaches the host's ``/tmp`` and it cannot read the
+  host's; where mount namespaces are not permitted this layer is skipped (logged once) and the child shares the
+  host's ``/tmp``, protected only by the guard and, when it runs as ``nobody``, file permissions;
 * **fresh working directory** (removed afterwards), ``HOME``/``TMPDIR`` pointing into it, a **scrubbed
   environment** (only ``PATH``/``LANG``/``HOME``/``TMPDIR``: no API keys or tokens), ``python -I -B``;
 * **Python-level guard** loaded before the program: ``os.system``/``fork``/``exec*``/``spawn*``/``kill``,
@@ -197,6 +202,38 @@ runpy.run_path(_PROGRAM, run_name="__main__")
 '''
 
 
+# Runs as root inside the new mount namespace, before the limits and the uid drop: mounts a fresh tmpfs on /tmp and
+# /dev/shm. When the sandbox directory itself lives below one of them, the tmpfs is first mounted on a staging
+# directory inside it, the sandbox directory is bound into the tmpfs at its own path, and the tmpfs is moved onto
+# the target, so the program, the guard and the working directory stay at the same paths. Any failure stops the
+# run (fail closed) instead of silently sharing the host's /tmp.
+_PRIVATE_TMP_SCRIPT = r"""set -eu
+mount_bin=$1 size=$2 outer=$3 workdir=$4
+shift 4
+opts="size=$size,mode=1777,nosuid,nodev"
+for target in /tmp /dev/shm; do
+    [ -d "$target" ] || continue
+    target=$(cd "$target" && pwd -P)
+    case "$outer/" in
+    "$target"/*)
+        rel=${outer#"$target"/}
+        "$mount_bin" -t tmpfs -o "$opts" t2g-sandbox-tmp "$outer/stage"
+        mkdir -p "$outer/stage/$rel"
+        "$mount_bin" --bind "$outer" "$outer/stage/$rel"
+        "$mount_bin" --move "$outer/stage" "$target"
+        ;;
+    *)
+        "$mount_bin" -t tmpfs -o "$opts" t2g-sandbox-tmp "$target"
+        ;;
+    esac
+done
+cd "$workdir"
+exec "$@"
+"""
+_STAGE_DIRNAME = "stage"
+_warned_shared_tmp = False
+
+
 def _which(name: str) -> str | None:
     return shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
 
@@ -215,6 +252,10 @@ def _capabilities(python: str | None) -> dict:
     prlimit = _which("prlimit")
     setpriv = _which("setpriv")
     namespaces = bool(unshare) and _probe([unshare, "--net", "--pid", "--fork", "--kill-child", "true"])
+    mount = _which("mount")
+    private_tmp = namespaces and bool(mount) and _probe_private_tmp(unshare, mount)
+    if not private_tmp:
+        _warn_shared_tmp("mount namespaces are not permitted here" if namespaces else "no namespaces (unshare)")
     drop_uid = False
     interpreter = python or sys.executable
     if is_root and setpriv:
@@ -238,24 +279,63 @@ def _capabilities(python: str | None) -> dict:
     return {
         "root": is_root,
         "namespaces": namespaces,
+        "private_tmp": private_tmp,
         "prlimit": bool(prlimit),
         "drop_uid": drop_uid,
         "interpreter": interpreter,
         "unshare_path": unshare,
         "prlimit_path": prlimit,
         "setpriv_path": setpriv,
+        "mount_path": mount,
     }
+
+
+def _unshare_command(unshare: str, private_tmp: bool) -> list[str]:
+    command = [unshare, "--net", "--pid", "--fork", "--kill-child"]
+    if private_tmp:
+        command[1:1] = ["--mount", "--propagation=private"]
+    return [*command, "--"]
+
+
+def _private_tmp_command(mount: str, size_mb: int, outer: str, workdir: str) -> list[str]:
+    return ["/bin/sh", "-c", _PRIVATE_TMP_SCRIPT, "t2g-sandbox", mount, f"{int(size_mb)}m", outer, workdir]
+
+
+def _probe_private_tmp(unshare: str, mount: str) -> bool:
+    """Whether the private-/tmp wrapper works here: the same script, on a scratch sandbox directory."""
+    outer = os.path.realpath(tempfile.mkdtemp(prefix="t2g-sandbox-probe-"))
+    try:
+        workdir = os.path.join(outer, "work")
+        os.mkdir(workdir)
+        os.mkdir(os.path.join(outer, _STAGE_DIRNAME))
+        probe = [*_unshare_command(unshare, True), *_private_tmp_command(mount, 1, outer, workdir), "true"]
+        return _probe(probe, cwd=workdir)
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
+
+
+def _warn_shared_tmp(why: str) -> None:
+    global _warned_shared_tmp
+    if _warned_shared_tmp:
+        return
+    _warned_shared_tmp = True
+    logger.warning(
+        "sandbox: no private /tmp for sandboxed code (%s); the child shares the host's /tmp and /dev/shm, where "
+        "writes are stopped only by the Python-level guard (and file permissions when it runs as 'nobody').",
+        why,
+    )
 
 
 def sandbox_capabilities(python: str | None = None) -> dict:
     """Which containment layers :func:`run_python` uses on this machine.
 
-    Keys: ``namespaces`` (network + PID namespace via ``unshare``), ``prlimit`` (limits applied via the
+    Keys: ``namespaces`` (network + PID namespace via ``unshare``), ``private_tmp`` (a mount namespace with its
+    own size-limited ``tmpfs`` on ``/tmp`` and ``/dev/shm``), ``prlimit`` (limits applied via the
     ``prlimit`` tool, else via ``setrlimit`` in the child), ``drop_uid`` (runs as ``nobody``), ``interpreter``
     (the Python executable the sandbox runs).
     """
     caps = _capabilities(python)
-    return {k: caps[k] for k in ("root", "namespaces", "prlimit", "drop_uid", "interpreter")}
+    return {k: caps[k] for k in ("root", "namespaces", "private_tmp", "prlimit", "drop_uid", "interpreter")}
 
 
 def _limits(timeout: float, memory_mb: int, max_processes: int, max_file_bytes: int) -> dict[str, int]:
@@ -347,6 +427,7 @@ def run_python(
     max_file_bytes: int = 16 * 1024 * 1024,
     python: str | None = None,
     guard: bool = True,
+    tmp_size_mb: int = 64,
 ) -> SandboxResult:
     """Run ``code`` as a Python program in the sandbox and report whether it exited cleanly.
 
@@ -359,17 +440,22 @@ def run_python(
         max_file_bytes: ``RLIMIT_FSIZE``: the largest file (including captured stdout/stderr) the child may write.
         python: Interpreter to run; default: this one, or a system ``python3`` that ``nobody`` may execute.
         guard: Load the Python-level guard (forbidden calls raise). Only tests of the OS layers turn it off.
+        tmp_size_mb: Size of each of the child's private ``/tmp`` and ``/dev/shm`` (``tmpfs``, where mount
+            namespaces are permitted; see :func:`sandbox_capabilities`).
 
     Returns:
         A :class:`SandboxResult`; never raises for anything the program does.
     """
     if not isinstance(code, str):
         raise TypeError(f"run_python: code must be a str, got {type(code).__name__}")
-    if timeout <= 0 or memory_mb <= 0:
-        raise ValueError(f"run_python: timeout ({timeout}) and memory_mb ({memory_mb}) must be positive")
+    if timeout <= 0 or memory_mb <= 0 or tmp_size_mb <= 0:
+        raise ValueError(
+            f"run_python: timeout ({timeout}), memory_mb ({memory_mb}) and tmp_size_mb ({tmp_size_mb}) must be "
+            "positive"
+        )
     caps = _capabilities(python)
     limits = _limits(timeout, memory_mb, max_processes, max_file_bytes)
-    outer = tempfile.mkdtemp(prefix="t2g-sandbox-")
+    outer = os.path.realpath(tempfile.mkdtemp(prefix="t2g-sandbox-"))
     start = time.monotonic()
     try:
         workdir = os.path.join(outer, "work")
@@ -390,7 +476,10 @@ def run_python(
         command: list[str] = []
         preexec = None
         if caps["namespaces"]:
-            command += [caps["unshare_path"], "--net", "--pid", "--fork", "--kill-child", "--"]
+            command += _unshare_command(caps["unshare_path"], caps["private_tmp"])
+        if caps["private_tmp"]:
+            os.mkdir(os.path.join(outer, _STAGE_DIRNAME), 0o700)
+            command += _private_tmp_command(caps["mount_path"], tmp_size_mb, outer, workdir)
         if caps["prlimit"]:
             command += [caps["prlimit_path"], *(f"--{k}={v}" for k, v in limits.items()), "--"]
         else:

@@ -43,8 +43,13 @@ class SpanPPOConfig(_ConfigBase):
             Per rank no grad forward pass in the rollout phase (generation and the reference/value forwards are
             chunked by this many rows).
         num_sample_generations (`int`, *optional*, defaults to `10`):
-            Number of debugging sample generations (tables of completions) throughout training; see also
-            `heatmap_every_n_steps`.
+            Number of debugging sample generations (tables of completions) throughout training, as in TRL 1.12:
+            after update `N` with `(N - 1) % max(1, num_total_batches // num_sample_generations) == 0` (updates 1,
+            1 + f, 1 + 2f, ...), the first batch of `eval_dataset` (`per_device_eval_batch_size` prompts per process)
+            is generated near-greedily (temperature 0.01), scored with the reward model, printed on the main process
+            and written to `<output_dir>/completions/update_<N>.jsonl`. `0` disables it; nothing happens without an
+            `eval_dataset`. Metrics over the whole eval set come from `trainer.evaluate()` or `eval_strategy`; see
+            also `heatmap_every_n_steps`.
         response_length (`int`, *optional*, defaults to `53`):
             Length of the response (maximum number of new tokens).
         stop_token (`str`, *optional*):
@@ -77,9 +82,12 @@ class SpanPPOConfig(_ConfigBase):
         reward_model_path (`str`, *optional*, defaults to `"EleutherAI/pythia-160m"`):
             Path to the reward model (used by scripts only).
         model_adapter_name (`str`, *optional*):
-            Name of the train target PEFT adapter, when using LoRA with multiple adapters.
+            Name of the train target PEFT adapter, when using LoRA with multiple adapters. The trainer makes it the
+            active (and only trainable) adapter at start-up; a name the policy does not have raises a `ValueError`.
+            `None` trains the adapter that is active when the trainer is built.
         ref_adapter_name (`str`, *optional*):
-            Name of the reference PEFT adapter, when using LoRA with multiple adapters.
+            Name of the reference PEFT adapter, when using LoRA with multiple adapters (must exist in the policy and
+            differ from `model_adapter_name`). `None`: the reference is the policy with its adapters disabled.
         num_ppo_epochs (`int`, *optional*, defaults to `4`):
             Number of optimisation epochs over each rollout.
         whiten_rewards (`bool`, *optional*, defaults to `False`):
@@ -177,7 +185,11 @@ class SpanPPOConfig(_ConfigBase):
         default=64, metadata={"help": "Per rank no grad forward pass in the rollout phase."}
     )
     num_sample_generations: int = field(
-        default=10, metadata={"help": "Number of debugging samples generations throughout training."}
+        default=10,
+        metadata={
+            "help": "Number of debugging sample generations (tables of scored completions for the first eval batch, "
+            "written to output_dir/completions/) throughout training; 0 disables them."
+        },
     )
     response_length: int = field(default=53, metadata={"help": "Length of the response."})
     stop_token: Literal["eos"] | None = field(
@@ -217,10 +229,12 @@ class SpanPPOConfig(_ConfigBase):
     push_to_hub: bool = field(default=False, metadata={"help": "Whether to push the model to the Hub after training."})
     reward_model_path: str = field(default="EleutherAI/pythia-160m", metadata={"help": "Path to the reward model."})
     model_adapter_name: str | None = field(
-        default=None, metadata={"help": "Name of the train target PEFT adapter (multiple adapters)."}
+        default=None,
+        metadata={"help": "Name of the PEFT adapter to train (made active at start-up; multiple adapters)."},
     )
     ref_adapter_name: str | None = field(
-        default=None, metadata={"help": "Name of the reference PEFT adapter (multiple adapters)."}
+        default=None,
+        metadata={"help": "Name of the reference PEFT adapter (multiple adapters; None = adapters disabled)."},
     )
     num_ppo_epochs: int = field(default=4, metadata={"help": "Number of optimisation epochs over each rollout."})
     whiten_rewards: bool = field(default=False, metadata={"help": "Whether to whiten the rewards."})
@@ -306,3 +320,5 @@ class SpanPPOConfig(_ConfigBase):
             raise ValueError(f"response_length must be >= 1, got {self.response_length}.")
         if self.num_ppo_epochs < 1 or self.num_mini_batches < 1:
             raise ValueError("num_ppo_epochs and num_mini_batches must be >= 1.")
+        if self.num_sample_generations < 0:
+            raise ValueError(f"num_sample_generations must be >= 0, got {self.num_sample_generations}.")

@@ -22,10 +22,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import json
 import logging
 import math
 import os
+import time
 import warnings
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,9 +46,10 @@ from transformers import (
     Trainer,
     TrainerCallback,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, speed_metrics
 
 from ..alignment import token_rewards_from_offsets
+from ..collator import pad_sequences
 from ..spans import Critique, locate_critique
 from .advantages import (
     combine_rewards,
@@ -69,6 +73,7 @@ logger = logging.getLogger(__name__)
 
 _STATE_FILE = "span_ppo_state_rank{rank}.pt"
 _EPS_TEMPERATURE = 1e-7  # TRL 1.12 samples and scores with `temperature + 1e-7`
+_EVAL_TEMPERATURE = 0.01  # TRL 1.12's near-greedy sampling for sample generations (`generate_completions`)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,6 +223,49 @@ def _identity_collator(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _table_cell(value: Any) -> str:
+    if value is None:
+        return "failed"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _print_completions(table: list[dict[str, Any]], title: str) -> None:
+    """Print a completions table with ``rich`` when it is installed, as plain text otherwise."""
+    if not table:
+        return
+    columns = list(table[0])
+    try:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+    except ImportError:
+        print(title)
+        print(" | ".join(columns))
+        for entry in table:
+            print(" | ".join(_table_cell(entry.get(c)).replace("\n", "\\n") for c in columns))
+        return
+    rich_table = Table(title=title, show_lines=True)
+    for column in columns:
+        rich_table.add_column(column)
+    for entry in table:
+        rich_table.add_row(*(Text(_table_cell(entry.get(c))) for c in columns))  # Text: no markup parsing
+    Console().print(rich_table)
+
+
+class _SampleGenerationsCallback(TrainerCallback):
+    """Calls the trainer's sample generations after each optimizer step (they run on every process)."""
+
+    def __init__(self, trainer: SpanPPOTrainer) -> None:
+        self._trainer = weakref.ref(trainer)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self._trainer()
+        if trainer is not None:
+            trainer._maybe_generate_completions()
+
+
 def _exact_div(a: int, b: int, message: str) -> int:
     if b <= 0 or a % b != 0:
         raise ValueError(f"{message}: {a} is not divisible by {b}.")
@@ -246,6 +294,9 @@ class ScoredRollout:
     quotes_unlocated: int
     texts: list[str]
     offsets: list[list[tuple[int, int]]]
+    ok: torch.Tensor | None = None  # [B] bool: False where the reward was unusable (whatever on_critic_error says)
+    good_spans: list[int] | None = None  # per sample: number of located spans with a positive score
+    poor_spans: list[int] | None = None  # per sample: number of located spans with a negative score
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,7 +320,10 @@ class SpanPPOTrainer(Trainer):
         value_model: ``None`` for a value head on the policy backbone (one forward for logits and values), or an
             ``AutoModelForSequenceClassification`` with ``num_labels=1``.
         data_collator: Ignored unless it returns the rows unchanged (kept for signature compatibility).
-        eval_dataset: Stored; evaluation loops are not supported (``eval_strategy`` must be ``"no"``).
+        eval_dataset: Prompts to evaluate on, in the format of ``train_dataset`` (a dataset, or a dict of named
+            datasets). Used by :meth:`evaluate` (called by hand or by the ``Trainer`` when ``eval_strategy`` is
+            ``"steps"`` or ``"epoch"``) and, when ``num_sample_generations > 0``, for the tables of sample completions
+            written during training (its first ``per_device_eval_batch_size`` rows per process).
         optimizers: ``(optimizer, scheduler)`` as for ``Trainer``.
         callbacks: Extra ``TrainerCallback``\\ s.
         peft_config: A ``peft.PeftConfig``; the policy is wrapped and the reference is the adapter-disabled policy.
@@ -317,11 +371,17 @@ class SpanPPOTrainer(Trainer):
             raise ValueError(
                 "the tokenizer has no pad token; set one first, e.g. `tokenizer.pad_token = tokenizer.eos_token`."
             )
-        if getattr(args, "eval_strategy", "no") not in ("no", None) and str(args.eval_strategy) not in (
-            "no",
-            "IntervalStrategy.NO",
-        ):
-            raise ValueError("SpanPPOTrainer has no evaluation loop; set eval_strategy='no'.")
+        if str(getattr(args, "eval_strategy", "no")) not in ("no", "None", "IntervalStrategy.NO"):
+            if eval_dataset is None:
+                raise ValueError(
+                    f"eval_strategy={str(args.eval_strategy)!r} needs an `eval_dataset` (prompts to generate for); pass "
+                    "one, or set eval_strategy='no' and call `trainer.evaluate(eval_dataset)` yourself."
+                )
+        if getattr(args, "load_best_model_at_end", False):
+            raise ValueError(
+                "load_best_model_at_end is not supported by SpanPPOTrainer; set it to False (checkpoints can still be "
+                "kept by an evaluation metric with save_strategy='best' and e.g. metric_for_best_model='score')."
+            )
         if data_collator is not None:
             warnings.warn(
                 "SpanPPOTrainer builds its own batches (prompts are left-padded at rollout time); the given "
@@ -348,6 +408,7 @@ class SpanPPOTrainer(Trainer):
                 )
             model = get_peft_model(model, peft_config)
         self.is_peft_model = hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+        self._select_adapters(model, args)
         self.policy_model = model
 
         if ref_model is None and not self.is_peft_model:
@@ -451,6 +512,11 @@ class SpanPPOTrainer(Trainer):
             optimizers=optimizers,
         )
         self.kl_coef = float(args.kl_coef)
+        self._generation_temperature: float | None = None  # set by evaluation_sampling()
+        self.sample_generations_freq = (
+            max(1, args.num_total_batches // args.num_sample_generations) if args.num_sample_generations > 0 else 0
+        )
+        self.add_callback(_SampleGenerationsCallback(self))
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._buffer: dict[str, Any] | None = None
         self._micro_step: int | None = None
@@ -475,6 +541,36 @@ class SpanPPOTrainer(Trainer):
             gen_config = getattr(self.policy_model, "generation_config", None)
             if gen_config is not None:
                 gen_config.eos_token_id = self.stop_token_id
+
+    def _select_adapters(self, model: nn.Module, args: SpanPPOConfig) -> None:
+        """Validate ``model_adapter_name``/``ref_adapter_name`` and make ``model_adapter_name`` the trained adapter."""
+        names = [n for n in (args.model_adapter_name, args.ref_adapter_name) if n]
+        self._policy_adapter_name: str | None = None
+        if not self.is_peft_model:
+            if names:
+                raise ValueError(
+                    f"model_adapter_name={args.model_adapter_name!r} / ref_adapter_name={args.ref_adapter_name!r} "
+                    "need a PEFT policy (a PeftModel, or pass peft_config); unset them for a full model."
+                )
+            return
+        available = list(model.peft_config)
+        for field_name in ("model_adapter_name", "ref_adapter_name"):
+            name = getattr(args, field_name)
+            if name and name not in available:
+                raise ValueError(
+                    f"{field_name}={name!r} is not an adapter of the policy; its adapters are {available}. Load it "
+                    "first (e.g. `model.load_adapter(path, adapter_name=...)`) or fix the name."
+                )
+        if args.model_adapter_name and args.model_adapter_name == args.ref_adapter_name:
+            raise ValueError(
+                f"model_adapter_name and ref_adapter_name are both {args.model_adapter_name!r}; the reference adapter "
+                "must differ from the trained one."
+            )
+        if args.model_adapter_name:
+            # set_adapter makes the adapter active *and* the only trainable one (before the optimizer is built)
+            model.set_adapter(args.model_adapter_name)
+        active = getattr(model, "active_adapter", None)
+        self._policy_adapter_name = args.model_adapter_name or (active if isinstance(active, str) else None)
 
     # ------------------------------------------------------------------------------------------------------------
     # Data
@@ -547,21 +643,24 @@ class SpanPPOTrainer(Trainer):
     # Rollout
     # ------------------------------------------------------------------------------------------------------------
     def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        pad = self.processing_class.pad_token_id
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
+        """Left-pad prompt token ids for generation: ``(input_ids, attention_mask)`` on the accelerator's device."""
+        ids = pad_sequences(sequences, self.processing_class.pad_token_id, side="left")
+        mask = pad_sequences([[1] * len(s) for s in sequences], 0, side="left")
         return ids.to(self.accelerator.device), mask.to(self.accelerator.device)
 
     def generation_config(self) -> GenerationConfig:
-        """The sampling configuration (pure temperature sampling, as TRL 1.12)."""
+        """The sampling configuration (pure temperature sampling, as TRL 1.12).
+
+        Rollouts sample at ``args.temperature``; evaluation and sample generations at TRL 1.12's near-greedy
+        ``0.01`` (see :meth:`evaluation_sampling`).
+        """
+        temperature = self._generation_temperature
+        if temperature is None:
+            temperature = self.args.temperature
         return GenerationConfig(
             max_new_tokens=self.args.response_length,
             do_sample=True,
-            temperature=self.args.temperature + _EPS_TEMPERATURE,
+            temperature=temperature + _EPS_TEMPERATURE,
             top_k=0,
             top_p=1.0,
             eos_token_id=self.stop_token_id,
@@ -591,6 +690,16 @@ class SpanPPOTrainer(Trainer):
         return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks], dim=0)
 
     @contextlib.contextmanager
+    def evaluation_sampling(self, temperature: float = _EVAL_TEMPERATURE):
+        """Within this context :meth:`generation_config` samples at ``temperature`` (default: TRL's near-greedy 0.01)."""
+        previous = self._generation_temperature
+        self._generation_temperature = float(temperature)
+        try:
+            yield
+        finally:
+            self._generation_temperature = previous
+
+    @contextlib.contextmanager
     def null_ref_context(self):
         """The reference policy of a PEFT model: adapters disabled (or ``ref_adapter_name`` selected)."""
         policy = self.accelerator.unwrap_model(self.model).policy
@@ -601,40 +710,66 @@ class SpanPPOTrainer(Trainer):
                 yield
             finally:
                 if self.args.ref_adapter_name:
-                    policy.set_adapter(self.args.model_adapter_name or "default")
+                    policy.set_adapter(self._policy_adapter_name or "default")
 
     @staticmethod
     def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
         return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
     @torch.no_grad()
-    def rollout(self, rows: list[dict]) -> dict[str, Any]:
-        """Sample responses and compute old log-probs, reference log-probs and values (no gradients)."""
+    def generate(self, rows: list[dict]) -> dict[str, Any]:
+        """Encode and left-pad the prompts of ``rows``, sample responses and mask everything after the stop token.
+
+        Shared by :meth:`rollout` (training) and :meth:`evaluate` / :meth:`generate_completions`; the returned dict
+        (``rows``, ``prompts``, ``prompt_ids``, ``prompt_mask``, ``responses``, ``response_mask``,
+        ``prompts_truncated``) is what :meth:`score` needs.
+        """
         from trl.models.utils import unwrap_model_for_generation
 
-        args = self.args
         prompt_lists, prompts, truncated = self._encode_rows(rows)
         prompt_ids, prompt_mask = self._left_pad(prompt_lists)
         was_training = self.model.training
         self.model.eval()
         try:
             with unwrap_model_for_generation(
-                self.model_wrapped, self.accelerator, gather_deepspeed3_params=args.ds3_gather_for_generation
+                self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
             ) as unwrapped:
                 responses = self.generate_responses(unwrapped.policy, prompt_ids, prompt_mask)
-            responses = responses.to(prompt_ids.device)
-            length = responses.shape[1]
-            positions = torch.arange(length, device=responses.device).unsqueeze(0)
-            if self.stop_token_id is not None:
-                is_stop = responses == self.stop_token_id
-                first_stop = torch.where(
-                    is_stop.any(1), is_stop.float().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long)
-                )
-                response_mask = (positions <= first_stop.unsqueeze(1)).long()
-            else:
-                response_mask = torch.ones_like(responses)
-            responses = responses.masked_fill(response_mask == 0, self.processing_class.pad_token_id)
+        finally:
+            self.model.train(was_training)
+        responses = responses.to(prompt_ids.device)
+        length = responses.shape[1]
+        positions = torch.arange(length, device=responses.device).unsqueeze(0)
+        if self.stop_token_id is not None:
+            is_stop = responses == self.stop_token_id
+            first_stop = torch.where(
+                is_stop.any(1), is_stop.float().argmax(1), torch.full_like(is_stop[:, 0], length, dtype=torch.long)
+            )
+            response_mask = (positions <= first_stop.unsqueeze(1)).long()
+        else:
+            response_mask = torch.ones_like(responses)
+        responses = responses.masked_fill(response_mask == 0, self.processing_class.pad_token_id)
+        return {
+            "rows": rows,
+            "prompts": prompts,
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "responses": responses,
+            "response_mask": response_mask,
+            "prompts_truncated": truncated,
+        }
 
+    @torch.no_grad()
+    def rollout(self, rows: list[dict]) -> dict[str, Any]:
+        """Sample responses (:meth:`generate`) and compute old log-probs, reference log-probs and values."""
+        args = self.args
+        generated = self.generate(rows)
+        prompt_ids, prompt_mask = generated["prompt_ids"], generated["prompt_mask"]
+        responses, response_mask = generated["responses"], generated["response_mask"]
+        length = responses.shape[1]
+        was_training = self.model.training
+        self.model.eval()
+        try:
             input_ids = torch.cat([prompt_ids, responses], dim=1)
             attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
             position_ids = self._positions(attention_mask)
@@ -665,16 +800,10 @@ class SpanPPOTrainer(Trainer):
         finally:
             self.model.train(was_training)
         return {
-            "rows": rows,
-            "prompts": prompts,
-            "prompt_ids": prompt_ids,
-            "prompt_mask": prompt_mask,
-            "responses": responses,
-            "response_mask": response_mask,
+            **generated,
             "logprobs": torch.cat(logprobs),
             "ref_logprobs": torch.cat(ref_logprobs),
             "values": torch.cat(values),
-            "prompts_truncated": truncated,
         }
 
     # ------------------------------------------------------------------------------------------------------------
@@ -750,6 +879,7 @@ class SpanPPOTrainer(Trainer):
         explicit = torch.zeros(batch, dtype=torch.bool, device=device)
         ok = torch.ones(batch, dtype=torch.bool, device=device)
         failures = unlocated = 0
+        good_spans, poor_spans = [0] * batch, [0] * batch
         if self.reward_kind == "classifier":
             scores = self._classifier_scores(rollout)
             finite = torch.isfinite(scores)
@@ -773,6 +903,8 @@ class SpanPPOTrainer(Trainer):
                     scores[row] = result.scalar
                     explicit[row] = True
                 if result.spans is not None:
+                    good_spans[row] = sum(1 for _, _, value in result.spans if value > 0)
+                    poor_spans[row] = sum(1 for _, _, value in result.spans if value < 0)
                     n_valid = int(mask[row].sum())
                     token_rewards = token_rewards_from_offsets(texts[row], offsets[row], result.spans)
                     covered = token_rewards_from_offsets(
@@ -793,7 +925,30 @@ class SpanPPOTrainer(Trainer):
             has_eos = (responses == self.processing_class.eos_token_id).logical_and(mask.bool()).any(1)
             scores = scores - args.missing_eos_penalty * (~has_eos).float()
         keep = ok if args.on_critic_error == "skip" else torch.ones_like(ok)
-        return ScoredRollout(span_rewards, scores, keep, failures, unlocated, texts, offsets)
+        return ScoredRollout(
+            span_rewards, scores, keep, failures, unlocated, texts, offsets, ok, good_spans, poor_spans
+        )
+
+    @torch.no_grad()
+    def task_rewards(self, generated: dict[str, Any], scored: ScoredRollout) -> torch.Tensor:
+        """``[B]`` sequence task reward: what ``objective/scores`` logs for a rollout (the reward without the KL term).
+
+        The sum over the response of the per-token reward of ``reward_mode`` (span rewards and/or the scalar score,
+        ``missing_eos_penalty`` included) with ``kl_coef = 0``.
+        """
+        args = self.args
+        mask = generated["response_mask"].float()
+        rewards, _ = combine_rewards(
+            scored.span_rewards,
+            scored.scores,
+            torch.zeros_like(mask),
+            mask,
+            0.0,
+            args.reward_mode,
+            scalar_weight=args.scalar_reward_weight,
+            span_weight=args.span_reward_weight,
+        )
+        return rewards.sum(1)
 
     # ------------------------------------------------------------------------------------------------------------
     # Advantages
@@ -881,7 +1036,10 @@ class SpanPPOTrainer(Trainer):
 
     def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
         if not self.model.training:
-            raise NotImplementedError("SpanPPOTrainer has no evaluation loop.")
+            raise NotImplementedError(
+                "SpanPPOTrainer has no loss-based prediction loop; use `trainer.evaluate()` (generates for the eval "
+                "prompts and scores them with the reward model)."
+            )
         if self._micro_step is None:
             self._micro_step = self.state.global_step * self.args.gradient_accumulation_steps
         index = self._micro_step % self.micro_steps_per_rollout
@@ -938,6 +1096,195 @@ class SpanPPOTrainer(Trainer):
             for key, value in stats.items():
                 self._metrics[key].append(self.accelerator.gather(value.reshape(1)).mean().item())
         return loss
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Evaluation
+    # ------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _evaluation_batch(self, rows: list[dict]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        """Generate near-greedily for ``rows`` and score them: per-sample statistics and table rows (this process)."""
+        with self.evaluation_sampling():
+            generated = self.generate(rows)
+        scored = self.score(generated)
+        mask = generated["response_mask"]
+        ok = scored.ok
+        score = torch.where(ok, self.task_rewards(generated, scored), torch.full_like(scored.scores, float("nan")))
+        has_eos = (generated["responses"] == self.processing_class.eos_token_id).logical_and(mask.bool()).any(1)
+        device = mask.device
+        stats = {
+            "score": score.float(),
+            "failed": (~ok).float(),
+            "has_eos": has_eos.float(),
+            "length": mask.sum(1).float(),
+            "good_spans": torch.tensor(scored.good_spans, dtype=torch.float32, device=device),
+            "poor_spans": torch.tensor(scored.poor_spans, dtype=torch.float32, device=device),
+        }
+        table = []
+        for row, prompt in enumerate(generated["prompts"]):
+            if not isinstance(prompt, str):  # chat messages: show the templated prompt the policy saw
+                ids = generated["prompt_ids"][row][generated["prompt_mask"][row].bool()]
+                prompt = self.processing_class.decode(ids, skip_special_tokens=True)
+            entry = {
+                "query": prompt,
+                "response": scored.texts[row],
+                "score": float(score[row]) if bool(ok[row]) else None,
+            }
+            if self.reward_kind != "classifier":
+                entry["good_spans"] = scored.good_spans[row]
+                entry["poor_spans"] = scored.poor_spans[row]
+            table.append(entry)
+        return stats, table
+
+    def evaluate(
+        self,
+        eval_dataset=None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Generate for every eval prompt, score the responses with the reward model and return (and log) metrics.
+
+        Responses are sampled near-greedily (temperature 0.01, as TRL 1.12's `generate_completions`) in batches of
+        `per_device_eval_batch_size` prompts per process; results are gathered with `accelerate`
+        (`gather_for_metrics`, so a set that does not split evenly over processes is counted once). Called by the
+        `Trainer` itself when `eval_strategy` is `"steps"` (every `eval_steps` *optimizer* steps) or `"epoch"`.
+
+        Args:
+            eval_dataset (`Dataset` or `dict[str, Dataset]`, *optional*):
+                Prompts in the format of `train_dataset`; defaults to the trainer's `eval_dataset`. A dict is evaluated
+                per dataset, its key added to the metric prefix (`eval_<key>_score`, ...).
+            ignore_keys (`list[str]`, *optional*):
+                Unused (kept for the `Trainer` signature).
+            metric_key_prefix (`str`, *optional*, defaults to `"eval"`):
+                Prefix of the metric names.
+
+        Returns:
+            `dict[str, float]` with, for prefix `eval`:
+
+            - `eval_score`: mean task reward of the responses whose reward was usable (per response, the sum over its
+              tokens of the reward training uses, without the KL term: what `objective/scores` logs; it includes
+              `missing_eos_penalty`); `nan` if no reward was usable.
+            - `eval_eos_fraction`: fraction of responses that contain an EOS token.
+            - `eval_response_length`: mean number of response tokens (up to and including the stop token).
+            - `eval_failed_fraction`: fraction of responses whose reward was unusable (the reward function raised,
+              returned `None`, NaN, unlocatable quotes or malformed spans; a non-finite classifier score). Such
+              failures are counted, never raised.
+            - `eval_good_spans`, `eval_poor_spans` (reward functions and span reward models, not classifiers): mean
+              number of located spans with a positive / negative score per usable response.
+            - the `Trainer`'s `eval_runtime`, `eval_samples_per_second`, `eval_steps_per_second` (and `epoch`).
+        """
+        override = eval_dataset is not None
+        dataset = eval_dataset if override else self.eval_dataset
+        if dataset is None:
+            raise ValueError(
+                "evaluate() needs prompts: pass `eval_dataset` to SpanPPOTrainer(...) or to trainer.evaluate(...)."
+            )
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, sub_dataset in dataset.items():
+                metrics.update(
+                    self.evaluate(sub_dataset if override else name, ignore_keys, f"{metric_key_prefix}_{name}")
+                )
+            return metrics
+
+        self._memory_tracker.start()
+        dataloader = self.get_eval_dataloader(dataset)
+        start_time = time.time()
+        collected: dict[str, list[torch.Tensor]] = defaultdict(list)
+        num_batches = 0
+        for rows in dataloader:
+            stats, _ = self._evaluation_batch(list(rows))
+            for key, value in self.accelerator.gather_for_metrics(stats).items():
+                collected[key].append(value.float().cpu())
+            num_batches += 1
+        if not collected:
+            raise ValueError("the evaluation dataset is empty; it needs at least one prompt.")
+        stats = {key: torch.cat(values) for key, values in collected.items()}
+        usable = stats["failed"] == 0
+        prefix = metric_key_prefix
+
+        def usable_mean(values: torch.Tensor) -> float:
+            return float(values[usable].mean()) if bool(usable.any()) else float("nan")
+
+        metrics = {
+            f"{prefix}_score": usable_mean(stats["score"]),
+            f"{prefix}_eos_fraction": float(stats["has_eos"].mean()),
+            f"{prefix}_response_length": float(stats["length"].mean()),
+            f"{prefix}_failed_fraction": float(stats["failed"].mean()),
+        }
+        if self.reward_kind != "classifier":
+            metrics[f"{prefix}_good_spans"] = usable_mean(stats["good_spans"])
+            metrics[f"{prefix}_poor_spans"] = usable_mean(stats["poor_spans"])
+        metrics.update(
+            speed_metrics(prefix, start_time, num_samples=int(stats["score"].numel()), num_steps=num_batches)
+        )
+        was_training = self.model.training
+        self.model.eval()  # so that log() does not flush the training statistics into the evaluation entry
+        try:
+            self.log(metrics)
+        finally:
+            self.model.train(was_training)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)
+        return metrics
+
+    @torch.no_grad()
+    def generate_completions(self, sampling: bool = False) -> list[dict[str, Any]]:
+        """A table of near-greedy completions for the eval prompts, scored with the reward model (as TRL 1.12).
+
+        Each row has `query`, `response`, `score` (the task reward as in `evaluate()`; `None` when the reward was
+        unusable) and, unless the reward model is a classifier, `good_spans` / `poor_spans` (located spans with a
+        positive / negative score). The table is gathered across processes; the main process prints it (with `rich`
+        when installed) and writes it to `<output_dir>/completions/update_<N>.jsonl`, `N` being the number of
+        updates (rollouts) done so far.
+
+        Args:
+            sampling (`bool`, *optional*, defaults to `False`):
+                Only the first batch of the eval set (`per_device_eval_batch_size` prompts per process), as during
+                training (`num_sample_generations`); `False`: the whole eval set.
+
+        Returns:
+            `list[dict]`: the table rows (on every process); empty when there is no `eval_dataset`.
+        """
+        dataset = self.eval_dataset
+        if dataset is None:
+            return []
+        if isinstance(dataset, dict):  # several named eval sets: samples come from the first one
+            dataset = next(iter(dataset.values()))
+        if sampling:
+            count = min(len(dataset), self.args.eval_batch_size * self.accelerator.num_processes)
+            if hasattr(dataset, "select"):
+                dataset = dataset.select(range(count))
+            else:
+                dataset = torch.utils.data.Subset(dataset, range(count))
+        dataloader = self.accelerator.prepare(
+            DataLoader(dataset, batch_size=self.args.eval_batch_size, collate_fn=_identity_collator, num_workers=0)
+        )
+        table: list[dict[str, Any]] = []
+        for rows in dataloader:
+            _, entries = self._evaluation_batch(list(rows))
+            table.extend(self.accelerator.gather_for_metrics(entries, use_gather_object=True))
+        update = math.ceil(self.state.global_step / self.steps_per_rollout)
+        if self.accelerator.is_main_process:
+            _print_completions(
+                table, title=f"Sample completions after update {update} (step {self.state.global_step})"
+            )
+            directory = os.path.join(self.args.output_dir, "completions")
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, f"update_{update}.jsonl"), "w") as f:
+                for entry in table:
+                    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        return table
+
+    def _maybe_generate_completions(self) -> None:
+        """After the last optimizer step of update ``N``: a table when ``(N - 1) % sample_generations_freq == 0``."""
+        if not self.sample_generations_freq or self.eval_dataset is None:
+            return
+        step = self.state.global_step
+        if step == 0 or step % self.steps_per_rollout != 0:
+            return
+        update = step // self.steps_per_rollout
+        if (update - 1) % self.sample_generations_freq == 0:
+            self.generate_completions(sampling=True)
 
     # ------------------------------------------------------------------------------------------------------------
     # Logging

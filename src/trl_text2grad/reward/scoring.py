@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..collator import pad_sequences
 from ..spans import Critique, ScoredSpan
 from .modeling import (
     SPAN_REWARD_CONFIG_NAME,
@@ -309,13 +310,10 @@ class SpanRewardModel:
             ids, _, truncated = fit_generative_prompt(tokenizer, prompt, response, cfg.get("critique_prompt"), budget)
             self.stats["num_truncated"] += int(truncated)
             prompt_ids.append(ids)
-        length = max(len(ids) for ids in prompt_ids)
         pad = tokenizer.pad_token_id
-        input_ids = torch.full((len(prompt_ids), length), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for i, ids in enumerate(prompt_ids):  # left padding for generation
-            input_ids[i, length - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[i, length - len(ids) :] = 1
+        input_ids = pad_sequences(prompt_ids, pad, side="left")  # left padding for generation
+        attention_mask = pad_sequences([[1] * len(ids) for ids in prompt_ids], 0, side="left")
+        length = input_ids.shape[1]
         device = self.device
         generated = self.model.generate(
             input_ids=input_ids.to(device),

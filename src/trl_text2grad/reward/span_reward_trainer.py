@@ -50,7 +50,7 @@ from trl import RewardTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
 from .. import __version__
-from ..collator import SpanAnnotationCollator
+from ..collator import SpanAnnotationCollator, pad_sequences
 from ..spans import Critique, locate_critique
 from .modeling import (
     CRITIQUE_MARKER,
@@ -145,17 +145,10 @@ class _GenerativeCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        length = max(len(r["input_ids"]) for r in rows)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, row in enumerate(rows):
-            n = len(row["input_ids"])
-            input_ids[i, :n] = torch.tensor(row["input_ids"], dtype=torch.long)
-            labels[i, :n] = torch.tensor(row["labels"], dtype=torch.long)
-            attention_mask[i, :n] = 1
+        multiple = self.pad_to_multiple_of
+        input_ids = pad_sequences([r["input_ids"] for r in rows], self.pad_token_id, pad_to_multiple_of=multiple)
+        labels = pad_sequences([r["labels"] for r in rows], IGNORE_INDEX, pad_to_multiple_of=multiple)
+        attention_mask = pad_sequences([[1] * len(r["input_ids"]) for r in rows], 0, pad_to_multiple_of=multiple)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
