@@ -185,6 +185,29 @@ def test_humaneval_ppo_recipe_tiny_update(tiny_model_dir, tmp_path):
     assert (out / "adapter_model.safetensors").is_file(), sorted(p.name for p in out.iterdir())
 
 
+def test_ppo_script_evaluates_on_the_held_out_split(tiny_model_dir, tmp_path):
+    from trl_text2grad.scripts import ppo
+
+    out = tmp_path / "ppo"
+    args = ["--config", str(ROOT / "recipes/humaneval_smollm2/ppo.yaml"), "--model_name_or_path", tiny_model_dir,
+            "--output_dir", str(out), "--total_episodes", "2", "--per_device_train_batch_size", "2",
+            "--per_device_eval_batch_size", "2", "--response_length", "6", "--num_ppo_epochs", "1",
+            "--max_train_samples", "2", "--max_eval_samples", "3", "--num_sample_generations", "1",
+            "--save_strategy", "no", *CPU]  # fmt: skip
+    assert ppo.main(args) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    # the unit-test critic judged every held-out response: a random tiny policy writes no passing code
+    assert results["eval_failed_fraction"] == 0.0
+    assert results["eval_score"] <= 0.0  # a random tiny policy writes no passing code
+    # no EOS within 6 tokens, so every response is 6 tokens long
+    assert results["eval_eos_fraction"] == 0.0 and results["eval_response_length"] == 6.0
+    table = [json.loads(line) for line in (out / "completions" / "update_1.jsonl").read_text().splitlines()]
+    assert len(table) == 2  # the first eval batch
+    assert all(row["score"] is not None and "def " in row["query"] for row in table)
+    with pytest.raises(ValueError, match="max_eval_samples"):
+        ppo.main([*args[: -len(CPU)], "--max_eval_samples", "-1", *CPU])
+
+
 def test_humaneval_reward_recipe_tiny_update(tiny_model_dir, tmp_path):
     from trl_text2grad.reward.scoring import SpanRewardModel
     from trl_text2grad.scripts import reward

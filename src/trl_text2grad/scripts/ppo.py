@@ -37,6 +37,10 @@ class PPOScriptArguments(ScriptArguments):
         dataset_name: Overrides the task's data set: a hub name, or a local ``.jsonl``/``.json`` file with the
             same columns (HumanEval: a ``HumanEval.jsonl.gz``-style file).
         max_train_samples: Use only the first N prompts.
+        max_eval_samples: Prompts of ``dataset_test_split`` to evaluate on (first N). ``None`` (default): no
+            evaluation set, unless ``eval_strategy`` is not ``"no"``, in which case the whole split is used. With an
+            evaluation set the trainer writes sample-completion tables (``num_sample_generations``), evaluates at
+            ``eval_strategy``'s cadence, and the script runs a final ``evaluate()`` and saves ``eval_results.json``.
         test_fraction: HumanEval: fraction of problems held out (split by problem).
         split_seed: HumanEval: seed of the problem split.
         critic: Reward source: ``unit_tests`` (sandboxed tests, HumanEval), ``reward_model`` (a span reward model
@@ -54,6 +58,11 @@ class PPOScriptArguments(ScriptArguments):
         metadata={"help": "humaneval | slf5k | kodcode | ultrafeedback | custom (dataset_name with a prompt column)."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate on the first N prompts of dataset_test_split (default: none, or all of it when "
+                  "eval_strategy is not 'no')."},
+    )  # fmt: skip
     test_fraction: float = field(default=0.2, metadata={"help": "HumanEval: fraction of problems held out."})
     split_seed: int = field(default=0, metadata={"help": "HumanEval: seed of the split by problem."})
     critic: str = field(default="unit_tests", metadata={"help": "unit_tests | reward_model | openai | transformers."})
@@ -134,6 +143,22 @@ def run(script_args: PPOScriptArguments, training_args, model_args):
     )
     if "response" in train_dataset.column_names:  # PPO samples its own responses
         train_dataset = train_dataset.remove_columns("response")
+    eval_dataset = None
+    wants_eval = str(getattr(training_args, "eval_strategy", "no")).lower() not in ("no", "intervalstrategy.no")
+    if script_args.max_eval_samples is not None and script_args.max_eval_samples < 0:
+        raise ValueError(f"max_eval_samples must be >= 0, got {script_args.max_eval_samples}.")
+    if (script_args.max_eval_samples or 0) > 0 or wants_eval:
+        eval_dataset = load_task_dataset(
+            script_args.task,
+            script_args.dataset_test_split,
+            dataset_name=script_args.dataset_name,
+            dataset_config=script_args.dataset_config,
+            max_samples=script_args.max_eval_samples,
+            test_fraction=script_args.test_fraction,
+            split_seed=script_args.split_seed,
+        )
+        if "response" in eval_dataset.column_names:
+            eval_dataset = eval_dataset.remove_columns("response")
     reward = build_reward_function(
         script_args.critic,
         script_args.task,
@@ -152,10 +177,15 @@ def run(script_args: PPOScriptArguments, training_args, model_args):
         reward_model=reward,
         train_dataset=train_dataset,
         value_model=None,
+        eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    if eval_dataset is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
     if trainer.accelerator.is_main_process:
         print(f"span PPO finished: policy saved to {training_args.output_dir}")
     return trainer
