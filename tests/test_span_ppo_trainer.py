@@ -835,7 +835,7 @@ def test_two_process_cpu_training(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     # torchrun sets RANK/WORLD_SIZE; accelerate (inside the Trainer) then uses gloo on CPU
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # a free port
     cmd += [str(script), str(out), str(Path(__file__).parent)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
