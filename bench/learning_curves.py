@@ -17,6 +17,9 @@ Arms (equal compute: same model, LoRA, prompts, batch size, number of updates, K
 - ``trl112``: TRL 1.12's classic ``PPOTrainer`` (``trl.experimental.ppo``, in the separate venv made by
   ``scripts/make_trl112_venv.sh``) with the same scalar reward: the critic is wrapped as a sequence-classification
   reward model (``bench/trl112/run_evidence_trl112.py``), and the value function is TRL 1.12's separate value model.
+- ``span-vmodel`` / ``scalar-vmodel``: the ``span`` / ``scalar`` arm with a separate, fully trained value model
+  (``AutoModelForSequenceClassification`` from the policy checkpoint, as TRL 1.12 has) instead of the value head on
+  the policy; separates the effect of the value function from that of the reward shape.
 
 Per update the run records the task metric (success rate of the sampled responses), the mean critic reward (the
 scalar collapse, identical for every arm so the curves are comparable), per-criterion rates, the KL to the reference
@@ -41,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from evidence_tasks import get_task  # noqa: E402
 
-ARMS = ("span", "scalar", "trl112")
+ARMS = ("span", "scalar", "trl112", "span-vmodel", "scalar-vmodel")
 # The threshold of the "updates to reach it" figure, fixed before the runs (a 32-sample probe of SmolLM2-135M-Instruct
 # at temperature 1.0 and 40/48 new tokens succeeded on about 0.35 of the prompts of both tasks; see docs/evidence.md).
 DEFAULT_THRESHOLDS = {"text": 0.6, "code": 0.6}
@@ -193,13 +196,24 @@ def run_one(args) -> str:
     else:
         model = load_default_model()
     dataset = build_dataset(task, args.updates * args.batch_size, args.seed)
-    recorder = RewardRecorder(task, "span" if args.arm == "span" else "scalar")
+    reward_mode = "span" if args.arm.startswith("span") else "scalar"
+    recorder = RewardRecorder(task, reward_mode)
+    value_model = None  # a value head on the policy (our default)
+    if args.arm.endswith("-vmodel"):  # a separate, fully trained value model, as TRL 1.12 has
+        from transformers import AutoModelForSequenceClassification
+
+        from trl_text2grad.models import default_model_path
+
+        value_model = AutoModelForSequenceClassification.from_pretrained(
+            args.model or default_model_path(), num_labels=1
+        )
+        value_model.config.pad_token_id = tokenizer.pad_token_id
 
     logs: list[dict] = []
     run_name = f"{args.task}_{args.arm}_seed{args.seed}"
     progress = progress_callback(args, recorder, logs, run_name)
 
-    config = SpanPPOConfig(reward_mode="span" if args.arm == "span" else "scalar", **ppo_settings(args, run_name))
+    config = SpanPPOConfig(reward_mode=reward_mode, **ppo_settings(args, run_name))
     peft_config = lora_config(args)
     trainer = SpanPPOTrainer(
         args=config,
@@ -208,6 +222,7 @@ def run_one(args) -> str:
         ref_model=None,
         reward_model=recorder,
         train_dataset=dataset,
+        value_model=value_model,
         peft_config=peft_config,
         callbacks=[progress],
     )
@@ -399,7 +414,13 @@ def plot(args) -> None:
             del runs[(task, arm)]
     plot_dir = args.plot_dir or args.out
     os.makedirs(plot_dir, exist_ok=True)
-    colors = {"span": "tab:blue", "scalar": "tab:orange", "trl112": "tab:green"}
+    colors = {
+        "span": "tab:blue",
+        "scalar": "tab:orange",
+        "trl112": "tab:green",
+        "span-vmodel": "tab:purple",
+        "scalar-vmodel": "tab:red",
+    }
     metrics = [
         ("success", "task success rate"),
         ("critic_reward", "mean critic reward (scalar collapse)"),

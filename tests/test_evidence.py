@@ -238,7 +238,7 @@ def test_plot_mode_without_runs_fails_clearly(tmp_path):
         learning_curves.main(["--plot", "--out", str(tmp_path)])
 
 
-@pytest.mark.parametrize("arm", ["span", "scalar"])
+@pytest.mark.parametrize("arm", ["span", "scalar", "scalar-vmodel"])
 def test_one_run_with_a_tiny_policy_writes_per_update_metrics(tmp_path, tiny_llama, smollm2_tokenizer, arm):
     pytest.importorskip("peft")
     model = tiny_llama(seed=0)

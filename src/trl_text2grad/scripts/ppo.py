@@ -132,33 +132,28 @@ def run(script_args: PPOScriptArguments, training_args, model_args):
     from . import build_reward_function, load_task_dataset
 
     model, tokenizer = load_policy(model_args, training_args)
-    train_dataset = load_task_dataset(
-        script_args.task,
-        script_args.dataset_train_split,
-        dataset_name=script_args.dataset_name,
-        dataset_config=script_args.dataset_config,
-        max_samples=script_args.max_train_samples,
-        test_fraction=script_args.test_fraction,
-        split_seed=script_args.split_seed,
-    )
-    if "response" in train_dataset.column_names:  # PPO samples its own responses
-        train_dataset = train_dataset.remove_columns("response")
+
+    def prompts(split: str, max_samples: int | None):
+        dataset = load_task_dataset(
+            script_args.task,
+            split,
+            dataset_name=script_args.dataset_name,
+            dataset_config=script_args.dataset_config,
+            max_samples=max_samples,
+            test_fraction=script_args.test_fraction,
+            split_seed=script_args.split_seed,
+        )
+        if "response" in dataset.column_names:  # PPO samples its own responses
+            dataset = dataset.remove_columns("response")
+        return dataset
+
+    train_dataset = prompts(script_args.dataset_train_split, script_args.max_train_samples)
     eval_dataset = None
     wants_eval = str(getattr(training_args, "eval_strategy", "no")).lower() not in ("no", "intervalstrategy.no")
     if script_args.max_eval_samples is not None and script_args.max_eval_samples < 0:
         raise ValueError(f"max_eval_samples must be >= 0, got {script_args.max_eval_samples}.")
     if (script_args.max_eval_samples or 0) > 0 or wants_eval:
-        eval_dataset = load_task_dataset(
-            script_args.task,
-            script_args.dataset_test_split,
-            dataset_name=script_args.dataset_name,
-            dataset_config=script_args.dataset_config,
-            max_samples=script_args.max_eval_samples,
-            test_fraction=script_args.test_fraction,
-            split_seed=script_args.split_seed,
-        )
-        if "response" in eval_dataset.column_names:
-            eval_dataset = eval_dataset.remove_columns("response")
+        eval_dataset = prompts(script_args.dataset_test_split, script_args.max_eval_samples)
     reward = build_reward_function(
         script_args.critic,
         script_args.task,
