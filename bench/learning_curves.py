@@ -229,7 +229,7 @@ def run_one(args) -> str:
     t0 = time.perf_counter()
     trainer.train()
     total_s = time.perf_counter() - t0
-    return _write_run(args, run_name, recorder, logs, total_s)
+    return write_run(args, run_name, recorder, logs, total_s)
 
 
 def _kl_by_rollout(logs: list[dict]) -> dict[int, float]:
@@ -254,7 +254,9 @@ def _rows(args, recorder: RewardRecorder, logs: list[dict]) -> list[dict]:
     return rows
 
 
-def _write_run(args, run_name: str, recorder: RewardRecorder, logs: list[dict], total_s: float) -> str:
+def write_run(args, run_name: str, recorder: RewardRecorder, logs: list[dict], total_s: float) -> str:
+    """Write a finished run: ``OUT/<run_name>.jsonl`` and ``.csv`` (one row per update) and ``.meta.json`` (command,
+    settings, the trainer's logs, sample responses). Returns the JSONL path. Used by every arm."""
     os.makedirs(args.out, exist_ok=True)
     rows = _rows(args, recorder, logs)
     path = os.path.join(args.out, f"{run_name}.jsonl")

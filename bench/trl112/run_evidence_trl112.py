@@ -164,7 +164,7 @@ def main(argv=None) -> str:
     t0 = time.perf_counter()
     trainer.train()
     total_s = time.perf_counter() - t0
-    return learning_curves._write_run(args, run_name, recorder, logs, total_s)
+    return learning_curves.write_run(args, run_name, recorder, logs, total_s)
 
 
 if __name__ == "__main__":
