@@ -26,6 +26,8 @@ __all__ = [
     "load_task_dataset",
     "critic_template",
     "build_reward_function",
+    "train_and_save",
+    "main_from_argv",
 ]
 
 #: Values of ``model_name_or_path`` that mean the packaged SmolLM2-135M-Instruct (see ``trl_text2grad.models``).
@@ -174,3 +176,29 @@ def build_reward_function(
     from ..critics.local_model import TransformersCritic
 
     return TransformersCritic(model=critic_model or None, template=template, max_new_tokens=max_new_tokens)
+
+
+def train_and_save(trainer, training_args, evaluate: bool, done_message: str):
+    """The end of every training script: train (resuming if asked), save to ``output_dir``, run a final
+    ``evaluate()`` when there is an evaluation set (metrics logged and saved as ``eval_results.json``), and print
+    ``done_message`` on the main process. Returns the trainer."""
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if evaluate:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    if trainer.accelerator.is_main_process:
+        print(done_message)
+    return trainer
+
+
+def main_from_argv(make_parser: Callable, run: Callable, argv=None) -> int:
+    """Entry point of a training script: parse ``--config recipe.yaml`` + overrides with the script's ``TrlParser``,
+    set up logging, and ``run(script_args, training_args, model_args)``."""
+    script_args, training_args, model_args = make_parser().parse_args_and_config(
+        args=list(argv) if argv is not None else None
+    )
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    run(script_args, training_args, model_args)
+    return 0

@@ -129,7 +129,7 @@ def run(script_args: PPOScriptArguments, training_args, model_args):
     from trl import get_peft_config
 
     from ..ppo.span_ppo_trainer import SpanPPOTrainer
-    from . import build_reward_function, load_task_dataset
+    from . import build_reward_function, load_task_dataset, train_and_save
 
     model, tokenizer = load_policy(model_args, training_args)
 
@@ -175,25 +175,19 @@ def run(script_args: PPOScriptArguments, training_args, model_args):
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    if trainer.accelerator.is_main_process:
-        print(f"span PPO finished: policy saved to {training_args.output_dir}")
-    return trainer
+    return train_and_save(
+        trainer,
+        training_args,
+        eval_dataset is not None,
+        f"span PPO finished: policy saved to {training_args.output_dir}",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse ``--config recipe.yaml`` + overrides with ``TrlParser`` and train."""
-    script_args, training_args, model_args = make_parser().parse_args_and_config(
-        args=list(argv) if argv is not None else None
-    )
-    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
-    run(script_args, training_args, model_args)
-    return 0
+    from . import main_from_argv
+
+    return main_from_argv(make_parser, run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

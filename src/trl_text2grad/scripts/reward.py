@@ -106,7 +106,7 @@ def run(script_args: RewardScriptArguments, training_args, model_args):
     from trl import get_peft_config
 
     from ..reward.span_reward_trainer import SpanRewardTrainer
-    from . import load_tokenizer, resolve_model_path
+    from . import load_tokenizer, resolve_model_path, train_and_save
 
     path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(
@@ -138,25 +138,16 @@ def run(script_args: RewardScriptArguments, training_args, model_args):
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if evaluation is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    if trainer.accelerator.is_main_process:
-        print(f"span reward model saved to {training_args.output_dir}")
-    return trainer
+    return train_and_save(
+        trainer, training_args, evaluation is not None, f"span reward model saved to {training_args.output_dir}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse ``--config recipe.yaml`` + overrides with ``TrlParser`` and train."""
-    script_args, training_args, model_args = make_parser().parse_args_and_config(
-        args=list(argv) if argv is not None else None
-    )
-    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
-    run(script_args, training_args, model_args)
-    return 0
+    from . import main_from_argv
+
+    return main_from_argv(make_parser, run, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
