@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -174,6 +175,32 @@ def test_host_tmp_is_invisible_and_private_tmp_is_size_limited(tmp_path):
     result = run_python(code, timeout=10, guard=False, tmp_size_mb=2, max_file_bytes=64 * 1024 * 1024)
     assert result.passed, result.reason + result.stderr
     assert "full 28" in result.stdout  # ENOSPC: the tmpfs is capped at tmp_size_mb
+
+
+@pytest.mark.skipif(not CAPS["private_tmp"], reason="mount namespaces are not permitted here: no private /tmp")
+def test_interpreter_installed_below_tmp_still_runs_inside_the_private_tmp():
+    """A checkout (and its virtual environment) under /tmp, as CI and scripts/fresh_machine_check.sh make: the
+    private /tmp must keep the interpreter's installation visible, and still hide the rest of the host's /tmp."""
+    root = tempfile.mkdtemp(prefix="t2g-venv-under-tmp-")
+    try:
+        os.chmod(root, 0o755)  # traversable by 'nobody', like a checkout
+        venv = os.path.join(root, "venv")
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+        python = os.path.join(venv, "bin", "python")
+        sibling = os.path.join(root, "host-file.txt")
+        with open(sibling, "w") as f:
+            f.write("host")
+        code = (
+            "import os, sys\n"
+            f"assert sys.prefix == {venv!r}, sys.prefix\n"
+            f"assert not os.path.exists({sibling!r}), 'the rest of the host /tmp is visible'\n"
+            "print('ran')\n"
+        )
+        result = run_python(code, timeout=20, python=python)
+        assert result.passed, result.reason + result.stderr
+        assert result.stdout.strip() == "ran"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_shared_tmp_fallback_is_logged_once(monkeypatch, caplog):

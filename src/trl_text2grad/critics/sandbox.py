@@ -203,29 +203,33 @@ runpy.run_path(_PROGRAM, run_name="__main__")
 
 
 # Runs as root inside the new mount namespace, before the limits and the uid drop: mounts a fresh tmpfs on /tmp and
-# /dev/shm. When the sandbox directory itself lives below one of them, the tmpfs is first mounted on a staging
-# directory inside it, the sandbox directory is bound into the tmpfs at its own path, and the tmpfs is moved onto
-# the target, so the program, the guard and the working directory stay at the same paths. Any failure stops the
-# run (fail closed) instead of silently sharing the host's /tmp.
+# /dev/shm. Directories that must stay visible (the sandbox directory, and the interpreter's installation when it
+# lives below /tmp, e.g. a virtual environment in a checkout under /tmp) are listed one per line in $keep: for a
+# target that contains some of them, the tmpfs is first mounted on a staging directory inside the sandbox directory,
+# each kept directory is bound into it at its own path, and the tmpfs is moved onto the target, so the program, the
+# guard, the working directory and the interpreter stay at the same paths. Any failure stops the run (fail closed)
+# instead of silently sharing the host's /tmp.
 _PRIVATE_TMP_SCRIPT = r"""set -eu
-mount_bin=$1 size=$2 outer=$3 workdir=$4
-shift 4
+mount_bin=$1 size=$2 outer=$3 workdir=$4 keep=$5
+shift 5
 opts="size=$size,mode=1777,nosuid,nodev"
 for target in /tmp /dev/shm; do
     [ -d "$target" ] || continue
     target=$(cd "$target" && pwd -P)
-    case "$outer/" in
-    "$target"/*)
-        rel=${outer#"$target"/}
-        "$mount_bin" -t tmpfs -o "$opts" t2g-sandbox-tmp "$outer/stage"
-        mkdir -p "$outer/stage/$rel"
-        "$mount_bin" --bind "$outer" "$outer/stage/$rel"
-        "$mount_bin" --move "$outer/stage" "$target"
-        ;;
-    *)
+    inside=$(printf '%s\n' "$keep" | while IFS= read -r dir; do
+        case "$dir/" in "$target"/*) printf '%s\n' "$dir" ;; esac
+    done)
+    if [ -z "$inside" ]; then
         "$mount_bin" -t tmpfs -o "$opts" t2g-sandbox-tmp "$target"
-        ;;
-    esac
+        continue
+    fi
+    "$mount_bin" -t tmpfs -o "$opts" t2g-sandbox-tmp "$outer/stage"
+    printf '%s\n' "$inside" | while IFS= read -r dir; do
+        rel=${dir#"$target"/}
+        mkdir -p "$outer/stage/$rel"
+        "$mount_bin" --bind "$dir" "$outer/stage/$rel"
+    done
+    "$mount_bin" --move "$outer/stage" "$target"
 done
 cd "$workdir"
 exec "$@"
@@ -253,9 +257,6 @@ def _capabilities(python: str | None) -> dict:
     setpriv = _which("setpriv")
     namespaces = bool(unshare) and _probe([unshare, "--net", "--pid", "--fork", "--kill-child", "true"])
     mount = _which("mount")
-    private_tmp = namespaces and bool(mount) and _probe_private_tmp(unshare, mount)
-    if not private_tmp:
-        _warn_shared_tmp("mount namespaces are not permitted here" if namespaces else "no namespaces (unshare)")
     drop_uid = False
     interpreter = python or sys.executable
     if is_root and setpriv:
@@ -276,6 +277,9 @@ def _capabilities(python: str | None) -> dict:
                 "not bind and files outside the working directory are only protected by the Python-level guard. "
                 "Install a system python3 or pass python=... to run_python."
             )
+    private_tmp = namespaces and bool(mount) and _probe_private_tmp(unshare, mount, interpreter)
+    if not private_tmp:
+        _warn_shared_tmp("mount namespaces are not permitted here" if namespaces else "no namespaces (unshare)")
     return {
         "root": is_root,
         "namespaces": namespaces,
@@ -297,18 +301,42 @@ def _unshare_command(unshare: str, private_tmp: bool) -> list[str]:
     return [*command, "--"]
 
 
-def _private_tmp_command(mount: str, size_mb: int, outer: str, workdir: str) -> list[str]:
-    return ["/bin/sh", "-c", _PRIVATE_TMP_SCRIPT, "t2g-sandbox", mount, f"{int(size_mb)}m", outer, workdir]
+def _interpreter_dirs(interpreter: str) -> list[str]:
+    """Directories the interpreter needs at run time: its installation root (the virtual environment or prefix that
+    holds ``bin/python``), the directory of the real executable and, for this process's own interpreter,
+    ``sys.prefix`` / ``sys.base_prefix`` / ``sys.exec_prefix``. The private /tmp keeps those below /tmp visible."""
+    dirs = {
+        os.path.dirname(os.path.dirname(os.path.abspath(interpreter))),
+        os.path.dirname(os.path.realpath(interpreter)),
+    }
+    if os.path.realpath(interpreter) == os.path.realpath(sys.executable):
+        dirs |= {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    return sorted({os.path.realpath(d) for d in dirs})
 
 
-def _probe_private_tmp(unshare: str, mount: str) -> bool:
-    """Whether the private-/tmp wrapper works here: the same script, on a scratch sandbox directory."""
+def _private_tmp_command(mount: str, size_mb: int, outer: str, workdir: str, interpreter: str) -> list[str]:
+    keep = [outer]
+    for directory in _interpreter_dirs(interpreter):  # a directory inside another kept one comes with it
+        if not any(directory == k or directory.startswith(k.rstrip("/") + "/") for k in keep):
+            keep.append(directory)
+    return [
+        "/bin/sh", "-c", _PRIVATE_TMP_SCRIPT, "t2g-sandbox", mount, f"{int(size_mb)}m", outer, workdir, "\n".join(keep)
+    ]  # fmt: skip
+
+
+def _probe_private_tmp(unshare: str, mount: str, interpreter: str) -> bool:
+    """Whether the private-/tmp wrapper works here and the interpreter still starts inside it: the same script, on a
+    scratch sandbox directory, running ``interpreter -I -c pass``."""
     outer = os.path.realpath(tempfile.mkdtemp(prefix="t2g-sandbox-probe-"))
     try:
         workdir = os.path.join(outer, "work")
         os.mkdir(workdir)
         os.mkdir(os.path.join(outer, _STAGE_DIRNAME))
-        probe = [*_unshare_command(unshare, True), *_private_tmp_command(mount, 1, outer, workdir), "true"]
+        probe = [
+            *_unshare_command(unshare, True),
+            *_private_tmp_command(mount, 1, outer, workdir, interpreter),
+            interpreter, "-I", "-c", "pass",
+        ]  # fmt: skip
         return _probe(probe, cwd=workdir)
     finally:
         shutil.rmtree(outer, ignore_errors=True)
@@ -479,7 +507,7 @@ def run_python(
             command += _unshare_command(caps["unshare_path"], caps["private_tmp"])
         if caps["private_tmp"]:
             os.mkdir(os.path.join(outer, _STAGE_DIRNAME), 0o700)
-            command += _private_tmp_command(caps["mount_path"], tmp_size_mb, outer, workdir)
+            command += _private_tmp_command(caps["mount_path"], tmp_size_mb, outer, workdir, caps["interpreter"])
         if caps["prlimit"]:
             command += [caps["prlimit_path"], *(f"--{k}={v}" for k, v in limits.items()), "--"]
         else:
