@@ -192,3 +192,15 @@ def test_problem_context_replaces_chat_prompt(problem):
         problem=[problem["prompt"]],
     )
     assert "passed" in critique.text
+
+
+def test_broken_sandbox_is_a_critic_error_not_a_poor_span(problem, monkeypatch):
+    from trl_text2grad.critics import sandbox
+
+    broken = sandbox.SandboxResult(False, 127, "", "setpriv: failed to execute python", False, "exit status 127")
+    monkeypatch.setattr(sandbox, "_run_sandboxed", lambda *a, **k: broken)
+    monkeypatch.setattr(sandbox, "_last_healthy", {})
+    critic = UnitTestCritic(timeout=10)
+    response = _fence("def truncate_number(number: float) -> float:\n    return number % 1.0")
+    with pytest.raises(sandbox.SandboxUnavailableError):
+        _run(critic, problem, [response])

@@ -270,3 +270,16 @@ def test_creating_directories_or_links_outside_is_denied(tmp_path):
         result = run_python(code, timeout=10)
         assert not result.passed and "not allowed" in result.reason, code
     assert not os.path.exists("/tmp/t2g-sandbox-escape")
+
+
+def test_a_broken_sandbox_raises_instead_of_failing_the_program():
+    # the interpreter cannot be executed: every program would "fail" with exit 127, which is not the program's fault
+    with pytest.raises(sandbox.SandboxUnavailableError, match="cannot run even a trivial program"):
+        run_python("print('never runs')", timeout=10, python="/nonexistent/bin/python3")
+
+
+def test_a_program_that_fails_on_its_own_is_reported_not_raised(monkeypatch):
+    monkeypatch.setattr(sandbox, "_last_healthy", {})  # force the health check after the failure
+    result = run_python("import sys\nsys.exit(127)", timeout=10)
+    assert not result.passed and result.returncode == 127  # the sandbox is healthy, so this is the program's own
+    assert None in sandbox._last_healthy

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SandboxResult", "run_python", "sandbox_capabilities", "PROGRAM_FILENAME"]
+__all__ = ["SandboxResult", "SandboxUnavailableError", "run_python", "sandbox_capabilities", "PROGRAM_FILENAME"]
 
 #: Name of the program file inside the sandbox; tracebacks refer to it (``File ".../main.py", line N``).
 PROGRAM_FILENAME = "main.py"
@@ -55,6 +55,14 @@ _GUARD_FILENAME = "_sandbox_guard.py"
 _NOBODY_UID = 65534
 _NOBODY_GID = 65534
 _SAFE_ENV_KEYS = ("LANG", "LC_ALL")
+#: After a failed run the sandbox checks itself with a trivial program; a healthy verdict is reused this long.
+_HEALTH_RECHECK_S = 60.0
+_last_healthy: dict[str | None, float] = {}
+
+
+class SandboxUnavailableError(RuntimeError):
+    """The sandbox itself is broken: a trivial program (``pass``) fails in it too, so a failing run says nothing
+    about the judged code. Raised by :func:`run_python` instead of reporting the program as failed."""
 
 
 @dataclass
@@ -473,7 +481,55 @@ def run_python(
 
     Returns:
         A :class:`SandboxResult`; never raises for anything the program does.
+
+    Raises:
+        SandboxUnavailableError: The run failed and so does a trivial program in the same sandbox (checked after a
+            failure, at most once a minute while the sandbox is healthy): the failure is the machine's, not the
+            program's, and must not be scored as the program's (e.g. the interpreter cannot be executed).
     """
+    kwargs = {
+        "timeout": timeout,
+        "memory_mb": memory_mb,
+        "max_processes": max_processes,
+        "max_output_bytes": max_output_bytes,
+        "max_file_bytes": max_file_bytes,
+        "python": python,
+        "guard": guard,
+        "tmp_size_mb": tmp_size_mb,
+    }
+    result = _run_sandboxed(code, **kwargs)
+    if not result.passed and not result.timed_out and not _sandbox_is_healthy(python, tmp_size_mb):
+        probe = _run_sandboxed("pass", timeout=30.0, python=python, tmp_size_mb=tmp_size_mb)
+        raise SandboxUnavailableError(
+            f"the sandbox cannot run even a trivial program ({probe.reason}; stderr: {probe.stderr.strip()[:300]!r}); "
+            f"the failure of this run is not the program's (its own: {result.reason})"
+        )
+    return result
+
+
+def _sandbox_is_healthy(python: str | None, tmp_size_mb: int) -> bool:
+    """Whether ``pass`` runs cleanly in the sandbox; a healthy verdict is cached for ``_HEALTH_RECHECK_S``."""
+    now = time.monotonic()
+    if now - _last_healthy.get(python, -math.inf) < _HEALTH_RECHECK_S:
+        return True
+    if _run_sandboxed("pass", timeout=30.0, python=python, tmp_size_mb=tmp_size_mb).passed:
+        _last_healthy[python] = now
+        return True
+    return False
+
+
+def _run_sandboxed(
+    code: str,
+    timeout: float = 10.0,
+    memory_mb: int = 1024,
+    *,
+    max_processes: int = 32,
+    max_output_bytes: int = 64 * 1024,
+    max_file_bytes: int = 16 * 1024 * 1024,
+    python: str | None = None,
+    guard: bool = True,
+    tmp_size_mb: int = 64,
+) -> SandboxResult:
     if not isinstance(code, str):
         raise TypeError(f"run_python: code must be a str, got {type(code).__name__}")
     if timeout <= 0 or memory_mb <= 0 or tmp_size_mb <= 0:
