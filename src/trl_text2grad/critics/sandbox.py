@@ -487,35 +487,32 @@ def run_python(
             failure, at most once a minute while the sandbox is healthy): the failure is the machine's, not the
             program's, and must not be scored as the program's (e.g. the interpreter cannot be executed).
     """
-    kwargs = {
-        "timeout": timeout,
-        "memory_mb": memory_mb,
-        "max_processes": max_processes,
-        "max_output_bytes": max_output_bytes,
-        "max_file_bytes": max_file_bytes,
-        "python": python,
-        "guard": guard,
-        "tmp_size_mb": tmp_size_mb,
-    }
-    result = _run_sandboxed(code, **kwargs)
-    if not result.passed and not result.timed_out and not _sandbox_is_healthy(python, tmp_size_mb):
-        probe = _run_sandboxed("pass", timeout=30.0, python=python, tmp_size_mb=tmp_size_mb)
-        raise SandboxUnavailableError(
-            f"the sandbox cannot run even a trivial program ({probe.reason}; stderr: {probe.stderr.strip()[:300]!r}); "
-            f"the failure of this run is not the program's (its own: {result.reason})"
-        )
+    result = _run_sandboxed(
+        code, timeout, memory_mb, max_processes=max_processes, max_output_bytes=max_output_bytes,
+        max_file_bytes=max_file_bytes, python=python, guard=guard, tmp_size_mb=tmp_size_mb,
+    )  # fmt: skip
+    if not result.passed and not result.timed_out:
+        probe = _failed_health_probe(python, tmp_size_mb)
+        if probe is not None:
+            raise SandboxUnavailableError(
+                f"the sandbox cannot run even a trivial program ({probe.reason}; stderr: "
+                f"{probe.stderr.strip()[:300]!r}); the failure of this run is not the program's (its own: "
+                f"{result.reason})"
+            )
     return result
 
 
-def _sandbox_is_healthy(python: str | None, tmp_size_mb: int) -> bool:
-    """Whether ``pass`` runs cleanly in the sandbox; a healthy verdict is cached for ``_HEALTH_RECHECK_S``."""
+def _failed_health_probe(python: str | None, tmp_size_mb: int) -> SandboxResult | None:
+    """Run ``pass`` in the sandbox: ``None`` when it succeeds (a healthy verdict is cached for
+    ``_HEALTH_RECHECK_S``), else the probe's failed result."""
     now = time.monotonic()
     if now - _last_healthy.get(python, -math.inf) < _HEALTH_RECHECK_S:
-        return True
-    if _run_sandboxed("pass", timeout=30.0, python=python, tmp_size_mb=tmp_size_mb).passed:
+        return None
+    probe = _run_sandboxed("pass", timeout=30.0, python=python, tmp_size_mb=tmp_size_mb)
+    if probe.passed:
         _last_healthy[python] = now
-        return True
-    return False
+        return None
+    return probe
 
 
 def _run_sandboxed(
