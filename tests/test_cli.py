@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_text2grad.cli import SUBCOMMANDS, main
+from trl_text2grad.cli.main import SUBCOMMANDS, main
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -54,15 +54,15 @@ def test_console_script_and_module_entry_points():
     assert exe.exists(), "the console script is installed with the package (pip install -e .)"
     result = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ppo" in result.stdout
-    # `accelerate launch -m trl_text2grad.scripts.<name>` runs the module as __main__
+    # `accelerate launch -m trl_text2grad.cli.<name>` runs the module as __main__
     result = subprocess.run(
-        [sys.executable, "-m", "trl_text2grad.scripts.ppo", "--help"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "trl_text2grad.cli.ppo", "--help"], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0 and "--total_episodes" in result.stdout
 
 
 def test_unknown_recipe_field_is_a_clear_error(tmp_path):
-    from trl_text2grad.scripts.ppo import make_parser
+    from trl_text2grad.cli.ppo import make_parser
 
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("task: humaneval\nkl_coeff: 0.1\n")
@@ -76,7 +76,7 @@ def test_unknown_recipe_field_is_a_clear_error(tmp_path):
 
 
 def test_resolve_model_path_aliases():
-    from trl_text2grad.scripts import resolve_model_path
+    from trl_text2grad.cli.common import resolve_model_path
 
     assert resolve_model_path("/some/checkpoint") == "/some/checkpoint"
     assert resolve_model_path("meta-llama/Llama-3.1-8B-Instruct") == "meta-llama/Llama-3.1-8B-Instruct"
@@ -86,7 +86,7 @@ def test_resolve_model_path_aliases():
 
 
 def test_build_reward_function_errors_name_the_fix():
-    from trl_text2grad.scripts import build_reward_function
+    from trl_text2grad.cli.common import build_reward_function
 
     with pytest.raises(ValueError, match="unit_tests"):
         build_reward_function("gpt4", "humaneval")
@@ -97,7 +97,7 @@ def test_build_reward_function_errors_name_the_fix():
 
 
 def test_humaneval_task_dataset_is_split_by_problem():
-    from trl_text2grad.scripts import load_task_dataset
+    from trl_text2grad.cli.common import load_task_dataset
 
     train = load_task_dataset("humaneval", "train")
     test = load_task_dataset("humaneval", "test")
@@ -111,7 +111,7 @@ def test_humaneval_task_dataset_is_split_by_problem():
 
 
 def test_custom_task_needs_a_prompt_column(tmp_path):
-    from trl_text2grad.scripts import load_task_dataset
+    from trl_text2grad.cli.common import load_task_dataset
 
     good = tmp_path / "rows.jsonl"
     good.write_text(json.dumps({"prompt": "Say hi.", "extra": 1}) + "\n")

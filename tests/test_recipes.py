@@ -23,17 +23,17 @@ def _parse(recipe: Path, extra: list[str]):
 
     kind = recipe.stem
     if kind == "demo":
-        from trl_text2grad.demo import DemoConfig
+        from trl_text2grad.cli.demo.config import DemoConfig
 
         return TrlParser((DemoConfig,)).parse_args_and_config(["--config", str(recipe), *extra])
     if kind == "annotate":
-        from trl_text2grad.scripts.annotate import AnnotateConfig
+        from trl_text2grad.cli.annotate import AnnotateConfig
 
         return TrlParser((AnnotateConfig,)).parse_args_and_config(["--config", str(recipe), *extra])
     if kind == "ppo":
-        from trl_text2grad.scripts.ppo import make_parser
+        from trl_text2grad.cli.ppo import make_parser
     elif kind == "reward":
-        from trl_text2grad.scripts.reward import make_parser
+        from trl_text2grad.cli.reward import make_parser
     else:  # pragma: no cover - a new recipe kind must be added here
         raise AssertionError(f"unknown recipe kind {kind!r} ({recipe})")
     return make_parser().parse_args_and_config(["--config", str(recipe), *extra])
@@ -155,7 +155,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> str:
 
 
 def test_humaneval_ppo_recipe_tiny_update(tiny_model_dir, tmp_path):
-    from trl_text2grad.scripts import ppo
+    from trl_text2grad.cli import ppo
 
     out = tmp_path / "ppo"
     code = ppo.main(
@@ -186,7 +186,7 @@ def test_humaneval_ppo_recipe_tiny_update(tiny_model_dir, tmp_path):
 
 
 def test_ppo_script_evaluates_on_the_held_out_split(tiny_model_dir, tmp_path):
-    from trl_text2grad.scripts import ppo
+    from trl_text2grad.cli import ppo
 
     out = tmp_path / "ppo"
     args = ["--config", str(ROOT / "recipes/humaneval_smollm2/ppo.yaml"), "--model_name_or_path", tiny_model_dir,
@@ -209,8 +209,8 @@ def test_ppo_script_evaluates_on_the_held_out_split(tiny_model_dir, tmp_path):
 
 
 def test_humaneval_reward_recipe_tiny_update(tiny_model_dir, tmp_path):
+    from trl_text2grad.cli import reward
     from trl_text2grad.reward.scoring import SpanRewardModel
-    from trl_text2grad.scripts import reward
 
     rows = annotated_rows("kodcode")  # code rows; the recipe is HumanEval's, the schema is the same
     for i, row in enumerate(rows):
@@ -247,7 +247,7 @@ def test_humaneval_reward_recipe_tiny_update(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("task", PAPER_TASKS)
 def test_paper_recipes_tiny_reward_then_ppo(task, tiny_model_dir, tmp_path):
     """The task's reward recipe trains a (tiny) span reward model; its PPO recipe then uses it as reward."""
-    from trl_text2grad.scripts import ppo, reward
+    from trl_text2grad.cli import ppo, reward
 
     annotations = _write_jsonl(tmp_path / "ann.jsonl", annotated_rows(task))
     hub_file = _write_jsonl(tmp_path / "hub.jsonl", hub_rows(task))
@@ -352,7 +352,7 @@ def test_ppo_recipe_under_two_process_accelerate_launch(tiny_model_dir, tmp_path
         "--main_process_port",
         str(port),
         "-m",
-        "trl_text2grad.scripts.ppo",
+        "trl_text2grad.cli.ppo",
         "--config",
         str(ROOT / "recipes/humaneval_smollm2/ppo.yaml"),
         "--model_name_or_path",
@@ -381,7 +381,7 @@ def test_ppo_recipe_under_two_process_accelerate_launch(tiny_model_dir, tmp_path
 
 
 def test_annotate_recipes_use_the_task_critic_prompt():
-    from trl_text2grad.scripts.annotate import AnnotateConfig, _template, build_critic
+    from trl_text2grad.cli.annotate import AnnotateConfig, _template, build_critic
     from trl_text2grad.tasks import kodcode, slf5k, ultrafeedback
 
     assert _template("slf5k") is slf5k.CRITIC_TEMPLATE

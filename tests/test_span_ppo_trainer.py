@@ -10,8 +10,10 @@ import torch
 from datasets import Dataset
 
 from trl_text2grad import Critique
+from trl_text2grad.alignment import token_char_offsets
 from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
-from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer, normalize_reward_output, token_char_offsets
+from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
+from trl_text2grad.rewards import normalize_reward_output
 
 METRICS = [
     "objective/kl",

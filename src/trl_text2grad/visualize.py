@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from .alignment import require_fast_tokenizer
+from .alignment import require_fast_tokenizer, spans_to_token_rewards
 
 __all__ = ["tokens_for_display", "render_token_rewards_terminal", "render_token_rewards_html", "render_text_rewards"]
 
@@ -115,8 +115,6 @@ def render_text_rewards(
     tokenizer, text: str, spans: Sequence[tuple[int, int, float]], *, html_output: bool = False, color: bool = True
 ) -> str:
     """Tokenize ``text``, align ``spans`` to its tokens and render the heatmap (terminal by default, or HTML)."""
-    from .alignment import spans_to_token_rewards
-
     tokens = tokens_for_display(tokenizer, text)
     rewards = spans_to_token_rewards(text, spans, tokenizer)
     if html_output:
