@@ -44,7 +44,7 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}.") from None
+        raise ValueError(f"Unknown task {name!r}; choose one of {sorted(TASKS)}.") from None
 
 
 register_task(
