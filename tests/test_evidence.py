@@ -364,7 +364,9 @@ def test_one_update_with_smollm2_and_the_code_critic(tmp_path):
     assert rows[0]["num_spans"] >= 1.0  # the code critic marks every response (good function or a poor line)
     assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-3)  # first rollout: LoRA starts at zero, policy == reference
     sample = json.loads((out / "code_span_seed0.meta.json").read_text())["samples"][0]
-    j = SimpleCodeCritic().judge([sample["response"]], [sample["context"]["entry_point"]], [sample["context"]["tests"]])
+    j = SimpleCodeCritic().judge(
+        [sample["response"]], [sample["context"]["entry_point"]], [sample["context"]["tests"]]
+    )
     assert (sample["critique"], sample["success"]) == (j[0].critique.text, j[0].success)
     assert rows[0]["success"] in (0.0, 0.5, 1.0)
 
@@ -375,7 +377,9 @@ def test_one_update_with_smollm2_and_the_code_critic(tmp_path):
 
 
 def _trl112_python() -> str:
-    venv = os.environ.get("TRL112_VENV", os.path.join(os.path.expanduser("~"), ".cache", "trl_text2grad", "trl112-venv"))
+    venv = os.environ.get(
+        "TRL112_VENV", os.path.join(os.path.expanduser("~"), ".cache", "trl_text2grad", "trl112-venv")
+    )
     return os.path.join(venv, "bin", "python")
 
 
