@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datasets import Dataset
 
 from ..critics.prompts import get_template
-from ..critics.unit_tests import UnitTestCritic
+from ..critics import UnitTestCritic
 from .programmatic import Judgement, JudgingCritic, Span, critique_from_spans, seeded_cycle, split_items
 
 __all__ = [
