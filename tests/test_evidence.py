@@ -131,6 +131,8 @@ def test_text_critic_follows_the_critic_protocol_and_checks_its_context():
         critic(["p", "p"], responses, required=["waves", "waves"], forbidden=[["water"]])
     with pytest.raises(TypeError, match="list of words"):
         critic.judge_one("Waves.", "waves", "water")
+    with pytest.raises(ValueError, match="non-empty strings, got ''"):
+        critic.judge_one("Waves.", "", ["water"])
 
 
 def test_text_prompts_are_seeded_and_carry_context():
@@ -262,6 +264,10 @@ def test_code_rows_are_seeded_and_carry_the_tests():
         assert row["tests"].startswith("def check(candidate):\n") and row["tests"].count("assert ") >= 2
     with pytest.raises(ValueError, match="entry_point=.*tests="):
         SimpleCodeCritic().judge(["x"], entry_point=["f"])
+    with pytest.raises(ValueError, match="entry_point 0 must be a function name, got ''"):
+        SimpleCodeCritic().judge(["x"], entry_point=[""], tests=[ADD_THREE_TESTS])
+    with pytest.raises(ValueError, match="tests 0 must be HumanEval-style"):
+        SimpleCodeCritic().judge(["x"], entry_point=["f"], tests=["assert f(1) == 2"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -120,6 +120,9 @@ class ConstrainedTextCritic(JudgingCritic):
             raise TypeError(f"response must be a string, got {type(response).__name__}")
         if isinstance(forbidden, str):
             raise TypeError(f"forbidden must be a list of words, got the string {forbidden!r}")
+        for name, word in [("required", required), *(("forbidden", w) for w in forbidden)]:
+            if not isinstance(word, str) or not word.strip():
+                raise ValueError(f"{name} words must be non-empty strings, got {word!r}")
         spans: list[Span] = []
         notes: list[str] = []
         stripped_end = len(response.rstrip())

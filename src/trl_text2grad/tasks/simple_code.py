@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from ..critics.prompts import get_template
 from ..critics import UnitTestCritic
+from ..critics.prompts import get_template
 from .programmatic import Judgement, JudgingCritic, Span, critique_from_spans, seeded_cycle, split_items
 
 __all__ = [
@@ -232,9 +232,13 @@ class SimpleCodeCritic(JudgingCritic):
                 f"SimpleCodeCritic: {len(responses)} responses but {len(entry_point)} 'entry_point' and {len(tests)} "
                 "'tests' entries; pass one per response."
             )
-        for i, response in enumerate(responses):
+        for i, (response, name, test) in enumerate(zip(responses, entry_point, tests)):
             if not isinstance(response, str):
                 raise TypeError(f"response {i} must be a string, got {type(response).__name__}")
+            if not isinstance(name, str) or not name.isidentifier():
+                raise ValueError(f"entry_point {i} must be a function name, got {name!r}")
+            if not isinstance(test, str) or "def check(" not in test:
+                raise ValueError(f"tests {i} must be HumanEval-style code defining check(candidate), got {test!r:.80}")
         ranges = [code_range(r) for r in responses]
         todo = [i for i, rng in enumerate(ranges) if rng is not None]
         codes = [responses[i][ranges[i][0] : ranges[i][1]] for i in todo]
