@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +108,7 @@ def test_humaneval_task_dataset_is_split_by_problem():
     assert {"prompt", "problem", "test", "entry_point"} <= set(train.column_names)
     with pytest.raises(ValueError, match="split"):
         load_task_dataset("humaneval", "validation")
-    with pytest.raises(ValueError, match="Unknown task"):
+    with pytest.raises(ValueError, match="(?i)unknown task 'mmlu'"):
         load_task_dataset("mmlu")
 
 
@@ -222,13 +224,43 @@ def test_docs_cover_every_public_name():
     assert not missing, f"docs/api.md does not document {missing}"
 
 
-def test_readme_has_exactly_the_two_quickstart_commands_and_ci_runs_the_second():
+def _readme_test_command() -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    commands = [line for line in readme.splitlines() if line.startswith("bash scripts/install.sh && ")]
-    assert commands == [
-        "bash scripts/install.sh && .venv/bin/trl-text2grad demo",
-        'bash scripts/install.sh && .venv/bin/python -m pytest -m "not slow or ci_real_model"',
+    commands = [
+        line for line in readme.splitlines() if line.startswith("bash scripts/install.sh && ") and "pytest" in line
     ]
-    assert commands[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    for link in ("docs/concepts.md", "docs/quickstart.md", "docs/recipes.md", "docs/api.md"):
-        assert link in readme and (ROOT / link).is_file()
+    assert len(commands) == 1, f"expected one test command in README.md, found {commands}"
+    return commands[0]
+
+
+def test_ci_runs_exactly_the_readme_test_command(tmp_path):
+    """.ci/run, executed in a copy of the checkout whose install script and interpreter only record how they were
+    called, runs what the README's test command runs: the install script, then the interpreter with the same
+    arguments."""
+    steps = [shlex.split(part) for part in _readme_test_command().split("&&")]
+    assert [argv[:2] for argv in steps] == [["bash", "scripts/install.sh"], [".venv/bin/python", "-m"]]
+    log = tmp_path / "calls.jsonl"
+    recorder = tmp_path / "record.py"
+    recorder.write_text(
+        f"import json, sys\nwith open({str(log)!r}, 'a') as f:\n    f.write(json.dumps(sys.argv) + '\\n')\n"
+    )
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci" / "run").write_text((ROOT / ".ci" / "run").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "install.sh").write_text(f'"{sys.executable}" "{recorder}" install "$@"\n')
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{recorder}" python "$@"\n')
+    python.chmod(0o755)
+    result = subprocess.run(["bash", str(tmp_path / ".ci" / "run")], cwd="/", capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    calls = [json.loads(line)[1:] for line in log.read_text().splitlines()]
+    assert calls == [["install", *steps[0][2:]], ["python", *steps[1][1:]]]
+
+
+def test_readme_links_point_at_existing_files():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = [target for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", readme) if "://" not in target]
+    assert links, "README.md links to no documentation"
+    missing = [target for target in links if not (ROOT / target).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"

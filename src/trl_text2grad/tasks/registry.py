@@ -8,7 +8,7 @@ a task with :func:`register_task`.
 from __future__ import annotations
 
 from ..critics.prompts import get_template
-from . import humaneval, kodcode, slf5k, ultrafeedback
+from . import constrained_text, humaneval, kodcode, simple_code, slf5k, ultrafeedback
 from ._hub import load_rows
 from .base import Task
 
@@ -70,6 +70,24 @@ register_task(
         "train_prefs",
         ultrafeedback.DATASET_NAME,
         "UltraFeedback-binarized chat answers.",
+    )
+)
+register_task(
+    Task(
+        "constrained_text",
+        constrained_text.load,
+        constrained_text.CRITIC_TEMPLATE,
+        description="Generated one-sentence descriptions under word constraints, judged by a program.",
+        critic_factory=constrained_text.ConstrainedTextCritic,
+    )
+)
+register_task(
+    Task(
+        "simple_code",
+        simple_code.load,
+        simple_code.CRITIC_TEMPLATE,
+        description="Generated easy Python problems, judged by their unit tests in the sandbox.",
+        critic_factory=simple_code.SimpleCodeCritic,
     )
 )
 register_task(Task("custom", load_custom, get_template("qa"), "train", None, "Your own rows with a 'prompt' column."))
