@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from ..critics.prompts import get_template
 from . import humaneval, kodcode, slf5k, ultrafeedback
-from ._hub import looks_like_local_path, load_rows
+from ._hub import load_rows, looks_like_local_path
 from .base import Task
 
 __all__ = ["TASKS", "get_task", "register_task", "load_custom", "TaskSource", "parse_task_source"]
