@@ -10,6 +10,7 @@ The harness reads each page top to bottom and, in a fresh temporary working dire
 * skips a block preceded by ``<!-- skip-snippet: REASON -->`` (a reason is required; kept for blocks that need a
   network server, the hub or GPUs).
 
+Pages run in a folder that has the repository's ``recipes/`` (as a clone's root does).
 Sizes: the packaged default model is swapped for a 2-layer random Llama through ``$TRL_TEXT2GRAD_CACHE`` (the cache
 folder the default model is read from), so ``load_default_model()`` and ``model_name_or_path: default`` load it.
 """
@@ -124,6 +125,7 @@ def test_page_snippets_run(page, tiny_default_model, tmp_path, monkeypatch, caps
 
     workdir = tmp_path / "work"
     workdir.mkdir()
+    (workdir / "recipes").symlink_to(ROOT / "recipes")  # pages run commands from a clone's root
     monkeypatch.chdir(workdir)
     monkeypatch.setattr(sys, "path", [str(workdir), *sys.path])
     modules_before = set(sys.modules)
