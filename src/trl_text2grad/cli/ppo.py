@@ -6,7 +6,7 @@ Usage::
     trl-text2grad ppo --task custom --dataset_name rows.jsonl --reward_function my_rewards:score \\
         --output_dir runs/mine --bf16 false
     accelerate launch --config_file recipes/accelerate/multi_cpu.yaml -m trl_text2grad.cli.ppo \\
-        --config recipes/humaneval_smollm2/ppo.yaml --total_episodes 64
+        --config recipes/humaneval_smollm2/ppo.yaml --total_episodes 64 --use_cpu true
     accelerate launch --config_file recipes/accelerate/zero2.yaml -m trl_text2grad.cli.ppo \\
         --config recipes/slf5k/ppo.yaml --reward_model_path runs/slf5k-reward
 
