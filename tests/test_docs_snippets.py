@@ -11,7 +11,7 @@ The harness reads each page top to bottom and, in a fresh temporary working dire
   network server, the hub or GPUs).
 
 Pages run in a folder that has the repository's ``recipes/`` (as a clone's root does).
-Sizes: the packaged default model is swapped for a 2-layer random Llama through ``$TRL_TEXT2GRAD_CACHE`` (the cache
+Sizes: every ``SpanPPOConfig`` gets 8-token responses and one PPO epoch (``tiny_ppo_sizes``); the packaged default model is swapped for a 2-layer random Llama through ``$TRL_TEXT2GRAD_CACHE`` (the cache
 folder the default model is read from), so ``load_default_model()`` and ``model_name_or_path: default`` load it.
 """
 
@@ -118,7 +118,24 @@ def tiny_default_model(tiny_model_dir, tmp_path, monkeypatch):
     return cache
 
 
-@pytest.mark.usefixtures("one_thread")
+@pytest.fixture
+def tiny_ppo_sizes(monkeypatch):
+    """Every ``SpanPPOConfig`` a page builds gets at most 8-token responses and one PPO epoch per rollout (the page's
+    other values, its batch sizes and episode counts, are kept)."""
+    from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
+
+    original = SpanPPOConfig.__post_init__
+
+    def tiny(self):
+        self.response_length = min(self.response_length, 8)
+        self.num_ppo_epochs = 1
+        self.gradient_checkpointing = False
+        original(self)
+
+    monkeypatch.setattr(SpanPPOConfig, "__post_init__", tiny)
+
+
+@pytest.mark.usefixtures("one_thread", "tiny_ppo_sizes")
 @pytest.mark.parametrize("page", runnable_pages(), ids=lambda p: p.name)
 def test_page_snippets_run(page, tiny_default_model, tmp_path, monkeypatch, capsys):
     from trl_text2grad.cli.main import main as cli_main
