@@ -501,3 +501,36 @@ def test_load_value_head_restores_the_saved_head(trained_run, tiny_model_dir, tm
     with pytest.raises(FileNotFoundError, match="value_head.safetensors"):
         load_value_head(trainer, tmp_path)
     trainer.train()  # trains from the restored head
+
+
+@pytest.mark.parametrize("task", PAPER_TASKS)
+def test_paper_chain_offline_from_local_files(task, tmp_path, monkeypatch):
+    """annotate (recipe, local hub-schema file) -> reward reads its output; a missing annotations file names the step."""
+    from trl_text2grad import Critique
+    from trl_text2grad.cli import annotate as annotate_cli
+    from trl_text2grad.cli.reward import RewardScriptArguments, load_annotations
+
+    hub_file = _write_jsonl(tmp_path / "hub.jsonl", hub_rows(task))
+    seen: dict = {}
+
+    class QuoteFirstWords:
+        last_errors: list = []
+
+        def critique(self, prompts, responses, **context):
+            seen.update(context)
+            return [Critique("ok", good=[" ".join(r.split()[:2])], poor=[]) for r in responses]
+
+    monkeypatch.setattr(annotate_cli, "build_critic", lambda config: QuoteFirstWords())
+    out = tmp_path / "ann.jsonl"
+    split = "train_prefs" if task == "ultrafeedback" else "train"
+    rows = annotate_cli.main(["--config", str(ROOT / f"recipes/{task}/annotate.yaml"),
+                              "--dataset_path", f"{task}:{split}:{hub_file}", "--output_path", str(out)])  # fmt: skip
+    assert len(rows) == 4 and all(rows["num_located"])
+    wanted = {"slf5k": "feedback", "kodcode": "tests", "ultrafeedback": None}[task]
+    if wanted:
+        assert wanted in seen and len(seen[wanted]) > 0  # the task template's column reached the critic
+    train, _ = load_annotations(RewardScriptArguments(dataset_name=str(out), eval_fraction=0.0))
+    assert len(train) == 4 and {"critique", "good_spans", "poor_spans"} <= set(train.column_names)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run `trl-text2grad annotate` first"):
+        load_annotations(RewardScriptArguments(dataset_name=f"runs/{task}_annotations.jsonl"))
