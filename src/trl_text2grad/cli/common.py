@@ -10,6 +10,7 @@ building the reward function (critic or span reward model) that a recipe names.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -110,7 +111,8 @@ def critic_template(task: str):
 
 def _import_module_from_file(path: Path):
     """Import the Python file ``path`` as a module (its folder is put on ``sys.path`` for its own imports)."""
-    name = f"_trl_text2grad_user_{path.stem}_{abs(hash(str(path.resolve()))) % 10**8}"
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    name = f"_trl_text2grad_user_{path.stem}_{digest}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
