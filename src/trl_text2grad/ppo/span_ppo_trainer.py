@@ -52,7 +52,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from ..alignment import token_char_offsets, token_rewards_from_offsets
 from ..collator import pad_sequences
 from ..rewards import normalize_reward_output
-from ..visualize import render_token_rewards_html, render_token_rewards_terminal
+from ..visualize import (
+    heatmap_legend_html,
+    heatmap_legend_text,
+    render_token_rewards_html,
+    render_token_rewards_terminal,
+)
 from .advantages import (
     combine_rewards,
     compute_gae,
@@ -74,6 +79,11 @@ __all__ = ["SpanPPOTrainer", "ScoredRollout"]
 logger = logging.getLogger(__name__)
 
 _STATE_FILE = "span_ppo_state_rank{rank}.pt"
+#: What the rollout heatmaps show (their legend).
+_HEATMAP_QUANTITY = (
+    "per-token task reward of the sampled response (span rewards, plus any scalar reward on its last token), "
+    "before the KL penalty"
+)
 _EPS_TEMPERATURE = 1e-7  # TRL 1.12 samples and scores with `temperature + 1e-7`
 _EVAL_TEMPERATURE = 0.01  # TRL 1.12's near-greedy sampling for sample generations (`generate_completions`)
 
@@ -1233,8 +1243,11 @@ class SpanPPOTrainer(Trainer):
         if rollout_index % every != 0:
             return
         task = (extra["rewards"] - extra["non_score_reward"]).cpu()
-        parts = ["<html><body>"]
-        for row in range(min(4, len(scored.texts))):
+        update = rollout_index + 1  # 1-based, as the logs and completions/update_<N>.jsonl count updates
+        shown = min(4, len(scored.texts))
+        scale = float(task[:shown].abs().max()) if shown else 0.0
+        parts = ["<html><body>", heatmap_legend_html(_HEATMAP_QUANTITY, scale or None)]
+        for row in range(shown):
             text, offsets = scored.texts[row], scored.offsets[row]
             ids = rollout["responses"][row][rollout["response_mask"][row].bool()].tolist()
             pieces = [
@@ -1242,15 +1255,17 @@ class SpanPPOTrainer(Trainer):
                 for (s, e), i in zip(offsets, ids)
             ]
             rewards = task[row, : len(pieces)].tolist()
-            title = f"rollout {rollout_index} sample {row}: {str(rollout['prompts'][row])[-200:]}"
-            parts.append(render_token_rewards_html(pieces, rewards, title=title))
+            title = f"update {update} sample {row}: {str(rollout['prompts'][row])[-200:]}"
+            parts.append(render_token_rewards_html(pieces, rewards, max_abs=scale or None, title=title))
             if not self.args.report_to or self.args.report_to == ["none"] or self.args.report_to == "none":
+                if row == 0:
+                    print(heatmap_legend_text(_HEATMAP_QUANTITY))
                 print(title)
                 print(render_token_rewards_terminal(pieces, rewards))
         parts.append("</body></html>")
         directory = os.path.join(self.args.output_dir, "heatmaps")
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, f"rollout_{rollout_index:06d}.html"), "w") as f:
+        with open(os.path.join(directory, f"update_{update:06d}.html"), "w") as f:
             f.write("\n".join(parts))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
