@@ -260,7 +260,11 @@ class AsyncSpanRewardFunction(SpanRewardFunction):
 
 
 def _is_async(func: Any) -> bool:
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+    """Whether calling ``func`` returns a coroutine (functions, partials, and instances with an async ``__call__``)."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(type(func), "__call__", None)  # noqa: B004 (the class attribute, not callable())
+    return not inspect.isroutine(func) and inspect.iscoroutinefunction(call)
 
 
 def _source_kind(source: Any) -> str:
