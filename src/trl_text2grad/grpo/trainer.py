@@ -6,7 +6,9 @@ Everything but the scoring step is TRL's: generation (transformers, vLLM server 
 ``_generate_and_score_completions``
     TRL samples, scores and turns the rewards into one group-relative advantage per completion; the override adds
     the span term (:mod:`trl_text2grad.grpo.advantages`), making the advantages ``[batch, tokens]``. TRL's loss
-    takes such advantages unchanged (it only broadcasts 1-D ones), so no loss override is needed.
+    takes such advantages unchanged (it only broadcasts 1-D ones), so no loss override is needed. A batch whose
+    span term is zero everywhere (no spans, or ``span_advantage_weight=0``) keeps TRL's ``[batch]`` advantages, so
+    its loss and gradients are TRL's bit for bit.
 
 The reward functions are wrapped (:class:`~trl_text2grad.grpo.reward_functions.SpanRewardFunction`) so that they
 may return critiques or spans as well as floats.
@@ -63,7 +65,8 @@ class SpanGRPOTrainer(SpanCreditMixin, GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, torch.Tensor | Any]:
         output = super()._generate_and_score_completions(inputs)
         span_term = self._compute_span_term(output)
-        output["advantages"] = token_advantages(output["advantages"], span_term)
+        if bool(span_term.any()):  # else TRL's [B] advantages stay as they are (bit-identical loss and gradients)
+            output["advantages"] = token_advantages(output["advantages"], span_term)
         return output
 
 
