@@ -446,3 +446,33 @@ def test_smollm2_two_grpo_steps(tmp_path):
     assert len(logged) == 2 and all(math.isfinite(h["loss"]) for h in logged)
     assert any(h["span/good_tokens"] > 0 or h["span/poor_tokens"] > 0 for h in logged)
     assert sum(int(not torch.equal(a, b)) for a, b in zip(before, model.parameters())) > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["grpo", "rloo"])
+def test_cli_trains_from_the_offline_recipe(name, tmp_path, tiny_model_dir, capsys):
+    """`trl-text2grad grpo|rloo --config recipes/humaneval_smollm2/<name>.yaml` with a tiny policy, 2 steps, the
+    sandboxed unit-test critic: trains, saves, writes heatmaps and logs the span metrics."""
+    from pathlib import Path
+
+    from trl_text2grad.cli.main import main
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "humaneval_smollm2" / f"{name}.yaml"
+    out = tmp_path / name
+    code = main(
+        [name, "--config", str(recipe), "--model_name_or_path", tiny_model_dir, "--output_dir", str(out)]
+        + ["--max_steps", "2", "--per_device_train_batch_size", "4", "--num_generations", "2"]
+        + ["--max_completion_length", "16", "--max_train_samples", "4", "--use_peft", "false", "--use_cpu", "true"]
+        + ["--heatmap_every_n_steps", "1", "--save_steps", "100", "--disable_tqdm", "true"]
+    )
+    assert code == 0
+    assert (out / "model.safetensors").is_file() or any(out.glob("*.safetensors"))
+    assert (out / "heatmaps" / "step_000000.html").is_file()
+    assert f"span {name.upper()} finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--span_advantage_weight" in help_text and "--use_vllm" in help_text and "--critic" in help_text
