@@ -476,3 +476,53 @@ def test_cli_trains_from_the_offline_recipe(name, tmp_path, tiny_model_dir, caps
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "--span_advantage_weight" in help_text and "--use_vllm" in help_text and "--critic" in help_text
+
+
+def test_kodcode_grpo_recipe_with_a_span_reward_model(tmp_path, tiny_model_dir):
+    """The paper-task recipe: a (tiny) span reward model trained with recipes/kodcode/reward.yaml scores the
+    completions of recipes/kodcode/grpo.yaml (local files with the hub's columns; vLLM stays off on CPU)."""
+    import json
+    from pathlib import Path
+
+    from trl_text2grad.cli import grpo, reward
+    from trl_text2grad.tasks import kodcode
+
+    root = Path(__file__).resolve().parents[1]
+    cpu = ["--bf16", "false", "--gradient_checkpointing", "false", "--report_to", "none", "--use_cpu", "true"]
+    hub = [
+        {
+            "question_id": f"q{i}",
+            "question": f"Write a function add(a, b) that returns the sum of a and b plus {i}.",
+            "solution": f"def add(a, b):\n    return a + b + {i}",
+            "test": f"from solution import add\n\ndef test_add():\n    assert add(1, 2) == {3 + i}\n",
+            "test_info": [{"function_name": "add", "function_declaration": "def add(a, b):"}],
+        }
+        for i in range(4)
+    ]
+    annotated = []
+    for row in kodcode.prepare(Dataset.from_list(hub)):
+        words = row["response"].split()
+        annotated.append({**row, "critique": "ok", "good_spans": [" ".join(words[:2])], "poor_spans": [words[-1]]})
+    for name, rows in (("hub", hub), ("ann", annotated)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    rm_dir = tmp_path / "rm"
+    reward_args = [
+        "--config",
+        str(root / "recipes/kodcode/reward.yaml"),
+        "--dataset_name",
+        str(tmp_path / "ann.jsonl"),
+    ]
+    reward_args += ["--model_name_or_path", tiny_model_dir, "--dtype", "float32", "--output_dir", str(rm_dir)]
+    reward_args += ["--max_steps", "1", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1"]
+    reward_args += ["--max_length", "384", "--max_target_length", "32", "--max_new_tokens", "8"]
+    reward_args += ["--eval_fraction", "0", "--eval_strategy", "no", "--save_strategy", "no", *cpu]
+    assert reward.main(reward_args) == 0
+
+    out = tmp_path / "grpo"
+    args = ["--config", str(root / "recipes/kodcode/grpo.yaml"), "--dataset_name", str(tmp_path / "hub.jsonl")]
+    args += ["--reward_model_path", str(rm_dir), "--model_name_or_path", tiny_model_dir, "--dtype", "float32"]
+    args += ["--output_dir", str(out), "--max_steps", "1", "--per_device_train_batch_size", "4"]
+    args += ["--gradient_accumulation_steps", "1", "--num_generations", "2", "--max_completion_length", "8"]
+    args += ["--save_strategy", "no", "--log_completions", "false", *cpu]
+    assert grpo.main(args) == 0
+    assert (out / "adapter_model.safetensors").is_file()
