@@ -19,6 +19,7 @@ and is counted in ``span/critic_failures``; training never stops on it.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Sequence
@@ -130,7 +131,7 @@ class SpanRewardFunction:
             source = source.source
         self.source = source
         self.kind = _source_kind(source)
-        self.__name__ = name or getattr(source, "__name__", None) or type(source).__name__
+        self.__name__ = name or _display_name(source)
         self.good_score = float(good_score)
         self.poor_score = float(poor_score)
         self.fuzzy_threshold = float(fuzzy_threshold)
@@ -257,6 +258,14 @@ class AsyncSpanRewardFunction(SpanRewardFunction):
         except Exception as error:  # a critic that raises must not stop training
             outputs = error
         return self._finish(outputs, completions, completion_ids)
+
+
+def _display_name(source: Any) -> str:
+    """The name TRL would log for ``source``: a function's ``__name__`` (through ``functools.partial``), else the
+    class name."""
+    while isinstance(source, functools.partial):
+        source = source.func
+    return getattr(source, "__name__", None) or type(source).__name__
 
 
 def _is_async(func: Any) -> bool:
