@@ -526,3 +526,93 @@ def test_kodcode_grpo_recipe_with_a_span_reward_model(tmp_path, tiny_model_dir):
     args += ["--save_strategy", "no", "--log_completions", "false", *cpu]
     assert grpo.main(args) == 0
     assert (out / "adapter_model.safetensors").is_file()
+
+
+MULTIPROC_SCRIPT = r"""
+import json, sys, torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForCausalLM
+from trl_text2grad.grpo import SpanGRPOConfig, SpanGRPOTrainer
+from trl_text2grad.models import load_default_tokenizer
+
+tok = load_default_tokenizer()
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id)
+model = LlamaForCausalLM(config)
+ds = Dataset.from_dict({"prompt": [f"Answer number {i}:" for i in range(4)]})
+
+def critic(prompts, completions, completion_ids, **kwargs):  # graded scores: the group scale is not 1
+    return [[(0, min(6, len(c)), 1.0 + len(c) % 3), (len(c) // 2, len(c), -2.0)] for c in completions]
+
+class Probe(SpanGRPOTrainer):
+    probes = []
+    def _span_token_rewards(self, *args, **kwargs):
+        rewards, counts = super()._span_token_rewards(*args, **kwargs)
+        self._last_rewards = rewards
+        return rewards, counts
+    def _compute_span_term(self, output):
+        term = super()._compute_span_term(output)
+        mask = output["completion_mask"]
+        self.probes.append({"rewards": self._last_rewards.tolist(), "mask": mask.tolist(), "term": term.tolist()})
+        return term
+
+args = SpanGRPOConfig(output_dir=sys.argv[1], per_device_train_batch_size=2, num_generations=4,
+                      max_completion_length=6, max_steps=2, learning_rate=1e-3, logging_steps=1, report_to="none",
+                      bf16=False, use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0)
+trainer = Probe(model=model, reward_funcs=critic, args=args, train_dataset=ds, processing_class=tok)
+trainer.train()
+after = trainer.accelerator.unwrap_model(trainer.model).parameters()
+result = {"rank": trainer.accelerator.process_index, "world": trainer.accelerator.num_processes,
+          "steps": trainer.state.global_step, "checksum": sum(p.double().sum().item() for p in after),
+          "probes": Probe.probes,
+          "logs": [h for h in trainer.state.log_history if "loss" in h]}
+with open(f"{sys.argv[1]}/rank{result['rank']}.json", "w") as f:
+    json.dump(result, f)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_two_processes_normalise_span_term_over_groups_split_across_ranks(tmp_path):
+    """2 CPU processes, 2 completions each, groups of 4: each group straddles the ranks, and the span scale computed
+    from gathered statistics equals the single-process computation on the concatenated batch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(MULTIPROC_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world"] for r in results] == [2, 2] and [r["steps"] for r in results] == [2, 2]
+    assert results[0]["checksum"] == pytest.approx(results[1]["checksum"], rel=1e-6)
+    for step in range(2):
+        probes = [r["probes"][step] for r in results]
+        width = max(len(p["rewards"][0]) for p in probes)
+
+        def padded(key, probes=probes, width=width):
+            rows = [row + [0] * (width - len(row)) for p in probes for row in p[key]]
+            return torch.tensor(rows, dtype=torch.float32)
+
+        rewards, mask, term = padded("rewards"), padded("mask"), padded("term")
+        assert rewards.shape[0] == 4 and (rewards != 0).any()
+        expected = group_span_advantages(rewards, mask, group_size=4)
+        assert torch.allclose(term, expected, atol=1e-6)
+        scale = span_scale(*span_statistics(rewards, mask), 4)
+        assert scale[0].item() != pytest.approx(1.0)  # graded scores: a real normalisation
+    assert all("span/good_tokens" in h for r in results for h in r["logs"])
