@@ -1,15 +1,18 @@
 """``SpanRLOOTrainer``: TRL's ``RLOOTrainer`` with per-token credit from critique spans.
 
 Everything but scoring and the loss is TRL's (generation with transformers or vLLM, the leave-one-out baseline,
-KL-in-reward, PEFT, DeepSpeed, logging, checkpointing). Two overrides:
+KL-in-reward, PEFT, DeepSpeed, logging, checkpointing). The overrides:
 
-``_generate_and_score_completions``
+``_generate_and_score_completions`` (scoring)
     TRL scores the generation batch and computes one leave-one-out advantage per completion; the override adds the
     ``[batch, tokens]`` span term as ``inputs["span_advantages"]`` (the sequence advantage stays TRL's).
-``_compute_loss``
+``_compute_loss`` (loss)
     TRL's RLOO loss uses one sequence-level ratio per completion, so it cannot weight tokens differently; the
     override adds the span term's clipped surrogate (:func:`~trl_text2grad.grpo.advantages.rloo_span_loss`) to
-    TRL's loss, reusing the policy log-probabilities of TRL's own forward pass (no second forward).
+    TRL's loss.
+``_get_per_token_logps_and_entropies`` (a pass-through)
+    While the loss override runs, it keeps the policy log-probabilities of TRL's own forward pass, so the span term
+    needs no second forward pass.
 
 With no spans (or ``span_advantage_weight=0``) the span term is exactly zero and the loss and gradients are TRL's.
 """
