@@ -101,6 +101,11 @@ def test_rloo_span_loss_value_and_gradient_by_hand():
     assert loss.item() == pytest.approx(-(1.2 * 0.5 + 2.0 * -1.0))
     loss.sum().backward()
     assert torch.allclose(logps.grad, torch.tensor([[0.0, 2.0, 0.0]]))
+    # a runaway sequence ratio never turns a zero span term into NaN
+    logps.grad = None
+    loss = rloo_span_loss(logps, torch.tensor([1000.0]), torch.zeros_like(a), mask, 0.2, 0.2)
+    loss.sum().backward()
+    assert loss.item() == 0.0 and torch.equal(logps.grad, torch.zeros_like(logps))
 
 
 # ----------------------------------------------------------------------------------------------------------------

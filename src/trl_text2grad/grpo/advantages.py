@@ -132,9 +132,10 @@ def rloo_span_loss(
 
     Added to RLOO's own ``-min(rho A, clip(rho) A)`` this gives each token the gradient of its own advantage
     ``A[i] + a[i, t]`` with RLOO's scale (a sum over tokens, mean over sequences) and its trust region (a clipped
-    sequence contributes no gradient through either term).
+    sequence contributes no gradient through either term). The detached log-ratio is capped at 20 (``rho <= 4.9e8``)
+    so that a runaway sequence ratio, which RLOO sums over the tokens, cannot turn a zero span term into NaN gradients.
     """
-    ratio = torch.exp(sequence_log_ratio.detach()).unsqueeze(1)
+    ratio = torch.exp(sequence_log_ratio.detach().clamp(max=20.0)).unsqueeze(1)
     coef_1 = ratio * torch.exp(per_token_logps - per_token_logps.detach())
     coef_2 = torch.clamp(coef_1, 1 - epsilon_low, 1 + epsilon_high)
     per_token = -torch.min(coef_1 * span_term, coef_2 * span_term)
