@@ -19,7 +19,7 @@ def test_help_lists_every_subcommand(capsys):
     out = capsys.readouterr().out
     for name in ("annotate", "reward", "ppo", "demo"):
         assert name in out
-    assert set(SUBCOMMANDS) == {"annotate", "reward", "ppo", "demo"}
+    assert set(SUBCOMMANDS) == {"annotate", "reward", "ppo", "grpo", "rloo", "demo"}
     assert main([]) == 0
 
 

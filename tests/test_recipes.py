@@ -34,6 +34,10 @@ def _parse(recipe: Path, extra: list[str]):
         from trl_text2grad.cli.ppo import make_parser
     elif kind == "reward":
         from trl_text2grad.cli.reward import make_parser
+    elif kind == "grpo":
+        from trl_text2grad.cli.grpo import make_parser
+    elif kind == "rloo":
+        from trl_text2grad.cli.rloo import make_parser
     else:  # pragma: no cover - a new recipe kind must be added here
         raise AssertionError(f"unknown recipe kind {kind!r} ({recipe})")
     return make_parser().parse_args_and_config(["--config", str(recipe), *extra])

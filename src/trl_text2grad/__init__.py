@@ -24,6 +24,10 @@ _EXPORTS = {
     "SpanRewardModel": "trl_text2grad.reward.scoring",
     "SpanPPOConfig": "trl_text2grad.ppo.span_ppo_config",
     "SpanPPOTrainer": "trl_text2grad.ppo.span_ppo_trainer",
+    "SpanGRPOConfig": "trl_text2grad.grpo.config",
+    "SpanGRPOTrainer": "trl_text2grad.grpo.trainer",
+    "SpanRLOOConfig": "trl_text2grad.rloo.config",
+    "SpanRLOOTrainer": "trl_text2grad.rloo.trainer",
     "default_model_path": "trl_text2grad.models",
     "load_default_model": "trl_text2grad.models",
     "load_default_tokenizer": "trl_text2grad.models",
@@ -34,11 +38,15 @@ __all__ = [
     "LocatedCritique",
     "ScoredSpan",
     "SpanAnnotationCollator",
+    "SpanGRPOConfig",
+    "SpanGRPOTrainer",
     "SpanPPOConfig",
     "SpanPPOTrainer",
     "SpanRewardConfig",
     "SpanRewardModel",
     "SpanRewardTrainer",
+    "SpanRLOOConfig",
+    "SpanRLOOTrainer",
     "batch_spans_to_token_rewards",
     "default_model_path",
     "load_default_model",
@@ -65,10 +73,14 @@ def __dir__():
 if TYPE_CHECKING:  # pragma: no cover
     from .alignment import batch_spans_to_token_rewards, spans_to_token_rewards
     from .collator import SpanAnnotationCollator
+    from .grpo.config import SpanGRPOConfig
+    from .grpo.trainer import SpanGRPOTrainer
     from .models import default_model_path, load_default_model, load_default_tokenizer
     from .ppo.span_ppo_config import SpanPPOConfig
     from .ppo.span_ppo_trainer import SpanPPOTrainer
     from .reward.scoring import SpanRewardModel
     from .reward.span_reward_config import SpanRewardConfig
     from .reward.span_reward_trainer import SpanRewardTrainer
+    from .rloo.config import SpanRLOOConfig
+    from .rloo.trainer import SpanRLOOTrainer
     from .spans import Critique, LocatedCritique, ScoredSpan, locate_critique, locate_quotes

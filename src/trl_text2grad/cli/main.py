@@ -1,4 +1,4 @@
-"""The ``trl-text2grad`` command line: ``annotate | reward | ppo | demo``.
+"""The ``trl-text2grad`` command line: ``annotate | reward | ppo | grpo | rloo | demo``.
 
 Every subcommand is a thin dispatcher to ``trl_text2grad.cli.<name>.main(argv)``. The same modules run under
 ``accelerate launch -m trl_text2grad.cli.<name> --config recipe.yaml`` for multi-process or DeepSpeed training,
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from .. import __version__
-from . import annotate, ppo, reward
+from . import annotate, grpo, ppo, reward, rloo
 from .demo import main as demo
 
 __all__ = ["SUBCOMMANDS", "main"]
@@ -28,6 +28,8 @@ SUBCOMMANDS: dict[str, str] = {
     "annotate": "Annotate (prompt, response) pairs with a critic: critique + good/poor quoted spans.",
     "reward": "Train a span reward model (SpanRewardTrainer) on annotated rows.",
     "ppo": "Train a policy with span-level PPO (SpanPPOTrainer).",
+    "grpo": "Train a policy with GRPO plus span-level credit (SpanGRPOTrainer, on trl.GRPOTrainer).",
+    "rloo": "Train a policy with RLOO plus span-level credit (SpanRLOOTrainer, on trl.RLOOTrainer).",
     "demo": "Offline end-to-end main job: SmolLM2 x HumanEval, unit-test critic, span PPO, report.html.",
 }
 
@@ -36,6 +38,8 @@ _ENTRY_POINTS: dict[str, Callable[[list[str]], object]] = {
     "annotate": annotate.main,
     "reward": reward.main,
     "ppo": ppo.main,
+    "grpo": grpo.main,
+    "rloo": rloo.main,
     "demo": demo.main,
 }
 
