@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Critique": "trl_text2grad.spans",
+    "CriticFailure": "trl_text2grad.spans",
+    "CriticFailureError": "trl_text2grad.rewards",
     "ScoredSpan": "trl_text2grad.spans",
     "LocatedCritique": "trl_text2grad.spans",
     "locate_quotes": "trl_text2grad.spans",
@@ -30,6 +32,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CriticFailure",
+    "CriticFailureError",
     "Critique",
     "LocatedCritique",
     "ScoredSpan",
@@ -69,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .ppo.span_ppo_config import SpanPPOConfig
     from .ppo.span_ppo_trainer import SpanPPOTrainer
     from .reward.scoring import SpanRewardModel
+    from .rewards import CriticFailureError
     from .reward.span_reward_config import SpanRewardConfig
     from .reward.span_reward_trainer import SpanRewardTrainer
-    from .spans import Critique, LocatedCritique, ScoredSpan, locate_critique, locate_quotes
+    from .spans import CriticFailure, Critique, LocatedCritique, ScoredSpan, locate_critique, locate_quotes
