@@ -5,6 +5,7 @@ Tiny random Llama policies (fast); the dead endpoint is a closed port on 127.0.0
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -190,3 +191,25 @@ def test_budget_config_is_validated():
         SpanPPOConfig(output_dir="x", max_consecutive_failed_rollouts=-1, report_to=[])
     config = SpanPPOConfig(output_dir="x", report_to=[])
     assert config.max_critic_failure_rate == 0.5 and config.max_consecutive_failed_rollouts == 2
+
+
+def test_demo_with_a_dead_critic_exits_non_zero(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("openai")
+    from trl_text2grad.cli.demo.main import main
+
+    tiny = ["--train_problems", "2", "--eval_problems", "2", "--annotate_problems", "2", "--steps", "1"]
+    tiny += ["--batch_size", "2", "--response_length", "8", "--eval_max_new_tokens", "8", "--color", "false"]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    out = tmp_path / "demo_dead"
+    argv = ["--model", tiny_model_dir, "--output_dir", str(out), "--critic", "openai", "--critic_model", "judge"]
+    argv += ["--critic_base_url", f"http://127.0.0.1:{_closed_port()}/v1", *tiny]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "failed on every one of the 2 stage-1 answers" in captured.err and "connection" in captured.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "span PPO" in metrics["skipped"] and "ppo_rollouts" not in metrics["metrics"]
+    # without a key the critic cannot even be built: also exit status 1
+    monkeypatch.delenv("OPENAI_API_KEY")
+    argv[3] = str(tmp_path / "demo_nokey")
+    assert main(argv) == 1
+    assert "OPENAI_API_KEY" in capsys.readouterr().err

@@ -290,9 +290,9 @@ def test_request_failures_have_their_kind(server):
 
 
 def test_dead_endpoint_rows_fail_and_never_become_zero_reward():
-    from trl_text2grad.rewards import normalize_reward_output
-
     import socket
+
+    from trl_text2grad.rewards import normalize_reward_output
 
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))

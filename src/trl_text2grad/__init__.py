@@ -73,7 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .ppo.span_ppo_config import SpanPPOConfig
     from .ppo.span_ppo_trainer import SpanPPOTrainer
     from .reward.scoring import SpanRewardModel
-    from .rewards import CriticFailureError
     from .reward.span_reward_config import SpanRewardConfig
     from .reward.span_reward_trainer import SpanRewardTrainer
+    from .rewards import CriticFailureError
     from .spans import CriticFailure, Critique, LocatedCritique, ScoredSpan, locate_critique, locate_quotes

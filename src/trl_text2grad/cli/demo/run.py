@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM, set_seed
 
 from ...critics import UnitTestCritic
 from ...ppo import SpanPPOConfig, SpanPPOTrainer
-from ...rewards import UnitTestReward
+from ...rewards import CriticFailureError, UnitTestReward, normalize_reward_output
 from ...spans import Critique, locate_critique
 from ...tasks.humaneval import evaluate_completions, humaneval_rows, load_humaneval, split_by_problem
 from ...visualize import render_token_rewards_html
@@ -102,6 +102,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     # -- reward function ---------------------------------------------------------------------------------------
     reward_fn = None
+    critic_error: str | None = None  # set when the critic cannot be built or fails on every answer: exit status 1
     try:
         if config.critic == "unit_tests":
             reward_fn = UnitTestReward(UnitTestCritic(timeout=config.sandbox_timeout))
@@ -115,6 +116,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             )
     except Exception as err:
         skipped["critic"] = f"could not build the {config.critic} critic: {type(err).__name__}: {err}"
+        critic_error = skipped["critic"]
         print(f"!! {skipped['critic']}")
 
     def score(rows, responses) -> tuple[list, list[list[tuple]], list[bool | None]]:
@@ -124,16 +126,27 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         context = {k: list(rows[k]) for k in ("problem", "test", "entry_point")}
         result = reward_fn(list(rows["prompt"]), list(responses), **context)
         if isinstance(reward_fn, UnitTestReward):
-            return reward_fn.last_critiques, result, reward_fn.last_passed
+            spans = [list(item) if isinstance(item, list) else [] for item in result]  # failures: no spans
+            return reward_fn.last_critiques, spans, reward_fn.last_passed
         critiques, spans = [], []
         for response, item in zip(responses, result):
             if isinstance(item, Critique):
                 critiques.append(item)
-                spans.append(locate_critique(response, item).span_tuples())
+                spans.append([] if item.failed else locate_critique(response, item).span_tuples())
             else:
                 critiques.append(None)
                 spans.append(list(item) if isinstance(item, list) else [])
         return critiques, spans, [None] * len(responses)
+
+    def all_failed(result_critiques, responses) -> str | None:
+        """The last failure when the critic could not judge any of ``responses``, else ``None``."""
+        failures = []
+        for critique, response in zip(result_critiques, responses):
+            judged = normalize_reward_output(critique, response) if critique is not None else None
+            failures.append(judged.failure if judged is not None and not judged.ok else None)
+        if failures and all(f is not None for f in failures) and any(f.retryable for f in failures):
+            return str(failures[-1])
+        return None
 
     def record(stage: str, rows, responses, critiques, spans, passed, limit: int, show: bool) -> None:
         for i in range(min(limit, len(responses))):
@@ -172,6 +185,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             record("annotated train answer", annotate_rows, responses, critiques, spans, passed, len(responses), True)
             metrics["stage1_annotated_answers"] = len(responses)
             metrics["stage1_answers_with_spans"] = sum(1 for s in spans if s)
+            dead = all_failed(critiques, responses)
+            if dead is not None:
+                critic_error = (
+                    f"the {config.critic} critic failed on every one of the {len(responses)} stage-1 answers "
+                    f"(last: {dead}); not training on zero reward"
+                )
+                skipped["critic"] = critic_error
+                print(f"!! {critic_error}")
     except Exception as err:
         skipped["annotation"] = f"{type(err).__name__}: {err}"
         print(f"!! stage 1 failed, continuing: {skipped['annotation']}")
@@ -212,8 +233,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     trained_model = None
     if config.steps == 0:
         skipped["span PPO"] = "--steps 0"
-    elif reward_fn is None:
-        skipped["span PPO"] = "no critic (see above)"
+    elif reward_fn is None or critic_error is not None:
+        skipped["span PPO"] = "no working critic (see above)"
     else:
         try:
             if isinstance(reward_fn, UnitTestReward):  # count only the PPO rollouts
@@ -231,6 +252,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 metrics["ppo_rollout_answers_passing"] = f"{reward_fn.num_passed}/{reward_fn.num_scored}"
         except ImportError as err:
             skipped["span PPO"] = f"SpanPPOTrainer is not available ({err})"
+        except CriticFailureError as err:  # the failure budget stopped training: the critic is broken
+            critic_error = skipped["span PPO"] = str(err)
         except Exception as err:
             skipped["span PPO"] = f"{type(err).__name__}: {err}"
             traceback.print_exc()
@@ -277,6 +300,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "runtime_s": runtime,
         "metrics": metrics,
         "skipped": skipped,
+        "error": critic_error,
         "honesty": honesty(config, n_params, len(train), n_eval, trained_model is not None),
         "config": asdict(config),
     }
