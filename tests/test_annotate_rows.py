@@ -232,3 +232,19 @@ def test_cli_exits_non_zero_when_the_critic_is_dead(tmp_path):
     command[-1] = "T2G_NO_SUCH_KEY"
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0 and "T2G_NO_SUCH_KEY" in done.stderr
+
+
+def test_unavailable_critic_stops_the_run_and_keeps_rows(tmp_path):
+    from trl_text2grad.spans import CriticUnavailableError
+
+    class Breaks(EchoCritic):
+        def critique(self, prompts, responses, **context):
+            if len(self.asked) >= 2:
+                raise CriticUnavailableError("the sandbox cannot run even a trivial program")
+            return super().critique(prompts, responses, **context)
+
+    rows = [{"prompt": "p", "response": f"answer {i}"} for i in range(6)]
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(CriticUnavailableError, match="trivial program"):
+        annotate(rows, Breaks(), out, batch_size=2, progress=False)
+    assert [r["_row"] for r in _lines(out)] == [0, 1]  # not six rows of "exception" failures

@@ -60,8 +60,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .critics.sandbox import SandboxUnavailableError
 from .rewards import CriticFailureError, describe_critic, prompt_to_text
-from .spans import CriticFailure, Critique, check_spans, locate_critique
+from .spans import CriticFailure, CriticUnavailableError, Critique, check_spans, locate_critique
 
 logger = logging.getLogger(__name__)
 
@@ -414,11 +415,14 @@ def _input_error(
 def _ask(critic: Any, prompts: list, responses: list[str], context: dict) -> list[tuple[Any, str | None, Any]]:
     """Ask ``critic`` about one batch: per row ``(critique or CriticFailure, legacy error string, exact spans)``.
 
-    A critic that raises is asked again row by row, so that one row that makes it raise fails alone.
+    A critic that raises is asked again row by row, so that one row that makes it raise fails alone; a
+    :class:`~trl_text2grad.spans.CriticUnavailableError` (the critic as a whole is broken) stops the run.
     """
     count = len(prompts)
     try:
         critiques = list(critic.critique(prompts, responses, **context))
+    except (CriticUnavailableError, SandboxUnavailableError):  # the critic as a whole is broken: stop the run
+        raise
     except Exception as error:
         if count > 1:
             results = []

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Critique",
     "CriticFailure",
+    "CriticUnavailableError",
     "check_spans",
     "ScoredSpan",
     "LocatedCritique",
@@ -115,6 +116,12 @@ class CriticFailure:
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.message}"
+
+
+class CriticUnavailableError(RuntimeError):
+    """Raised by a critic that cannot work at all (its sandbox, its server process), as opposed to one row it cannot
+    judge. ``annotate`` stops with it (the rows written so far are kept; a rerun resumes) instead of failing every
+    row; trainers count it as a failure of the whole batch, bounded by their failure budget."""
 
 
 @dataclass
