@@ -122,17 +122,19 @@ def test_unit_test_reward_fails_only_the_rows_without_columns():
             return [Critique("All unit tests passed.") for _ in responses]
 
     reward = UnitTestReward(Passing())
+    check = "def check(candidate):\n    assert candidate() == 1\n"
+    pytest_style = "from solution import f\n\ndef test_f():\n    assert f() == 1\n"
     out = reward(
-        ["p", "p", "p", 5],
-        ["abc", "abc", "abc", "abc"],
-        test=["check", None, "check", "check"],
-        entry_point=["f", "f", "  ", "f"],
+        ["p", "p", "p", 5, "p"],
+        ["abc"] * 5,
+        test=[check, None, check, check, pytest_style],
+        entry_point=["f", "f", "  ", "f", None],  # pytest-style tests need no entry point
     )
-    assert out[0] == [(0, 3, 1.0)]
-    assert [o.kind for o in out[1:]] == ["missing_context", "missing_context", "invalid_input"]
+    assert out[0] == [(0, 3, 1.0)] and out[4] == [(0, 3, 1.0)]
+    assert [o.kind for o in out[1:4]] == ["missing_context", "missing_context", "invalid_input"]
     assert "'entry_point'" in out[2].message and "'test'" in out[1].message
-    assert reward.last_passed == [True, False, False, False] and reward.num_scored == 1
-    assert all(not normalize_reward_output(o, "abc").ok for o in out[1:])
+    assert reward.last_passed == [True, False, False, False, True] and reward.num_scored == 2
+    assert all(not normalize_reward_output(o, "abc").ok for o in out[1:4])
 
 
 def test_critic_failures_metric_counts_every_failed_row(tmp_path, bpe_tokenizer, tiny_llama):

@@ -55,7 +55,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -524,6 +524,7 @@ def annotate(
     response_column: str = "response",
     context_columns: Mapping[str, str] | None = None,
     required_columns: Sequence[str] | None = None,
+    row_check: Callable[[dict], str | None] | None = None,
     keep_columns: bool = True,
     resume: bool = True,
     retry_failed: bool = True,
@@ -549,6 +550,8 @@ def annotate(
         required_columns: Input columns every row needs (a row without one, or with ``None`` / an empty string
             there, is a ``missing_column`` row error and is not sent to the critic). Columns the critic declares in
             its ``required_context`` are added. ``test`` and ``tests`` stand in for each other.
+        row_check: A per-row check for what ``required_columns`` cannot express: ``row -> None`` (usable) or a
+            message, which makes the row a ``missing_column`` row error that is not sent to the critic.
         keep_columns: Copy the input's other columns into the output rows.
         resume: Skip rows already in ``output_path``. ``False`` starts over (the file is replaced).
         retry_failed: On resume, re-run rows whose critic request failed (retryable ``row_error`` kinds).
@@ -644,6 +647,9 @@ def annotate(
                 row = rows[index]
                 base = _base_record(index, row, key_of(index), keep_columns, prompt_column, response_column)
                 problem = _input_error(row, prompt_column, response_column, required, critic_name)
+                if problem is None and row_check is not None:
+                    message = row_check(row)
+                    problem = None if message is None else ("missing_column", str(message))
                 if problem is not None:
                     kind, message = problem
                     logger.warning("annotate: row %d is a row error (%s): %s", index, kind, message)

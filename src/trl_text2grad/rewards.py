@@ -22,6 +22,7 @@ This module is part of the core layer: it imports nothing of the package but :mo
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -229,6 +230,9 @@ def normalize_reward_output(
         return _fail("invalid_output", f"malformed reward output ({type(error).__name__}: {error})")
 
 
+_PYTEST_TEST = re.compile(r"^def test_\w*\(", re.MULTILINE)
+
+
 class UnitTestReward:
     """PPO reward function ``(prompts, responses, **context) -> list[list[(start, end, score)] | CriticFailure]``.
 
@@ -236,8 +240,9 @@ class UnitTestReward:
     the critic's exact character spans (poor: the failing line; good: the return line of passing code). The program
     is built from the raw problem prompt (context ``problem``), not from the chat prompt the policy saw.
 
-    A row the critic cannot judge is a failure, never a failing response: a row without ``test`` (or ``tests``) or
-    ``entry_point`` (missing column, ``None`` or empty), or whose prompt is neither text nor chat messages, gets a
+    A row the critic cannot judge is a failure, never a failing response: a row without ``test`` (or ``tests``) or,
+    for HumanEval-style ``check(candidate)`` tests, without ``entry_point`` (missing column, ``None`` or empty), or
+    whose prompt is neither text nor chat messages, gets a
     :class:`~trl_text2grad.CriticFailure` (kind ``"missing_context"`` / ``"invalid_input"``) instead of spans, and
     is not run. The latest critiques and pass/fail results are kept in ``last_critiques`` / ``last_passed``.
     """
@@ -257,11 +262,11 @@ class UnitTestReward:
 
     @staticmethod
     def _row_failure(prompt: Any, problem: Any, test: Any, entry_point: Any) -> CriticFailure | None:
-        missing = [
-            name
-            for name, value in (("test", test), ("entry_point", entry_point))
-            if not isinstance(value, str) or not value.strip()
-        ]
+        missing = [] if isinstance(test, str) and test.strip() else ["test"]
+        # HumanEval-style tests end in check(<entry_point>); pytest-style ones (def test_*, no check) do not need it
+        pytest_style = not missing and "def check(" not in test and _PYTEST_TEST.search(test) is not None
+        if not pytest_style and not (isinstance(entry_point, str) and entry_point.strip()):
+            missing.append("entry_point")
         if missing:
             return CriticFailure(
                 "missing_context",

@@ -22,7 +22,7 @@ from ..annotate import DEFAULT_CONTEXT_COLUMNS, annotate, format_summary, summar
 from ..critics import OpenAICompatibleCritic, TransformersCritic, UnitTestCritic
 from ..rewards import CriticFailureError
 from ..spans import CriticFailure
-from ..tasks.humaneval import load_humaneval
+from ..tasks.humaneval import is_pytest_style, load_humaneval
 from .common import critic_template, load_task_dataset
 
 __all__ = ["AnnotateConfig", "build_critic", "main"]
@@ -156,6 +156,22 @@ def build_critic(config: AnnotateConfig):
     return UnitTestCritic(timeout=config.sandbox_timeout, good_span=config.good_span)  # type: ignore[arg-type]
 
 
+def _unit_test_row_check(row: dict) -> str | None:
+    """HumanEval-style tests call ``check(<entry_point>)``: such a row needs its ``entry_point`` (pytest-style not)."""
+    test = row.get("test", row.get("tests"))
+    entry_point = row.get("entry_point")
+    if (
+        isinstance(test, str)
+        and not is_pytest_style(test)
+        and not (isinstance(entry_point, str) and entry_point.strip())
+    ):
+        return (
+            "the row has no 'entry_point' (missing, null or empty), which its check(candidate) tests need to name the "
+            "function under test"
+        )
+    return None
+
+
 def run(config: AnnotateConfig):
     """Annotate as configured; returns the annotated ``datasets.Dataset``."""
     if not config.dataset_path:
@@ -172,7 +188,8 @@ def run(config: AnnotateConfig):
         context_columns.update({c: c for c in wanted if c in data.column_names})
     critic = build_critic(config)
     # the unit-test critic cannot judge a row without its tests: such a row is a row error, not a failing response
-    required = ["test", "entry_point"] if config.critic == "unit_tests" else None
+    required = ["test"] if config.critic == "unit_tests" else None
+    row_check = _unit_test_row_check if config.critic == "unit_tests" else None
     return annotate(
         data,
         critic,
@@ -185,6 +202,7 @@ def run(config: AnnotateConfig):
         fuzzy_threshold=config.fuzzy_threshold,
         context_columns=context_columns,
         required_columns=required,
+        row_check=row_check,
         max_consecutive_failures=config.max_consecutive_failures,
     )
 
