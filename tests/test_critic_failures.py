@@ -215,3 +215,23 @@ def test_demo_with_a_dead_critic_exits_non_zero(tiny_model_dir, tmp_path, monkey
     argv[3] = str(tmp_path / "demo_nokey")
     assert main(argv) == 1
     assert "OPENAI_API_KEY" in capsys.readouterr().err
+
+
+def test_reward_contract_failures_have_kinds():
+    text = "hello world"
+    cases = [
+        (None, "no_reward"),
+        (CriticFailure("auth", "401"), "auth"),
+        (Critique(error=CriticFailure("parse", "no JSON")), "parse"),
+        (float("nan"), "invalid_output"),
+        ([(0.5, 3, 1.0)], "invalid_output"),  # fractional offsets are never truncated silently
+        ([(0, 3, "1")], "invalid_output"),
+        (Critique("c", ["not in the text at all"]), "unlocated"),
+        (object(), "invalid_output"),
+    ]
+    for output, kind in cases:
+        result = normalize_reward_output(output, text)
+        assert not result.ok and result.failure.kind == kind, (output, result)
+    assert "span #0" in normalize_reward_output([(0.5, 3, 1.0)], text).reason
+    ok = normalize_reward_output(Critique("c", ["hello", 3.0], [], dropped_quotes=2), text)
+    assert ok.ok and ok.spans == [(0, 5, 1.0)]

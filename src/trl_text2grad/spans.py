@@ -201,16 +201,18 @@ def _is_real(value: Any) -> bool:
 
 def _offset(value: Any, what: str, where: str) -> int:
     if not _is_real(value):
-        raise ValueError(f"{where}: the {what} offset must be an integer, got {type(value).__name__} {value!r}.")
+        raise ValueError(f"{where}: the {what} offset must be an integer, got {type(value).__name__} {value!r:.40}.")
+    if isinstance(value, numbers.Integral):
+        return int(value)  # no float round trip: 10**400 stays an (out-of-range) integer
     number = float(value)
     if not math.isfinite(number):
         raise ValueError(f"{where}: the {what} offset is non-finite ({number}); offsets must be whole numbers.")
-    if not isinstance(value, numbers.Integral) and not number.is_integer():
+    if not number.is_integer():
         raise ValueError(
             f"{where}: the {what} offset {number!r} is not a whole number; offsets are character indices "
             "(round them yourself if that is what you mean)."
         )
-    return int(value) if isinstance(value, numbers.Integral) else int(number)
+    return int(number)
 
 
 def check_spans(text_length: int, spans: Any, name: str = "span") -> list[tuple[int, int, float]]:
@@ -229,14 +231,19 @@ def check_spans(text_length: int, spans: Any, name: str = "span") -> list[tuple[
         raise ValueError(f"spans must be a list of (start, end, score), got {type(spans).__name__} {spans!r:.80}.")
     checked = []
     for index, span in enumerate(spans):
+        if isinstance(span, ScoredSpan):
+            span = span.as_tuple()
         where = f"{name} #{index} {span!r:.80}"
         if isinstance(span, str | bytes | dict) or not hasattr(span, "__len__") or len(span) != 3:
             raise ValueError(f"{where}: must be (start, end, score).")
         start, end, score = span
         start, end = _offset(start, "start", where), _offset(end, "end", where)
         if not _is_real(score):
-            raise ValueError(f"{where}: the score must be a number, got {type(score).__name__} {score!r}.")
-        score = float(score)
+            raise ValueError(f"{where}: the score must be a number, got {type(score).__name__} {score!r:.40}.")
+        try:
+            score = float(score)
+        except OverflowError:
+            raise ValueError(f"{where}: the score is too large for a float.") from None
         if not math.isfinite(score):
             raise ValueError(f"{where}: the score is non-finite ({score}); scores must be finite numbers.")
         if not (0 <= start <= end <= text_length):
