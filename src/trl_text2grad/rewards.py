@@ -21,6 +21,7 @@ This module is part of the core layer: it imports nothing of the package but :mo
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Sequence
@@ -103,14 +104,22 @@ class CriticFailureError(RuntimeError):
 
 
 def describe_critic(critic: Any) -> str:
-    """A short name for error messages: a critic's ``repr`` when it defines one, else its function or class name."""
+    """A short name for error messages: a function's qualified name, a critic's one-line ``repr`` (critics of the
+    package never put keys in it), else the class name (with the model path of a model-like object)."""
     if critic is None:
         return "None"
-    if type(critic).__repr__ is not object.__repr__ and not callable(getattr(critic, "__code__", None)):
-        text = repr(critic)
-    else:
-        text = getattr(critic, "__qualname__", None) or type(critic).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    if inspect.isfunction(critic) or inspect.ismethod(critic) or inspect.isclass(critic):
+        return critic.__qualname__
+    if type(critic).__repr__ is not object.__repr__:
+        try:
+            text = repr(critic)
+        except Exception:  # a broken __repr__ must not hide the real error
+            text = ""
+        if text and "\n" not in text and len(text) <= 300:
+            return text
+    name = type(critic).__name__
+    path = getattr(critic, "name_or_path", None) or getattr(getattr(critic, "config", None), "_name_or_path", None)
+    return f"{name}({path!r})" if isinstance(path, str) and path else name
 
 
 def count_failures(failures: Sequence[CriticFailure | None]) -> dict[str, int]:
