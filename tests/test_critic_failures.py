@@ -235,3 +235,34 @@ def test_reward_contract_failures_have_kinds():
     assert "span #0" in normalize_reward_output([(0.5, 3, 1.0)], text).reason
     ok = normalize_reward_output(Critique("c", ["hello", 3.0], [], dropped_quotes=2), text)
     assert ok.ok and ok.spans == [(0, 5, 1.0)]
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("dead_ranks, rate", [("all", 0.5), ("1", 0.25)])
+def test_two_processes_stop_together(tmp_path, dead_ranks, rate):
+    """The budget is decided on counts gathered over the processes: all of them stop at the same rollout."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    exe = Path(sys.executable).with_name("accelerate")
+    launcher = [str(exe)] if exe.exists() else [shutil.which("accelerate") or "accelerate"]
+    out = tmp_path / "out"
+    cmd = [*launcher, "launch", "--config_file", str(repo / "recipes" / "accelerate" / "multi_cpu.yaml"),
+           "--num_processes", "2", "--main_process_port", str(_closed_port()),
+           str(repo / "tests" / "scripts" / "multiproc_dead_critic.py"), "--out", str(out),
+           "--dead_ranks", dead_ranks, "--max_critic_failure_rate", str(rate)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.pop("ACCELERATE_USE_CPU", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=repo)
+    assert proc.returncode == 0, f"accelerate launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["stopped"] for r in ranks), ranks
+    assert [r["critic_calls"] for r in ranks] == [2, 2]  # both stopped after the second failed rollout of 5
+    assert all("could not judge" in r["message"] for r in ranks)
+    if dead_ranks == "1":  # 2 of 4 responses failed, over the 0.25 budget; rank 0 had none of them
+        assert "2 of 4 responses" in ranks[0]["message"] and "on another process" in ranks[0]["message"]
+        assert "connection: 2" in ranks[1]["message"]
