@@ -69,7 +69,12 @@ class AnnotateConfig:
     (``max_consecutive_failures``) or failed on every row it was asked about.
     """
 
-    dataset_path: str = field(default="", metadata={"help": "Input .jsonl/.json file, or 'humaneval'."})
+    dataset_path: str = field(
+        default="",
+        metadata={
+            "help": "Input .jsonl/.json file, 'humaneval', or a task adapter '<task>[:<split>]' (e.g. slf5k:train)."
+        },
+    )
     output_path: str = field(default="annotations.jsonl", metadata={"help": "Output JSONL (also the resume cache)."})
     critic: str = field(default="openai", metadata={"help": "Critic: 'openai', 'transformers' or 'unit_tests'."})
     task: str = field(default="qa", metadata={"help": "Critique template: 'summarization', 'code' or 'qa'."})
@@ -212,7 +217,7 @@ def main(argv: Sequence[str] | None = None):
 
     Returns the annotated ``datasets.Dataset``; exits with status 1 (the reason on stderr) when the critic is dead.
     """
-    parser = TrlParser((AnnotateConfig,))
+    parser = TrlParser((AnnotateConfig,), prog="trl-text2grad annotate")
     (config,) = parser.parse_args_and_config(args=list(argv) if argv is not None else None)
     logging.basicConfig(level=getattr(logging, str(config.log_level).upper(), logging.INFO))
     try:

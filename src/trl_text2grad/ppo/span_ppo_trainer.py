@@ -975,12 +975,12 @@ class SpanPPOTrainer(Trainer):
             last = next((d for d in reversed(details) if d is not None), None)
             counts = count_failures(details)
             critic = describe_critic(self.reward_model)
-            self.log(
-                {}
-            )  # this rollout's metrics (span/critic_failures, rollout/skipped) reach the logs before the stop
+            # this rollout's metrics (span/critic_failures, rollout/skipped) reach the logs before the stop
+            self.log({})
             raise CriticFailureError(
-                f"training stopped: the reward function {critic} could not judge {int(failed)} of {int(total)} "
-                f"responses in each of the last {self._failed_rollouts_in_a_row} rollouts (failure budget: "
+                f"training stopped: the reward function {critic} failed on too many responses in "
+                f"{self._failed_rollouts_in_a_row} rollouts in a row (the last: could not judge {int(failed)} of "
+                f"{int(total)} responses; failure budget: "
                 f"max_critic_failure_rate={args.max_critic_failure_rate}, max_consecutive_failed_rollouts={limit}). "
                 f"Failures here: {', '.join(f'{k}: {n}' for k, n in sorted(counts.items())) or 'on other processes'}; "
                 f"last: {last if last is not None else 'on another process'}. Fix the critic (endpoint, API key, "
