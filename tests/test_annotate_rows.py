@@ -248,3 +248,14 @@ def test_unavailable_critic_stops_the_run_and_keeps_rows(tmp_path):
     with pytest.raises(CriticUnavailableError, match="trivial program"):
         annotate(rows, Breaks(), out, batch_size=2, progress=False)
     assert [r["_row"] for r in _lines(out)] == [0, 1]  # not six rows of "exception" failures
+
+
+def test_non_text_quotes_of_a_custom_critic_are_dropped_and_counted(tmp_path):
+    class Sloppy(BaseCritic):
+        def critique(self, prompts, responses, **context):
+            return [Critique("c", ["alpha", 3, None], [{"q": 1}]) for _ in responses]
+
+    rows = [{"prompt": "p", "response": "alpha beta"}, {"prompt": "p", "response": "alpha gamma"}]
+    dataset = annotate(rows, Sloppy(), tmp_path / "o.jsonl", progress=False)
+    assert dataset["good_spans"] == [["alpha"], ["alpha"]] and dataset["poor_spans"] == [[], []]
+    assert dataset["dropped_quotes"] == [3, 3] and summarize(dataset.to_list())["dropped_quotes"] == 6

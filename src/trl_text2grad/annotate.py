@@ -350,10 +350,21 @@ def _base_record(index: int, row: Any, key: str, keep_columns: bool, prompt_colu
     return record
 
 
+def _critique_fields(critique: Critique) -> dict[str, Any]:
+    """The critique's schema fields with text quotes only (other entries are counted in ``dropped_quotes``)."""
+    good = critique.good if isinstance(critique.good, list | tuple) else []
+    poor = critique.poor if isinstance(critique.poor, list | tuple) else []
+    return {
+        "critique": critique.text if isinstance(critique.text, str) else str(critique.text or ""),
+        "good_spans": [q for q in good if isinstance(q, str)],
+        "poor_spans": [q for q in poor if isinstance(q, str)],
+    }
+
+
 def _error_record(base: dict, kind: str, message: str, line: int | None, critique: Critique | None = None) -> dict:
     record = dict(base)
     if critique is not None:
-        record.update(critique.to_dict(), dropped_quotes=critique.dropped_quotes)
+        record.update(_critique_fields(critique), dropped_quotes=critique.dropped_quotes)
     record["row_error"] = {"kind": kind, "message": message, "line": line}
     record["critic_error"] = f"skipped: {message}" if kind in INPUT_ERROR_KINDS else message
     return record
@@ -368,7 +379,7 @@ def _result_record(base: dict, critique: Critique, note: str | None, exact_spans
     else:
         spans = [list(t) for t in located.span_tuples()]
     record.update(
-        critique.to_dict(),
+        _critique_fields(critique),
         located_spans=spans,
         num_located=len(spans),
         num_unlocated=located.num_unlocated,

@@ -20,8 +20,9 @@ from trl import TrlParser
 
 from ..annotate import DEFAULT_CONTEXT_COLUMNS, annotate, format_summary, summarize
 from ..critics import OpenAICompatibleCritic, TransformersCritic, UnitTestCritic
+from ..critics.sandbox import SandboxUnavailableError
 from ..rewards import CriticFailureError
-from ..spans import CriticFailure
+from ..spans import CriticFailure, CriticUnavailableError
 from ..tasks.humaneval import is_pytest_style, load_humaneval
 from .common import critic_template, load_task_dataset
 
@@ -222,8 +223,12 @@ def main(argv: Sequence[str] | None = None):
     logging.basicConfig(level=getattr(logging, str(config.log_level).upper(), logging.INFO))
     try:
         dataset = run(config)
-    except CriticFailureError as error:
-        print(f"annotate stopped: {error}", file=sys.stderr)
+    except (CriticFailureError, CriticUnavailableError, SandboxUnavailableError) as error:  # the critic is broken
+        print(
+            f"annotate stopped: {type(error).__name__}: {error}\nThe rows written so far are kept in "
+            f"{config.output_path}; run the same command again to resume.",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None
     summary = summarize(dataset.to_list() if len(dataset) else [])
     print(f"annotated {summary['rows']} rows -> {config.output_path}: {format_summary(summary)}")
