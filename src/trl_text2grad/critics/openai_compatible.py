@@ -119,8 +119,8 @@ class OpenAICompatibleCritic(LLMCritic):
 
     def __repr__(self) -> str:  # never include the key
         return (
-            f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
-            f"max_concurrency={self.max_concurrency})"
+            f"{type(self).__name__}(model={getattr(self, 'model', None)!r}, base_url={getattr(self, 'base_url', None)!r}, "
+            f"api_key_env={getattr(self, 'api_key_env', None)!r}, max_concurrency={getattr(self, 'max_concurrency', None)})"
         )
 
     def _request(self, messages: list[dict]) -> str | Exception:
