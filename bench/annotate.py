@@ -59,6 +59,7 @@ def bench_server(
             critic = OpenAICompatibleCritic(
                 model=server.model,
                 base_url=server.base_url,
+                api_key_env=None,  # the local server needs no key
                 template="qa",
                 max_tokens=max_tokens,
                 max_concurrency=concurrency,

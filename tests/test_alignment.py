@@ -275,3 +275,40 @@ def test_property_arbitrary_offsets_and_unicode(text, raw_offsets, raw_spans):
     spans = [(min(a, b, n), min(max(a, b), n), s) for a, b, s in raw_spans]
     rewards = token_rewards_from_offsets(text, offsets, spans).tolist()
     assert rewards == reference_rewards(text, offsets, spans)
+
+
+# -- programmer mistakes: every bad offset or score is a ValueError naming the span, never truncated or passed on ---
+@pytest.mark.parametrize(
+    "span, message",
+    [
+        ((0.5, 3, 1.0), r"span #0 \(0\.5, 3, 1\.0\): the start offset 0\.5 is not a whole number"),
+        ((0, 2.7, 1.0), "end offset 2.7 is not a whole number"),
+        (("0", 3, 1.0), "start offset must be an integer, got str"),
+        ((0, "3", 1.0), "end offset must be an integer, got str"),
+        ((float("nan"), 3, 1.0), "start offset is non-finite"),
+        ((0, float("inf"), 1.0), "end offset is non-finite"),
+        ((0, 10**400, 1.0), "out of range"),
+        ((0, 3, "1.0"), "score must be a number, got str"),
+        ((0, 3, float("-inf")), "score is non-finite"),
+        ((0, 3, 10**400), "too large"),
+        ((True, 3, 1.0), "must be an integer, got bool"),
+        ((0, 3), r"must be \(start, end, score\)"),
+        ("abc", r"must be \(start, end, score\)"),
+    ],
+)
+def test_bad_offsets_and_scores_name_the_span(span, message, smollm2_tokenizer):
+    with pytest.raises(ValueError, match=message):
+        spans_to_token_rewards("hello", [(0, 1, 1.0), span][1:], smollm2_tokenizer)
+
+
+def test_whole_number_floats_numpy_and_scored_spans_are_accepted(smollm2_tokenizer):
+    import numpy as np
+
+    from trl_text2grad.spans import ScoredSpan
+
+    expected = spans_to_token_rewards("hello world", [(0, 5, 1.0)], smollm2_tokenizer)
+    assert spans_to_token_rewards("hello world", [(0.0, 5.0, 1)], smollm2_tokenizer) == expected
+    assert spans_to_token_rewards("hello world", [(np.int64(0), np.int64(5), np.float32(1))], smollm2_tokenizer) == (
+        expected
+    )
+    assert spans_to_token_rewards("hello world", [ScoredSpan(0, 5, 1.0)], smollm2_tokenizer) == expected

@@ -160,7 +160,7 @@ def test_unusable_rows_are_counted_and_skipped(tmp_path, caplog):
     records = annotate(rows, critic, tmp_path / "out.jsonl", progress=False, return_dataset=False)
     assert critic.asked == [rows[0]["response"]]
     assert records[1]["critic_error"].startswith("skipped:") and records[2]["critic_error"].startswith("skipped:")
-    with pytest.raises(ValueError, match="no 'answer' column"):
+    with pytest.raises(ValueError, match="no .answer. column"):
         annotate(_rows(2), critic, tmp_path / "x.jsonl", response_column="answer", progress=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         annotate(tmp_path / "missing.jsonl", critic, tmp_path / "y.jsonl", progress=False)

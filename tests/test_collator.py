@@ -232,6 +232,12 @@ def test_only_eos_dropped_is_not_a_truncated_span(smollm2_tokenizer):
         ({"prompt": "p", "response": "abc", "spans": [(0, 9, 1.0)]}, ValueError, "row 1: span #0"),
         ({"prompt": "p", "response": "abc", "good_spans": 7}, TypeError, "row 1"),
         ("not a dict", TypeError, "row 1 must be a dict"),
+        ({"prompt": "p", "response": "abc", "spans": [(0, 1.5, 1.0)]}, ValueError, r"row 1: span #0 .*whole number"),
+        ({"prompt": "p", "response": "abc", "spans": [(0, float("inf"), 1.0)]}, ValueError, "row 1: span #0"),
+        ({"prompt": "p", "response": "abc", "spans": [("0", 2, 1.0)]}, ValueError, "row 1: span #0 .*got str"),
+        ({"prompt": "p", "response": "abc", "spans": [(0, 2, float("nan"))]}, ValueError, "row 1: span #0"),
+        ({"prompt": "p", "response": "abc", "spans": [(0, 2, 10**400)]}, ValueError, "row 1: span #0"),
+        ({"prompt": "p", "response": "abc", "spans": [(0, 10**400, 1)]}, ValueError, "row 1: span #0"),
     ],
 )
 def test_bad_rows_name_their_index(smollm2_tokenizer, bad_row, error, message):
@@ -327,3 +333,10 @@ def test_real_model_end_to_end_generate_locate_collate_score():
     assert out.logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(out.logits).all()
     shown = render_token_rewards_terminal(tokens_for_display(tokenizer, response), rewards[:-1], color=False)
     assert shown.startswith("[+") and "[-" in shown
+
+
+def test_collator_scores_must_be_finite(smollm2_tokenizer):
+    with pytest.raises(ValueError, match="good_score"):
+        SpanAnnotationCollator(smollm2_tokenizer, good_score=float("nan"))
+    with pytest.raises(ValueError, match="poor_score"):
+        SpanAnnotationCollator(smollm2_tokenizer, poor_score="-1")

@@ -40,3 +40,36 @@ def test_smollm2_critic_on_slf5k_rows():
     assert len(critiques) == 2
     assert all(a and a.strip() for a in critic.last_answers)
     assert all(c.text or e for c, e in zip(critiques, critic.last_errors))
+
+
+def test_generation_errors_fail_their_rows(tiny_llama, smollm2_tokenizer, monkeypatch):
+    critic = TransformersCritic(tiny_llama(), tokenizer=smollm2_tokenizer, batch_size=2, max_new_tokens=4)
+
+    def out_of_memory(**kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(critic.model, "generate", out_of_memory)
+    critiques = critic.critique(["a", "b", "c"], ["x y", "z", "w"])
+    assert [c.error.kind for c in critiques] == ["generation"] * 3
+    assert "out of memory" in critiques[0].error.message and critiques[0].error.retryable
+    assert critic.last_errors[0] == critiques[0].error.message
+
+
+def test_llm_critic_row_problems_are_per_row_failures():
+    import json
+
+    from trl_text2grad.critics.base import LLMCritic
+
+    class Fixed(LLMCritic):
+        def generate(self, conversations):
+            return [json.dumps({"critique": "ok", "good_spans": ["x"], "poor_spans": []})] * len(conversations)
+
+    class NeedsTests(Fixed):
+        required_context = ("tests",)
+
+    critic = NeedsTests(user_template="P: {prompt}\nR: {response}\nT: {tests}")
+    out = critic.critique(["p", "p"], ["x", "x"], tests=["t1", None])  # the second row has no tests
+    assert not out[0].failed and out[1].error.kind == "missing_context" and "'tests'" in out[1].error.message
+    out = critic.critique(["p", {"not": "a prompt"}], ["x", "x"], tests=["t1", "t2"])
+    assert not out[0].failed and out[0].good == ["x"] and out[1].error.kind == "invalid_input"
+    assert [f.kind if f else None for f in critic.last_failures] == [None, "invalid_input"]

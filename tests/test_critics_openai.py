@@ -121,6 +121,15 @@ class _Handler(BaseHTTPRequestHandler):
                         "'poor_spans': [],}\n```\nHope this helps."
                     ),
                 )
+            elif mode == "unauthorized":
+                self._send(401, b'{"error": {"message": "Incorrect API key provided"}}')
+            elif mode == "garbage":
+                self._send(200, _completion("I am sorry, I cannot review this."))
+            elif mode == "empty":
+                self._send(200, _completion(""))
+            elif mode == "badquotes":
+                answer = {"critique": "mixed", "good_spans": [3, None, "hello world"], "poor_spans": [{"x": 1}]}
+                self._send(200, _completion(json.dumps(answer)))
             else:
                 self._send(404, b'{"error": {"message": "unknown mode"}}')
         except (BrokenPipeError, ConnectionResetError):
@@ -147,6 +156,7 @@ def _reset_state():
 
 
 def _critic(server, mode, **kwargs):
+    kwargs.setdefault("api_key_env", None)  # the test server needs no key
     kwargs.setdefault("max_retries", 0)
     kwargs.setdefault("timeout", 5)
     return OpenAICompatibleCritic(model="test-model", base_url=f"{server}/{mode}/v1", user_template=TEMPLATE, **kwargs)
@@ -229,16 +239,83 @@ def test_prose_wrapped_answer_is_repaired(server):
 
 
 def test_connection_refused_is_reported():
-    critic = OpenAICompatibleCritic(model="m", base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=2)
+    critic = OpenAICompatibleCritic(
+        model="m", base_url="http://127.0.0.1:9/v1", api_key_env=None, max_retries=0, timeout=2
+    )
     critic.critique(["q"], ["r"])
     assert critic.last_errors[0].startswith("request failed: APIConnectionError")
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="max_concurrency"):
-        OpenAICompatibleCritic(model="m", base_url="http://127.0.0.1:9/v1", max_concurrency=0)
-    critic = OpenAICompatibleCritic(model="m", base_url="http://127.0.0.1:9/v1")
+        OpenAICompatibleCritic(model="m", base_url="http://127.0.0.1:9/v1", api_key_env=None, max_concurrency=0)
+    critic = OpenAICompatibleCritic(model="m", base_url="http://127.0.0.1:9/v1", api_key_env=None)
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
         critic.critique(["a", "b"], ["c"])
     with pytest.raises(ValueError, match="placeholders"):
-        OpenAICompatibleCritic(model="m", base_url="http://127.0.0.1:9/v1", user_template="only {prompt}")
+        OpenAICompatibleCritic(
+            model="m", base_url="http://127.0.0.1:9/v1", api_key_env=None, user_template="only {prompt}"
+        )
+
+
+# -- the failure contract: start-up errors raise, row failures are per-row CriticFailures, never empty critiques ----
+def test_missing_api_key_is_an_error_at_construction(monkeypatch):
+    monkeypatch.delenv("T2G_UNSET_KEY", raising=False)
+    with pytest.raises(ValueError, match="T2G_UNSET_KEY.*api_key_env=None"):
+        OpenAICompatibleCritic(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="T2G_UNSET_KEY")
+    monkeypatch.setenv("T2G_UNSET_KEY", "  ")
+    with pytest.raises(ValueError, match="not set"):
+        OpenAICompatibleCritic(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="T2G_UNSET_KEY")
+    # a keyless local endpoint is declared explicitly
+    for declared in (None, "none", "NONE", ""):
+        assert OpenAICompatibleCritic(model="m", base_url="http://127.0.0.1:9/v1", api_key_env=declared)
+
+
+def test_401_is_a_per_row_auth_failure(server):
+    critic = _critic(server, "unauthorized")
+    out = critic.critique(["q", "q"], ["a", "b"])
+    assert all(c.failed and c.error.kind == "auth" for c in out)
+    assert "401" in out[0].error.message or "Incorrect API key" in out[0].error.message
+    assert [f.kind for f in critic.last_failures] == ["auth", "auth"]
+    assert out[0].error.retryable
+
+
+def test_request_failures_have_their_kind(server):
+    assert _critic(server, "error500", max_retries=0).critique(["q"], ["a"])[0].error.kind == "server"
+    assert _critic(server, "hang", timeout=0.5).critique(["q"], ["a"])[0].error.kind == "timeout"
+    assert _critic(server, "empty").critique(["q"], ["a"])[0].error.kind == "empty_answer"
+    garbage = _critic(server, "garbage").critique(["q"], ["a"])[0]
+    assert garbage.error.kind == "parse" and not garbage.error.retryable
+    assert garbage.text == "I am sorry, I cannot review this."  # the raw answer is kept for inspection
+
+
+def test_dead_endpoint_rows_fail_and_never_become_zero_reward():
+    import socket
+
+    from trl_text2grad.rewards import normalize_reward_output
+
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    critic = OpenAICompatibleCritic(
+        model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=None, max_retries=0, timeout=2
+    )
+    out = critic(["q1", "q2", "q3"], ["r1", "r2", "r3"])
+    assert [c.error.kind for c in out] == ["connection"] * 3
+    assert f"127.0.0.1:{port}" in out[0].error.message
+    for critique in out:
+        result = normalize_reward_output(critique, "r1")
+        assert not result.ok and result.failure.kind == "connection"
+
+
+def test_non_text_quotes_are_dropped_and_counted(server):
+    out = _critic(server, "badquotes").critique(["q"], ["hello world"])[0]
+    assert not out.failed and out.good == ["hello world"] and out.poor == []
+    assert out.dropped_quotes == 3  # 3, null and an object without a quote
+
+
+def test_invalid_prompt_fails_its_row_only(server):
+    out = _critic(server, "ok").critique([5, "q", None], ["a b", "hello world", "c d"])
+    assert [c.error.kind if c.failed else None for c in out] == ["invalid_input", None, "invalid_input"]
+    assert out[1].good == ["hello world"]
+    assert STATE.counts["ok"] == 1  # only the usable row was sent

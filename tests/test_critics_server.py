@@ -42,6 +42,7 @@ def test_annotate_ultrafeedback_rows_through_transformers_serve(server, tmp_path
     critic = OpenAICompatibleCritic(
         model=server.model,
         base_url=server.base_url,
+        api_key_env=None,
         template="qa",
         max_tokens=48,
         max_concurrency=2,
@@ -70,6 +71,7 @@ def test_server_json_mode_request_and_concurrency(server):
     critic = OpenAICompatibleCritic(
         model=server.model,
         base_url=server.base_url,
+        api_key_env=None,
         template="summarization",
         max_tokens=24,
         max_concurrency=4,

@@ -135,8 +135,10 @@ def test_unit_test_reward_marks_failing_and_passing_code():
     assert spans[1] and all(score < 0 for _, _, score in spans[1])
     start, end, _ = spans[1][0]
     assert "raise RuntimeError" in bad[start:end]
-    with pytest.raises(ValueError, match="entry_point"):
-        reward(rows["prompt"], [good, bad], problem=rows["problem"])
+    # rows without the test columns cannot be judged: per-row failures naming the columns, not a crash or a pass/fail
+    failures = reward(rows["prompt"], [good, bad], problem=rows["problem"])
+    assert [f.kind for f in failures] == ["missing_context", "missing_context"]
+    assert "'test'" in failures[0].message and "'entry_point'" in failures[0].message
 
 
 def test_fence_stop_criterion(smollm2_tokenizer):

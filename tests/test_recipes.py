@@ -392,7 +392,10 @@ def test_annotate_recipes_use_the_task_critic_prompt():
     assert _template("kodcode") is kodcode.CRITIC_TEMPLATE
     assert _template("ultrafeedback") is ultrafeedback.CRITIC_TEMPLATE
     assert _template("qa") == "qa"
-    critic = build_critic(AnnotateConfig(critic="openai", task="slf5k", model="m", base_url="http://127.0.0.1:9/v1"))
+    config = AnnotateConfig(
+        critic="openai", task="slf5k", model="m", base_url="http://127.0.0.1:9/v1", api_key_env="none"
+    )
+    critic = build_critic(config)
     assert critic.template is slf5k.CRITIC_TEMPLATE
 
 

@@ -328,8 +328,14 @@ def test_bad_critic_outputs_never_stop_training(tmp_path, bpe_tokenizer, tiny_ll
             return [None, float("nan"), Critique("", good=["no such quote anywhere"], poor=[]), [(0, 10_000, 1.0)]]
         return [1.0, None, [(0, 0, 1.0)], Critique("", good=[], poor=[])]
 
-    trainer = SpanPPOTrainer(
-        _args(tmp_path, total_episodes=12), bpe_tokenizer, tiny_llama(bpe_tokenizer), None, flaky, _dataset(12), None
+    trainer = SpanPPOTrainer(  # a budget of 3 failed rollouts in a row: two all-failed rollouts do not stop it
+        _args(tmp_path, total_episodes=12, max_consecutive_failed_rollouts=3),
+        bpe_tokenizer,
+        tiny_llama(bpe_tokenizer),
+        None,
+        flaky,
+        _dataset(12),
+        None,
     )
     before = _params(trainer.model)
     with caplog.at_level("WARNING"):

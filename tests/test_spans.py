@@ -327,3 +327,31 @@ def test_lines_from_other_problems_are_rarely_found():
         cases += 1
         hits += locate_quotes(texts[i], [quote])[0] is not None
     assert cases > 900 and hits / cases < 0.01, (hits, cases)
+
+
+def test_bad_settings_and_scores_are_clear_errors():
+    from trl_text2grad.spans import Critique, locate_critique, locate_quotes
+
+    with pytest.raises(ValueError, match="fuzzy_threshold must be a number from 0 to 100"):
+        locate_quotes("hello world", ["hello"], fuzzy_threshold=float("nan"))
+    with pytest.raises(ValueError, match="fuzzy_threshold"):
+        locate_quotes("hello world", ["hello"], fuzzy_threshold="90")
+    with pytest.raises(ValueError, match="fuzzy_min_length must be a non-negative integer"):
+        locate_quotes("hello world", ["hello"], fuzzy_min_length=2.5)
+    with pytest.raises(ValueError, match="good_score must be a finite number"):
+        locate_critique("hello world", Critique("", ["hello"]), good_score=float("inf"))
+    with pytest.raises(ValueError, match="poor_score"):
+        locate_critique("hello world", Critique("", [], ["world"]), poor_score="bad")
+
+
+def test_critique_failure_contract_fields():
+    from trl_text2grad.spans import CriticFailure, Critique
+
+    failure = CriticFailure("connection", "request failed: APIConnectionError: Connection error.")
+    critique = Critique(error=failure)
+    assert critique.failed and not Critique("fine").failed
+    assert failure.retryable and not CriticFailure("parse", "no JSON").retryable
+    assert str(failure).startswith("connection: request failed")
+    assert failure.to_dict() == {"kind": "connection", "message": failure.message}
+    counted = Critique.from_dict({"critique": "c", "good_spans": ["a", None, 3], "poor_spans": None})
+    assert counted.good == ["a", "3"] and counted.dropped_quotes == 1

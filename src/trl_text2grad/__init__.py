@@ -12,6 +12,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Critique": "trl_text2grad.spans",
+    "CriticFailure": "trl_text2grad.spans",
+    "CriticFailureError": "trl_text2grad.rewards",
     "ScoredSpan": "trl_text2grad.spans",
     "LocatedCritique": "trl_text2grad.spans",
     "locate_quotes": "trl_text2grad.spans",
@@ -34,6 +36,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CriticFailure",
+    "CriticFailureError",
     "Critique",
     "LocatedCritique",
     "ScoredSpan",
@@ -83,4 +87,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .reward.span_reward_trainer import SpanRewardTrainer
     from .rloo.config import SpanRLOOConfig
     from .rloo.trainer import SpanRLOOTrainer
-    from .spans import Critique, LocatedCritique, ScoredSpan, locate_critique, locate_quotes
+    from .rewards import CriticFailureError
+    from .spans import CriticFailure, Critique, LocatedCritique, ScoredSpan, locate_critique, locate_quotes

@@ -17,6 +17,8 @@ from itertools import chain
 
 import numpy as np
 
+from .spans import check_spans
+
 __all__ = [
     "spans_to_token_rewards",
     "batch_spans_to_token_rewards",
@@ -61,22 +63,8 @@ def _non_whitespace_prefix(text: str) -> np.ndarray:
 
 
 def _validate_spans(text: str, spans: Sequence) -> list[SpanLike]:
-    checked = []
-    for index, span in enumerate(spans):
-        try:
-            start, end, score = span
-        except (TypeError, ValueError):
-            raise ValueError(f"span #{index} must be (start, end, score), got {span!r}") from None
-        start, end, score = int(start), int(end), float(score)
-        if not (0 <= start <= end <= len(text)):
-            raise ValueError(
-                f"span #{index} ({start}, {end}) is out of range for a response of {len(text)} characters; spans "
-                "are half-open character offsets into the response text."
-            )
-        if not np.isfinite(score):
-            raise ValueError(f"span #{index} has a non-finite score {score!r}.")
-        checked.append((start, end, score))
-    return checked
+    """Checked ``(int, int, float)`` spans of ``text`` (:func:`~trl_text2grad.spans.check_spans`)."""
+    return check_spans(len(text), spans)
 
 
 def _offsets_array(offsets) -> np.ndarray:
@@ -130,7 +118,9 @@ def spans_to_token_rewards(text: str, spans: Sequence[SpanLike], tokenizer) -> l
 
     Args:
         text: The response text.
-        spans: ``(start, end, score)`` character spans (e.g. ``LocatedCritique.span_tuples()``).
+        spans: ``(start, end, score)`` character spans (e.g. ``LocatedCritique.span_tuples()``): whole-number
+            offsets with ``0 <= start <= end <= len(text)`` and finite scores; anything else (a fractional, string,
+            NaN or out-of-range offset, a string or non-finite score) raises a ``ValueError`` naming the span.
         tokenizer: Any fast (Rust-backed) tokenizer: byte-level BPE, SentencePiece/Metaspace, WordPiece, ...
 
     Returns:

@@ -272,6 +272,10 @@ class SpanAnnotationCollator:
 
     def __post_init__(self) -> None:
         require_fast_tokenizer(self.tokenizer)
+        for name in ("good_score", "poor_score"):
+            value = getattr(self, name)
+            if isinstance(value, bool | str) or not isinstance(value, int | float) or not np.isfinite(value):
+                raise ValueError(f"SpanAnnotationCollator: {name} must be a finite number, got {value!r}.")
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(f"max_length must be a positive number of tokens or None, got {self.max_length}.")
         pad_id = self.tokenizer.pad_token_id
@@ -295,14 +299,14 @@ class SpanAnnotationCollator:
         if spans is not None:
             try:
                 return _validate_spans(response, spans), 0, 0
-            except ValueError as error:
+            except (ValueError, TypeError, OverflowError) as error:
                 raise ValueError(f"row {index}: {error}") from None
         if not any(row.get(key) is not None for key in _ANNOTATION_KEYS):
             return [], 0, 0
         try:
             critique = Critique.from_dict(row)
-        except TypeError as error:
-            raise TypeError(f"row {index}: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"row {index}: {error}") from None
         located = locate_critique(
             response,
             critique,

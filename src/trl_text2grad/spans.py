@@ -22,10 +22,13 @@ Quotes that cannot be located are returned as ``None``: they are reported and co
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import unicodedata
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from rapidfuzz import fuzz
 
@@ -33,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "Critique",
+    "CriticFailure",
+    "CriticUnavailableError",
+    "check_spans",
     "ScoredSpan",
     "LocatedCritique",
     "locate_quotes",
@@ -71,6 +77,53 @@ _CHAR_MAP = {
 }
 
 
+@dataclass(frozen=True)
+class CriticFailure:
+    """Why a critic (or reward function) could not judge one row: a machine-readable ``kind`` and a ``message``.
+
+    A failure is never an empty critique: critics return ``Critique(error=CriticFailure(...))`` for such a row (or,
+    for reward functions returning spans or numbers, the ``CriticFailure`` itself in place of the output); trainers
+    and :func:`~trl_text2grad.annotate.annotate` count it by ``kind``.
+
+    Kinds used by the package (custom critics may add their own):
+
+    * request side, worth retrying later (``retryable``): ``"auth"`` (401/403, a wrong or missing key),
+      ``"connection"`` (endpoint unreachable), ``"timeout"``, ``"rate_limit"`` (429 after the retries), ``"server"``
+      (5xx), ``"request"`` (any other failed request), ``"generation"`` (a local model's ``generate`` raised, e.g. out
+      of memory), ``"exception"`` (the critic / reward function raised);
+    * about the answer or the row: ``"empty_answer"``, ``"parse"`` (no critique object in the answer),
+      ``"missing_context"`` (the row lacks a column the critic needs, e.g. ``test``/``entry_point``),
+      ``"invalid_input"`` (e.g. a prompt that is neither text nor chat messages), ``"invalid_output"`` (the reward
+      function returned something unusable), ``"unlocated"`` (none of the quotes is in the response),
+      ``"no_reward"`` (the reward function returned ``None``).
+    """
+
+    kind: str
+    message: str
+
+    #: Kinds caused by the request or the critic's machinery rather than by the row: retried on resume.
+    RETRYABLE_KINDS = frozenset(
+        {"auth", "connection", "timeout", "rate_limit", "server", "request", "generation", "exception"}
+    )
+
+    @property
+    def retryable(self) -> bool:
+        """Whether asking again later may succeed (request-side failures)."""
+        return self.kind in self.RETRYABLE_KINDS
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "message": self.message}
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+class CriticUnavailableError(RuntimeError):
+    """Raised by a critic that cannot work at all (its sandbox, its server process), as opposed to one row it cannot
+    judge. ``annotate`` stops with it (the rows written so far are kept; a rerun resumes) instead of failing every
+    row; trainers count it as a failure of the whole batch, bounded by their failure budget."""
+
+
 @dataclass
 class Critique:
     """A natural-language critique of one response, with the phrases it quotes.
@@ -79,11 +132,23 @@ class Critique:
         text: The critique itself (free text; may be empty for programmatic critics).
         good: Phrases quoted verbatim (or nearly) from the response that the critic judged good.
         poor: Phrases quoted from the response that the critic judged poor.
+        error: Set when the critic could not judge the response (request failed, answer unparseable, row lacking a
+            column, ...): a :class:`CriticFailure`. Such a critique is a *failure*, counted by every trainer and by
+            ``annotate``, never an empty (all-neutral) critique.
+        dropped_quotes: Entries of the critic's answer that were not quotable text (numbers, ``null``, objects
+            without a quote) and were ignored.
     """
 
     text: str = ""
     good: list[str] = field(default_factory=list)
     poor: list[str] = field(default_factory=list)
+    error: CriticFailure | None = None
+    dropped_quotes: int = 0
+
+    @property
+    def failed(self) -> bool:
+        """Whether the critic failed on this row (``error`` is set)."""
+        return self.error is not None
 
     def to_dict(self) -> dict:
         return {"critique": self.text, "good_spans": list(self.good), "poor_spans": list(self.poor)}
@@ -93,20 +158,26 @@ class Critique:
         """Build from the annotation schema ``{"critique", "good_spans", "poor_spans"}``.
 
         A single string where a list is expected is taken as one quote (not split into characters); ``None``
-        means no quotes. Numbers become strings; ``None`` entries are dropped with a logged warning, so that
-        ``good`` and ``poor`` only ever hold strings.
+        means no quotes. Numbers become strings; ``None`` entries are dropped (counted in ``dropped_quotes`` and
+        logged), so that ``good`` and ``poor`` only ever hold strings.
         """
+        good, dropped_good = _quote_list(row, "good_spans")
+        poor, dropped_poor = _quote_list(row, "poor_spans")
+        text = row.get("critique")
         return cls(
-            text=row.get("critique") or "", good=_quote_list(row, "good_spans"), poor=_quote_list(row, "poor_spans")
+            text=text if isinstance(text, str) else ("" if text is None else str(text)),
+            good=good,
+            poor=poor,
+            dropped_quotes=dropped_good + dropped_poor,
         )
 
 
-def _quote_list(row: dict, key: str) -> list[str]:
+def _quote_list(row: dict, key: str) -> tuple[list[str], int]:
     value = row.get(key)
     if value is None:
-        return []
+        return [], 0
     if isinstance(value, str):
-        return [value]
+        return [value], 0
     try:
         if isinstance(value, (bytes, dict)):
             raise TypeError
@@ -116,7 +187,72 @@ def _quote_list(row: dict, key: str) -> list[str]:
     quotes = [q if isinstance(q, str) else str(q) for q in value if q is not None]
     if len(quotes) != len(value):
         logger.warning("Critique.from_dict: dropped %d None entries of '%s'.", len(value) - len(quotes), key)
-    return quotes
+    return quotes, len(value) - len(quotes)
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (Python, NumPy or a one-element tensor), not a bool and not a string."""
+    if isinstance(value, bool | str | bytes):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return type(value).__name__ == "Tensor" and getattr(value, "numel", lambda: 0)() == 1
+
+
+def _offset(value: Any, what: str, where: str) -> int:
+    if not _is_real(value):
+        raise ValueError(f"{where}: the {what} offset must be an integer, got {type(value).__name__} {value!r:.40}.")
+    if isinstance(value, numbers.Integral):
+        return int(value)  # no float round trip: 10**400 stays an (out-of-range) integer
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{where}: the {what} offset is non-finite ({number}); offsets must be whole numbers.")
+    if not number.is_integer():
+        raise ValueError(
+            f"{where}: the {what} offset {number!r} is not a whole number; offsets are character indices "
+            "(round them yourself if that is what you mean)."
+        )
+    return int(number)
+
+
+def check_spans(text_length: int, spans: Any, name: str = "span") -> list[tuple[int, int, float]]:
+    """Validate ``(start, end, score)`` character spans of a text of ``text_length`` characters.
+
+    Offsets must be whole numbers (``3`` or ``3.0``; not ``3.5``, ``"3"``, ``nan`` or ``inf``) with
+    ``0 <= start <= end <= text_length``; scores must be finite real numbers (not strings). Returns the spans as
+    ``(int, int, float)`` tuples.
+
+    Raises:
+        ValueError: naming the offending span (``span #i (...)``) and what is wrong with it.
+    """
+    if spans is None:
+        return []
+    if isinstance(spans, str | bytes) or not hasattr(spans, "__iter__"):
+        raise ValueError(f"spans must be a list of (start, end, score), got {type(spans).__name__} {spans!r:.80}.")
+    checked = []
+    for index, span in enumerate(spans):
+        if isinstance(span, ScoredSpan):
+            span = span.as_tuple()
+        where = f"{name} #{index} {span!r:.80}"
+        if isinstance(span, str | bytes | dict) or not hasattr(span, "__len__") or len(span) != 3:
+            raise ValueError(f"{where}: must be (start, end, score).")
+        start, end, score = span
+        start, end = _offset(start, "start", where), _offset(end, "end", where)
+        if not _is_real(score):
+            raise ValueError(f"{where}: the score must be a number, got {type(score).__name__} {score!r:.40}.")
+        try:
+            score = float(score)
+        except OverflowError:
+            raise ValueError(f"{where}: the score is too large for a float.") from None
+        if not math.isfinite(score):
+            raise ValueError(f"{where}: the score is non-finite ({score}); scores must be finite numbers.")
+        if not (0 <= start <= end <= text_length):
+            raise ValueError(
+                f"{where}: ({start}, {end}) is out of range for a response of {text_length} characters; spans are "
+                "half-open character offsets into the response text with start <= end."
+            )
+        checked.append((start, end, score))
+    return checked
 
 
 @dataclass(frozen=True)
@@ -209,6 +345,19 @@ def _find_preferring(haystack: str, needle: str, after: int) -> int:
     return haystack.find(needle)
 
 
+def _check_fuzzy_settings(caller: str, threshold: Any, min_length: Any) -> None:
+    if not _is_real(threshold) or not (0.0 <= float(threshold) <= 100.0):
+        raise ValueError(f"{caller}: fuzzy_threshold must be a number from 0 to 100, got {threshold!r}.")
+    if isinstance(min_length, bool) or not isinstance(min_length, numbers.Integral) or min_length < 0:
+        raise ValueError(f"{caller}: fuzzy_min_length must be a non-negative integer, got {min_length!r}.")
+
+
+def _check_score(caller: str, name: str, value: Any) -> float:
+    if not _is_real(value) or not math.isfinite(float(value)):
+        raise ValueError(f"{caller}: {name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
 def _check_text(text: object) -> str:
     if text is None:
         raise ValueError("locate_quotes: the response text is None; pass the decoded response string.")
@@ -287,6 +436,7 @@ def locate_quotes(
     ``locate_quotes("x = 1; x = 1", ["x = 1", "x = 1"])`` gives ``[(0, 5), (7, 12)]``.
     """
     text = _check_text(text)
+    _check_fuzzy_settings("locate_quotes", fuzzy_threshold, fuzzy_min_length)
     if isinstance(quotes, str):
         raise TypeError("locate_quotes: `quotes` must be a list of strings, not a single str; wrap it: [quote].")
     for index, quote in enumerate(quotes):
@@ -363,6 +513,8 @@ def locate_critique(
     Empty quotes are dropped and counted in ``empty_quotes``; unlocated quotes are listed, never guessed.
     """
     text = _check_text(text)
+    good_score = _check_score("locate_critique", "good_score", good_score)
+    poor_score = _check_score("locate_critique", "poor_score", poor_score)
     kwargs = {"fuzzy": fuzzy, "fuzzy_threshold": fuzzy_threshold, "fuzzy_min_length": fuzzy_min_length}
     spans: list[ScoredSpan] = []
     unlocated: dict[str, list[str]] = {"good": [], "poor": []}

@@ -13,14 +13,18 @@ The YAML keys are the fields of :class:`AnnotateConfig`; command-line flags over
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trl import TrlParser
 
-from ..annotate import DEFAULT_CONTEXT_COLUMNS, annotate
+from ..annotate import DEFAULT_CONTEXT_COLUMNS, annotate, format_summary, summarize
 from ..critics import OpenAICompatibleCritic, TransformersCritic, UnitTestCritic
-from ..tasks.humaneval import load_humaneval
+from ..critics.sandbox import SandboxUnavailableError
+from ..rewards import CriticFailureError
+from ..spans import CriticFailure, CriticUnavailableError
+from ..tasks.humaneval import is_pytest_style, load_humaneval
 from ..tasks.registry import parse_task_source
 from .common import critic_template, load_task_dataset
 
@@ -44,7 +48,8 @@ class AnnotateConfig:
         user_template: Override the template's user message (placeholders ``{prompt}`` and ``{response}``).
         model: Model name on the server (``openai``) or checkpoint path (``transformers``; empty = default SmolLM2).
         base_url: OpenAI-compatible endpoint root, e.g. ``http://127.0.0.1:8000/v1``.
-        api_key_env: Environment variable that holds the API key (the key itself never goes in a config).
+        api_key_env: Environment variable that holds the API key (the key itself never goes in a config). The
+            ``openai`` critic refuses to start when it is unset; ``none`` declares a local server that needs no key.
         max_concurrency: Simultaneous requests (``openai``).
         max_retries: Retries with backoff on 429/5xx/timeouts (``openai``).
         request_timeout: Per-request timeout in seconds (``openai``).
@@ -59,7 +64,13 @@ class AnnotateConfig:
         fuzzy_threshold: Fuzzy threshold (0–100) for locating quotes.
         sandbox_timeout: Seconds per program (``unit_tests``).
         good_span: Good span of passing code for ``unit_tests``: ``last_line``, ``body`` or ``none``.
+        max_consecutive_failures: Stop (exit status 1) when this many rows in a row failed on the request side
+            (unreachable endpoint, rejected key, ...); the finished rows are kept and a rerun resumes.
         log_level: Python logging level.
+
+    Every input row gets one output record: a result or a ``row_error`` (``{kind, message, line}``); the summary
+    printed at the end counts each kind. The exit status is 1 when the critic stopped the run
+    (``max_consecutive_failures``) or failed on every row it was asked about.
     """
 
     dataset_path: str = field(
@@ -76,7 +87,10 @@ class AnnotateConfig:
     )
     model: str = field(default="", metadata={"help": "Server model name, or local checkpoint path."})
     base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible endpoint root (…/v1)."})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Env var holding the API key."})
+    api_key_env: str = field(
+        default="OPENAI_API_KEY",
+        metadata={"help": "Env var holding the API key ('none': a local server that needs no key)."},
+    )
     max_concurrency: int = field(default=8, metadata={"help": "Simultaneous requests (openai critic)."})
     max_retries: int = field(default=3, metadata={"help": "Retries with backoff on 429/5xx/timeouts."})
     request_timeout: float = field(default=60.0, metadata={"help": "Per-request timeout in seconds."})
@@ -92,6 +106,9 @@ class AnnotateConfig:
     sandbox_timeout: float = field(default=10.0, metadata={"help": "Seconds per program (unit_tests critic)."})
     good_span: str = field(
         default="last_line", metadata={"help": "unit_tests good span: 'last_line', 'body' or 'none'."}
+    )
+    max_consecutive_failures: int = field(
+        default=32, metadata={"help": "Stop when this many rows in a row failed on the request side (dead critic)."}
     )
     log_level: str = field(default="INFO", metadata={"help": "Python logging level."})
 
@@ -147,6 +164,22 @@ def build_critic(config: AnnotateConfig):
     return UnitTestCritic(timeout=config.sandbox_timeout, good_span=config.good_span)  # type: ignore[arg-type]
 
 
+def _unit_test_row_check(row: dict) -> str | None:
+    """HumanEval-style tests call ``check(<entry_point>)``: such a row needs its ``entry_point`` (pytest-style not)."""
+    test = row.get("test", row.get("tests"))
+    entry_point = row.get("entry_point")
+    if (
+        isinstance(test, str)
+        and not is_pytest_style(test)
+        and not (isinstance(entry_point, str) and entry_point.strip())
+    ):
+        return (
+            "the row has no 'entry_point' (missing, null or empty), which its check(candidate) tests need to name the "
+            "function under test"
+        )
+    return None
+
+
 def run(config: AnnotateConfig):
     """Annotate as configured; returns the annotated ``datasets.Dataset``."""
     if not config.dataset_path:
@@ -162,6 +195,9 @@ def run(config: AnnotateConfig):
         context_columns = {c: k for c, k in DEFAULT_CONTEXT_COLUMNS.items() if c in data.column_names}
         context_columns.update({c: c for c in wanted if c in data.column_names})
     critic = build_critic(config)
+    # the unit-test critic cannot judge a row without its tests: such a row is a row error, not a failing response
+    required = ["test"] if config.critic == "unit_tests" else None
+    row_check = _unit_test_row_check if config.critic == "unit_tests" else None
     return annotate(
         data,
         critic,
@@ -173,19 +209,39 @@ def run(config: AnnotateConfig):
         resume=config.resume,
         fuzzy_threshold=config.fuzzy_threshold,
         context_columns=context_columns,
+        required_columns=required,
+        row_check=row_check,
+        max_consecutive_failures=config.max_consecutive_failures,
     )
 
 
 def main(argv: Sequence[str] | None = None):
-    """Entry point: parse ``--config x.yaml`` and flags with ``TrlParser``, then annotate."""
+    """Entry point: parse ``--config x.yaml`` and flags with ``TrlParser``, then annotate.
+
+    Returns the annotated ``datasets.Dataset``; exits with status 1 (the reason on stderr) when the critic is dead.
+    """
     parser = TrlParser((AnnotateConfig,), prog="trl-text2grad annotate")
     (config,) = parser.parse_args_and_config(args=list(argv) if argv is not None else None)
     logging.basicConfig(level=getattr(logging, str(config.log_level).upper(), logging.INFO))
-    dataset = run(config)
-    rows = len(dataset)
-    errors = sum(1 for e in dataset["critic_error"] if e) if rows else 0
-    unlocated = sum(dataset["num_unlocated"]) if rows else 0
-    print(f"annotated {rows} rows -> {config.output_path} ({errors} with critic errors, {unlocated} unlocated quotes)")
+    try:
+        dataset = run(config)
+    except (CriticFailureError, CriticUnavailableError, SandboxUnavailableError) as error:  # the critic is broken
+        print(
+            f"annotate stopped: {type(error).__name__}: {error}\nThe rows written so far are kept in "
+            f"{config.output_path}; run the same command again to resume.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+    summary = summarize(dataset.to_list() if len(dataset) else [])
+    print(f"annotated {summary['rows']} rows -> {config.output_path}: {format_summary(summary)}")
+    request_failures = sum(n for kind, n in summary["errors"].items() if kind in CriticFailure.RETRYABLE_KINDS)
+    if summary["annotated"] == 0 and request_failures:
+        print(
+            f"annotate: the critic failed on every row it was asked about ({request_failures} request failures); "
+            "see row_error in the output and fix the critic (endpoint, key, ...), then run again to resume.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     return dataset
 
 

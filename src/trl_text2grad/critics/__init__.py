@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "Critic": "trl_text2grad.critics.base",
+    "CriticFailure": "trl_text2grad.critics.base",
     "BaseCritic": "trl_text2grad.critics.base",
     "LLMCritic": "trl_text2grad.critics.base",
     "OpenAICompatibleCritic": "trl_text2grad.critics.openai_compatible",
@@ -35,6 +36,7 @@ __all__ = [
     "TEMPLATES",
     "BaseCritic",
     "Critic",
+    "CriticFailure",
     "CritiqueTemplate",
     "LLMCritic",
     "OpenAICompatibleCritic",
@@ -65,7 +67,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import BaseCritic, Critic, LLMCritic
+    from .base import BaseCritic, Critic, CriticFailure, LLMCritic
     from .local_model import TransformersCritic
     from .openai_compatible import OpenAICompatibleCritic
     from .parsing import ParsedCritique, parse_critique

@@ -3,8 +3,10 @@
 The same templates and parser as :class:`~trl_text2grad.critics.openai_compatible.OpenAICompatibleCritic`; the
 conversations are rendered with the tokenizer's chat template and generated in batches of ``batch_size`` with
 left padding. Small models (such as the packaged SmolLM2-135M) often produce malformed JSON or quotes that are
-not in the response: those cases are reported through ``last_errors`` and by the annotation pipeline's
-unlocated-quote counts, not hidden.
+not in the response: those cases are reported as per-row failures (``Critique.error``, kind ``"parse"``) and by the
+annotation pipeline's unlocated-quote counts, not hidden. A ``generate`` call that raises (e.g. out of memory)
+fails the rows of its batch with kind ``"generation"``; a model or tokenizer that cannot be loaded raises at
+construction.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import torch
 
 from ..models import default_model_path
+from ..spans import CriticFailure
 from .base import LLMCritic
 from .prompts import CritiqueTemplate
 
@@ -90,6 +93,9 @@ class TransformersCritic(LLMCritic):
         self.do_sample = do_sample
         self.temperature = temperature
         self.max_prompt_tokens = max_prompt_tokens
+
+    def classify_error(self, error: BaseException) -> CriticFailure:
+        return CriticFailure("generation", f"generation failed: {type(error).__name__}: {error}")
 
     @torch.no_grad()
     def generate(self, conversations: list[list[dict]]) -> list[str | Exception]:

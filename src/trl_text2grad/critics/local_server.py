@@ -4,7 +4,7 @@ Used by the real-server tests and ``bench/annotate.py``; handy for trying :class
 without a hosted model::
 
     with TransformersServer(default_model_path()) as server:
-        critic = OpenAICompatibleCritic(model=server.model, base_url=server.base_url)
+        critic = OpenAICompatibleCritic(model=server.model, base_url=server.base_url, api_key_env=None)
 
 Needs the ``serving`` extra (``pip install 'trl-text2grad[serving]'``: FastAPI and Uvicorn).
 """

@@ -10,7 +10,14 @@ the server rejects that parameter (HTTP 400/422), the critic logs it once, stops
 request without it. The answer is parsed by :func:`~trl_text2grad.critics.parsing.parse_critique` either way.
 
 The API key is read from the environment variable named by ``api_key_env`` at construction; it is handed to the
-SDK client only, never logged, printed (``repr``) or saved.
+SDK client only, never logged, printed (``repr``) or saved. A missing key is an error at construction, not a
+placeholder that fails every request later; a local server that needs no key is declared explicitly with
+``api_key_env=None`` (command line: ``--api_key_env none``).
+
+Failures follow the contract of :mod:`trl_text2grad.critics.base`: a request that fails after the SDK's retries
+gives that row ``Critique(error=CriticFailure(kind, message))`` with kind ``"auth"`` (401/403), ``"connection"``
+(endpoint unreachable), ``"timeout"``, ``"rate_limit"`` (429), ``"server"`` (5xx), ``"empty_answer"`` (no choices
+or an empty message) or ``"request"`` (anything else, e.g. 400/404); never an empty critique.
 """
 
 from __future__ import annotations
@@ -21,12 +28,20 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
+from ..spans import CriticFailure
 from .base import LLMCritic
 from .prompts import CritiqueTemplate
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OpenAICompatibleCritic"]
+__all__ = ["OpenAICompatibleCritic", "NO_API_KEY"]
+
+#: Values of ``api_key_env`` that declare an endpoint without authentication (besides ``None``).
+NO_API_KEY = frozenset({"", "none", "no", "empty"})
+
+
+class _EmptyAnswer(ValueError):
+    """The server answered, but without a usable message."""
 
 
 class OpenAICompatibleCritic(LLMCritic):
@@ -35,8 +50,9 @@ class OpenAICompatibleCritic(LLMCritic):
     Args:
         model: Model name as the server knows it (e.g. ``"gpt-4o"`` or the checkpoint path served locally).
         base_url: Endpoint root including ``/v1`` (``None``: the SDK default, i.e. OpenAI).
-        api_key_env: Name of the environment variable holding the API key. If it is unset, the placeholder key
-            ``"EMPTY"`` is used (fine for local servers).
+        api_key_env: Name of the environment variable holding the API key; the critic refuses to start when it is
+            unset or empty. ``None`` (or ``"none"``): the endpoint needs no key (a local vLLM / TGI /
+            ``transformers serve``); the placeholder ``"EMPTY"`` is then sent.
         template: Task name (``"summarization"``, ``"code"``, ``"qa"``) or a :class:`CritiqueTemplate`.
         system_prompt: Override the template's system message.
         user_template: Override the template's user message (needs ``{prompt}`` and ``{response}``).
@@ -53,7 +69,7 @@ class OpenAICompatibleCritic(LLMCritic):
         self,
         model: str,
         base_url: str | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str | None = "OPENAI_API_KEY",
         template: str | CritiqueTemplate | None = "qa",
         system_prompt: str | None = None,
         user_template: str | None = None,
@@ -77,9 +93,17 @@ class OpenAICompatibleCritic(LLMCritic):
         if json_mode not in (True, False, "auto"):
             raise ValueError(f"json_mode must be True, False or 'auto', got {json_mode!r}")
         self._openai = openai
-        api_key = os.environ.get(api_key_env) if api_key_env else None
-        if not api_key:
-            logger.info("Environment variable %s is not set; using a placeholder API key.", api_key_env)
+        if api_key_env is None or str(api_key_env).strip().lower() in NO_API_KEY:
+            api_key_env, api_key = None, "EMPTY"
+        else:
+            api_key = os.environ.get(api_key_env, "").strip()
+            if not api_key:
+                raise ValueError(
+                    f"OpenAICompatibleCritic: the environment variable {api_key_env} that should hold the API key of "
+                    f"{base_url or 'the OpenAI API'} is not set (or empty). Set it (export {api_key_env}=...), name "
+                    "another variable with api_key_env=..., or, for a local server that needs no key, pass "
+                    "api_key_env=None (command line: --api_key_env none)."
+                )
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env
@@ -91,14 +115,12 @@ class OpenAICompatibleCritic(LLMCritic):
         self.extra_body = dict(extra_body or {})
         self._send_json_mode = json_mode is not False
         self._lock = threading.Lock()
-        self.client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "EMPTY", max_retries=max_retries, timeout=self.timeout
-        )
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=self.timeout)
 
     def __repr__(self) -> str:  # never include the key
         return (
-            f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
-            f"max_concurrency={self.max_concurrency})"
+            f"{type(self).__name__}(model={getattr(self, 'model', None)!r}, base_url={getattr(self, 'base_url', None)!r}, "
+            f"api_key_env={getattr(self, 'api_key_env', None)!r}, max_concurrency={getattr(self, 'max_concurrency', None)})"
         )
 
     def _request(self, messages: list[dict]) -> str | Exception:
@@ -131,13 +153,33 @@ class OpenAICompatibleCritic(LLMCritic):
                 response = self.client.chat.completions.create(**kwargs)
             choices = getattr(response, "choices", None)
             if not choices:
-                return ValueError(f"server answered without choices: {str(response)[:200]}")
+                return _EmptyAnswer(f"server answered without choices: {str(response)[:200]}")
             content = choices[0].message.content
-            if content is None:
-                return ValueError("server answered with an empty message")
+            if content is None or not str(content).strip():
+                return _EmptyAnswer("server answered with an empty message")
             return content
         except Exception as error:  # one failed sample must not crash a data-set run
             return error
+
+    def classify_error(self, error: BaseException) -> CriticFailure:
+        """Map an SDK exception to a failure kind (see the module docstring)."""
+        openai = self._openai
+        where = self.base_url or "the OpenAI API"
+        message = f"request failed: {type(error).__name__}: {error}"
+        if isinstance(error, _EmptyAnswer):
+            return CriticFailure("empty_answer", f"{error} (model {self.model!r} at {where})")
+        if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            hint = f"check the key in ${self.api_key_env}" if self.api_key_env else "the server wants an API key"
+            return CriticFailure("auth", f"{message} ({where}: {hint})")
+        if isinstance(error, openai.APITimeoutError):
+            return CriticFailure("timeout", f"{message} ({where}, timeout {self.timeout:g} s)")
+        if isinstance(error, openai.APIConnectionError):
+            return CriticFailure("connection", f"{message} (is the server at {where} running?)")
+        if isinstance(error, openai.RateLimitError):
+            return CriticFailure("rate_limit", message)
+        if isinstance(error, openai.InternalServerError):
+            return CriticFailure("server", message)
+        return CriticFailure("request", message)
 
     def generate(self, conversations: list[list[dict]]) -> list[str | Exception]:
         if len(conversations) == 1 or self.max_concurrency == 1:

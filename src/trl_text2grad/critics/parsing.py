@@ -42,12 +42,17 @@ class ParsedCritique:
     Args:
         critique: The parsed critique (empty spans when parsing failed).
         error: ``None`` when a JSON object with the expected fields was found, else what went wrong.
-        dropped_items: Span entries that were not strings (or quote objects) and were ignored.
+        dropped_items: Span entries that were not strings (or quote objects) and were ignored (also in
+            ``critique.dropped_quotes``).
+        found_object: Whether the answer held a critique object at all. ``False`` means the answer cannot be used:
+            critics report such a row as a failure (``Critique.error``, kind ``"parse"`` or ``"empty_answer"``). An
+            object that lacks some fields (``error`` set, ``found_object`` true) is still a usable critique.
     """
 
     critique: Critique
     error: str | None = None
     dropped_items: int = 0
+    found_object: bool = True
 
     @property
     def ok(self) -> bool:
@@ -101,12 +106,12 @@ def _first(obj: dict, keys: tuple[str, ...]) -> object:
 def parse_critique(text: str | None) -> ParsedCritique:
     """Parse an LLM answer into a :class:`~trl_text2grad.spans.Critique` (see the module docstring)."""
     if text is None:
-        return ParsedCritique(Critique(), error="empty answer (None)")
+        return ParsedCritique(Critique(), error="empty answer (None)", found_object=False)
     if not isinstance(text, str):
-        return ParsedCritique(Critique(), error=f"answer is {type(text).__name__}, not text")
+        return ParsedCritique(Critique(), error=f"answer is {type(text).__name__}, not text", found_object=False)
     cleaned = _THINK.sub("", text).strip()
     if not cleaned:
-        return ParsedCritique(Critique(), error="empty answer")
+        return ParsedCritique(Critique(), error="empty answer", found_object=False)
 
     candidates: list[str] = []
     fence = _FENCE.search(cleaned)
@@ -124,7 +129,9 @@ def parse_critique(text: str | None) -> ParsedCritique:
             break
         obj = None
     if obj is None:
-        return ParsedCritique(Critique(text=cleaned), error="no JSON object with critique/good_spans/poor_spans")
+        return ParsedCritique(
+            Critique(text=cleaned), error="no JSON object with critique/good_spans/poor_spans", found_object=False
+        )
 
     raw_text = _first(obj, _TEXT_KEYS)
     critique_text = raw_text if isinstance(raw_text, str) else ("" if raw_text is None else str(raw_text))
@@ -136,4 +143,7 @@ def parse_critique(text: str | None) -> ParsedCritique:
     error = None
     if raw_text is None and missing:
         error = f"JSON object lacks 'critique' and {missing}"
-    return ParsedCritique(Critique(critique_text, good, poor), error=error, dropped_items=dropped_good + dropped_poor)
+    dropped = dropped_good + dropped_poor
+    return ParsedCritique(
+        Critique(critique_text, good, poor, dropped_quotes=dropped), error=error, dropped_items=dropped
+    )

@@ -162,6 +162,19 @@ class SpanPPOConfig(_ConfigBase):
             that extra position kept for the value loss) instead of on the last token. Only for numerical
             comparisons with TRL 1.12; see `docs/ppo.md`.
 
+        > Critic failure budget
+
+        max_critic_failure_rate (`float`, *optional*, defaults to `0.5`):
+            A rollout in which more than this fraction of the samples (over all processes) has an unusable reward (a
+            [`~trl_text2grad.CriticFailure`]: request failed, critic answer unparseable, row lacking a column the
+            reward function needs, quotes not found, `None`/NaN) is a *failed rollout*; so is a rollout in which
+            every sample failed, whatever this value. A rollout in which every sample failed is never trained on.
+        max_consecutive_failed_rollouts (`int`, *optional*, defaults to `2`):
+            Training stops with a [`~trl_text2grad.CriticFailureError`] naming the reward function and its last
+            failure after this many failed rollouts in a row, so a dead endpoint or a wrong key stops the run
+            within the first rollouts instead of training on zero reward. `0` never stops (failed rollouts are
+            still counted in `span/critic_failures` and all-failed ones skipped).
+
     > [!NOTE]
     > As in TRL 1.12: `learning_rate` defaults to `3e-6`, `logging_steps` to `10`, `gradient_checkpointing` to
     > `True` and `bf16` to `True` unless `fp16` is set (here: only when a bf16-capable GPU is present, so that the
@@ -292,6 +305,16 @@ class SpanPPOConfig(_ConfigBase):
         metadata={"help": "Place the scalar score one token after the response, as TRL 1.12 did (parity only)."},
     )
 
+    # ---- Critic failure budget -----------------------------------------------------------------------------------
+    max_critic_failure_rate: float = field(
+        default=0.5,
+        metadata={"help": "A rollout with more than this fraction of unusable rewards is a failed rollout."},
+    )
+    max_consecutive_failed_rollouts: int = field(
+        default=2,
+        metadata={"help": "Stop training after this many failed rollouts in a row (0 = never stop)."},
+    )
+
     def __post_init__(self):
         if self.bf16 is None and not self.fp16 and not self.use_cpu:
             # TRL's default is bf16 unless fp16 is set; on a machine without a bf16-capable accelerator that default
@@ -308,6 +331,13 @@ class SpanPPOConfig(_ConfigBase):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
         if self.on_critic_error not in ("neutral", "skip"):
             raise ValueError(f"on_critic_error must be 'neutral' or 'skip', got {self.on_critic_error!r}.")
+        if not 0.0 <= self.max_critic_failure_rate <= 1.0:
+            raise ValueError(f"max_critic_failure_rate must be in [0, 1], got {self.max_critic_failure_rate}.")
+        if self.max_consecutive_failed_rollouts < 0:
+            raise ValueError(
+                f"max_consecutive_failed_rollouts must be >= 0 (0 = never stop), got "
+                f"{self.max_consecutive_failed_rollouts}."
+            )
         if self.stop_token is not None and self.stop_token_id is not None:
             raise ValueError("You cannot set both `stop_token` and `stop_token_id`; keep one of them.")
         if self.stop_token not in (None, "eos"):

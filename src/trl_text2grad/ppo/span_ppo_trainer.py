@@ -51,7 +51,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from ..alignment import token_char_offsets, token_rewards_from_offsets
 from ..collator import pad_sequences
-from ..rewards import normalize_reward_output
+from ..rewards import CriticFailureError, count_failures, describe_critic, normalize_reward_output
+from ..spans import CriticFailure
 from ..visualize import (
     heatmap_legend_html,
     heatmap_legend_text,
@@ -197,6 +198,7 @@ class ScoredRollout:
     ok: torch.Tensor | None = None  # [B] bool: False where the reward was unusable (whatever on_critic_error says)
     good_spans: list[int] | None = None  # per sample: number of located spans with a positive score
     poor_spans: list[int] | None = None  # per sample: number of located spans with a negative score
+    failure_details: list[CriticFailure | None] | None = None  # per sample: why its reward is unusable (or None)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -720,29 +722,38 @@ class SpanPPOTrainer(Trainer):
         return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
     def _call_reward(self, prompts: list, texts: list[str], rows: list[dict]) -> tuple[list[Any], int]:
-        """Call the reward function / span model; a raising call makes every sample of the batch a failure."""
+        """Call the reward function / span model: one output per response, and how many of them are failures.
+
+        A raising call, or one that does not return one output per response, makes every sample of the batch a
+        failure (a :class:`~trl_text2grad.CriticFailure` naming the reward function and what it did).
+        """
+        name = describe_critic(self.reward_model)
         try:
             if self.reward_kind == "span_model":
                 outputs = self.reward_model.score(prompts, texts)
             else:
-                context_keys = [k for k in rows[0] if k not in ("prompt", "input_ids", "response")]
+                context_keys = [
+                    k
+                    for k in dict.fromkeys(k for row in rows for k in row)
+                    if k not in ("prompt", "input_ids", "response")
+                ]
                 accepted = self._reward_context_keys()
                 if accepted is not None:  # the function takes no **kwargs: pass only the columns it names
                     context_keys = [k for k in context_keys if k in accepted]
                 context = {k: [row.get(k) for row in rows] for k in context_keys}
                 outputs = self.reward_model(prompts, texts, **context)
             outputs = list(outputs) if outputs is not None else None
-        except Exception as error:  # a critic that raises must not stop training
-            logger.warning("reward model raised %s: %s; the batch gets no task reward.", type(error).__name__, error)
-            return [None] * len(texts), len(texts)
+        except Exception as error:  # counted per sample and bounded by the failure budget
+            failure = CriticFailure("exception", f"{name} raised {type(error).__name__}: {error}")
+            return [failure] * len(texts), len(texts)
         if outputs is None or len(outputs) != len(texts):
-            logger.warning(
-                "reward model returned %s outputs for %d responses; the batch gets no task reward.",
-                "no" if outputs is None else len(outputs),
-                len(texts),
+            failure = CriticFailure(
+                "invalid_output",
+                f"{name} returned {'None' if outputs is None else len(outputs)} outputs for {len(texts)} responses; "
+                "it must return one per response.",
             )
-            return [None] * len(texts), len(texts)
-        return outputs, 0
+            return [failure] * len(texts), len(texts)
+        return outputs, sum(isinstance(o, CriticFailure) or o is None for o in outputs)
 
     @torch.no_grad()
     def _classifier_scores(self, rollout: dict[str, Any]) -> torch.Tensor:
@@ -780,11 +791,14 @@ class SpanPPOTrainer(Trainer):
         ok = torch.ones(batch, dtype=torch.bool, device=device)
         failures = unlocated = 0
         good_spans, poor_spans = [0] * batch, [0] * batch
+        details: list[CriticFailure | None] = [None] * batch
         if self.reward_kind == "classifier":
             scores = self._classifier_scores(rollout)
             finite = torch.isfinite(scores)
             ok &= finite
             failures = int((~finite).sum())
+            for row in torch.nonzero(~finite).flatten().tolist():
+                details[row] = CriticFailure("invalid_output", "the reward model's score is not finite")
             scores = torch.where(finite, scores, torch.zeros_like(scores))
             explicit[:] = True
         else:
@@ -797,7 +811,8 @@ class SpanPPOTrainer(Trainer):
                 if not result.ok:
                     failures += 1
                     ok[row] = False
-                    logger.info("sample %d: unusable reward (%s)", row, result.reason)
+                    details[row] = result.failure or CriticFailure("invalid_output", result.reason)
+                    logger.info("sample %d: unusable reward (%s)", row, details[row])
                     continue
                 if result.scalar is not None:
                     scores[row] = result.scalar
@@ -825,8 +840,18 @@ class SpanPPOTrainer(Trainer):
             has_eos = (responses == self.processing_class.eos_token_id).logical_and(mask.bool()).any(1)
             scores = scores - args.missing_eos_penalty * (~has_eos).float()
         keep = ok if args.on_critic_error == "skip" else torch.ones_like(ok)
+        if failures:
+            counts = count_failures(details)
+            logger.warning(
+                "%s: %d of %d rewards unusable (%s); last: %s",
+                describe_critic(self.reward_model),
+                failures,
+                batch,
+                ", ".join(f"{kind}: {n}" for kind, n in sorted(counts.items())),
+                next((d for d in reversed(details) if d is not None), None),
+            )
         return ScoredRollout(
-            span_rewards, scores, keep, failures, unlocated, texts, offsets, ok, good_spans, poor_spans
+            span_rewards, scores, keep, failures, unlocated, texts, offsets, ok, good_spans, poor_spans, details
         )
 
     @torch.no_grad()
@@ -911,11 +936,14 @@ class SpanPPOTrainer(Trainer):
         flag = torch.tensor([1.0 if all_failed_local else 0.0], device=self.accelerator.device)
         all_failed_global = bool(self.accelerator.gather(flag).min() > 0.5)
         if all_failed_local:
-            logger.warning(
-                "every sample of this rollout has an unusable reward (%d failures); its PPO updates are skipped.",
+            logger.error(
+                "every sample of this rollout has an unusable reward (%d failures, %s); it is NOT trained on (its PPO "
+                "updates are skipped) and counts against the failure budget.",
                 scored.failures,
+                next((d for d in reversed(scored.failure_details or []) if d is not None), "no reason given"),
             )
         self._log_rollout(rollout, scored, extra, all_failed_global)
+        self._check_failure_budget(scored, len(rows), all_failed_global)
         self._maybe_render_heatmaps(rollout, scored, extra)
         self._update_kl_coef(extra)
         buffer = {
@@ -933,6 +961,44 @@ class SpanPPOTrainer(Trainer):
         }
         self.last_rollout = {"rollout": rollout, "scored": scored, **extra}
         return buffer
+
+    def _check_failure_budget(self, scored: ScoredRollout, num_rows: int, all_failed: bool) -> None:
+        """Stop training with a :class:`CriticFailureError` after ``max_consecutive_failed_rollouts`` failed rollouts
+        in a row (more than ``max_critic_failure_rate`` of the samples unusable, or all of them), on every process."""
+        args = self.args
+        failed = self._gather_sum(scored.failures)
+        total = self._gather_sum(num_rows)
+        rollout_failed = all_failed or (total > 0 and failed / total > args.max_critic_failure_rate)
+        self._failed_rollouts_in_a_row = getattr(self, "_failed_rollouts_in_a_row", 0) + 1 if rollout_failed else 0
+        limit = args.max_consecutive_failed_rollouts
+        if not rollout_failed:
+            return
+        logger.warning(
+            "rollout with %d of %d rewards unusable: failed rollout %d in a row (training stops at %s).",
+            int(failed),
+            int(total),
+            self._failed_rollouts_in_a_row,
+            limit or "never: max_consecutive_failed_rollouts=0",
+        )
+        if limit and self._failed_rollouts_in_a_row >= limit:
+            details = scored.failure_details or []
+            last = next((d for d in reversed(details) if d is not None), None)
+            counts = count_failures(details)
+            critic = describe_critic(self.reward_model)
+            # this rollout's metrics (span/critic_failures, rollout/skipped) reach the logs before the stop
+            self.log({})
+            raise CriticFailureError(
+                f"training stopped: the reward function {critic} failed on too many responses in "
+                f"{self._failed_rollouts_in_a_row} rollouts in a row (the last: could not judge {int(failed)} of "
+                f"{int(total)} responses; failure budget: "
+                f"max_critic_failure_rate={args.max_critic_failure_rate}, max_consecutive_failed_rollouts={limit}). "
+                f"Failures here: {', '.join(f'{k}: {n}' for k, n in sorted(counts.items())) or 'on other processes'}; "
+                f"last: {last if last is not None else 'on another process'}. Fix the critic (endpoint, API key, "
+                "data columns it needs) or raise the budget.",
+                critic=critic,
+                failure=last,
+                counts=counts,
+            )
 
     def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
         if not self.model.training:

@@ -32,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     (config,) = parser.parse_args_and_config(args=list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     summary = run_demo(config)
+    if summary.get("error"):  # a broken critic: the run must not look like a success
+        print(f"trl-text2grad demo: {summary['error']}", file=sys.stderr)
+        return 1
     return 0 if "pass@1 before" in summary["metrics"] else 1
 
 

@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM, set_seed
 
 from ...critics import UnitTestCritic
 from ...ppo import SpanPPOConfig, SpanPPOTrainer
-from ...rewards import UnitTestReward
+from ...rewards import CriticFailureError, UnitTestReward, normalize_reward_output
 from ...spans import Critique, locate_critique
 from ...tasks.humaneval import evaluate_completions, humaneval_rows, load_humaneval, split_by_problem
 from ...visualize import render_token_rewards_html
@@ -86,6 +86,7 @@ class DemoRun:
         self.samples: list[dict] = []
         self.log_history: list[dict] = []
         self.reward_fn = None
+        self.critic_error: str | None = None  # the critic cannot be built or fails on every answer: exit 1
 
     def run(self) -> dict[str, Any]:
         config = self.config
@@ -149,6 +150,7 @@ class DemoRun:
                 )
         except Exception as err:
             self.skipped["critic"] = f"could not build the {config.critic} critic: {type(err).__name__}: {err}"
+            self.critic_error = self.skipped["critic"]
             print(f"!! {self.skipped['critic']}")
 
     # -- scoring and heatmaps ------------------------------------------------------------------------------------
@@ -160,16 +162,28 @@ class DemoRun:
         context = {k: list(rows[k]) for k in ("problem", "test", "entry_point")}
         result = reward_fn(list(rows["prompt"]), list(responses), **context)
         if isinstance(reward_fn, UnitTestReward):
-            return reward_fn.last_critiques, result, reward_fn.last_passed
+            spans = [list(item) if isinstance(item, list) else [] for item in result]  # failures: no spans
+            return reward_fn.last_critiques, spans, reward_fn.last_passed
         critiques, spans = [], []
         for response, item in zip(responses, result):
             if isinstance(item, Critique):
                 critiques.append(item)
-                spans.append(locate_critique(response, item).span_tuples())
+                spans.append([] if item.failed else locate_critique(response, item).span_tuples())
             else:
                 critiques.append(None)
                 spans.append(list(item) if isinstance(item, list) else [])
         return critiques, spans, [None] * len(responses)
+
+    @staticmethod
+    def all_failed(critiques, responses) -> str | None:
+        """The last failure when the critic could not judge any of ``responses``, else ``None``."""
+        failures = []
+        for critique, response in zip(critiques, responses):
+            judged = normalize_reward_output(critique, response) if critique is not None else None
+            failures.append(judged.failure if judged is not None and not judged.ok else None)
+        if failures and all(f is not None for f in failures) and any(f.retryable for f in failures):
+            return str(failures[-1])
+        return None
 
     def record(self, stage: str, rows, responses, critiques, spans, passed, limit: int, show: bool) -> None:
         """Keep heatmaps of the first ``limit`` answers for the report (and print them when ``show``)."""
@@ -212,6 +226,14 @@ class DemoRun:
                 self.record("annotated train answer", rows, responses, critiques, spans, passed, len(responses), True)
                 self.metrics["stage1_annotated_answers"] = len(responses)
                 self.metrics["stage1_answers_with_spans"] = sum(1 for s in spans if s)
+                dead = self.all_failed(critiques, responses)
+                if dead is not None:
+                    self.critic_error = (
+                        f"the {config.critic} critic failed on every one of the {len(responses)} stage-1 answers "
+                        f"(last: {dead}); not training on zero reward"
+                    )
+                    self.skipped["critic"] = self.critic_error
+                    print(f"!! {self.critic_error}")
         except Exception as err:
             self.skipped["annotation"] = f"{type(err).__name__}: {err}"
             print(f"!! stage 1 failed, continuing: {self.skipped['annotation']}")
@@ -256,8 +278,8 @@ class DemoRun:
         trained_model = None
         if config.steps == 0:
             self.skipped["span PPO"] = "--steps 0"
-        elif reward_fn is None:
-            self.skipped["span PPO"] = "no critic (see above)"
+        elif reward_fn is None or self.critic_error is not None:
+            self.skipped["span PPO"] = "no working critic (see above)"
         else:
             try:
                 if isinstance(reward_fn, UnitTestReward):  # count only the PPO rollouts
@@ -273,6 +295,8 @@ class DemoRun:
                 self.metrics["ppo_sampled_answers"] = config.steps * config.batch_size
                 if isinstance(reward_fn, UnitTestReward) and reward_fn.num_scored:
                     self.metrics["ppo_rollout_answers_passing"] = f"{reward_fn.num_passed}/{reward_fn.num_scored}"
+            except CriticFailureError as err:  # the failure budget stopped training: the critic is broken
+                self.critic_error = self.skipped["span PPO"] = str(err)
             except Exception as err:
                 self.skipped["span PPO"] = f"{type(err).__name__}: {err}"
                 traceback.print_exc()
@@ -307,6 +331,7 @@ class DemoRun:
             "runtime_s": runtime,
             "metrics": metrics,
             "skipped": self.skipped,
+            "error": self.critic_error,
             "honesty": honesty(config, self.n_params, len(self.train_rows), self.n_eval, trained),
             "config": asdict(config),
         }
