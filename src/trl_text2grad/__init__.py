@@ -85,7 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .reward.scoring import SpanRewardModel
     from .reward.span_reward_config import SpanRewardConfig
     from .reward.span_reward_trainer import SpanRewardTrainer
+    from .rewards import CriticFailureError
     from .rloo.config import SpanRLOOConfig
     from .rloo.trainer import SpanRLOOTrainer
-    from .rewards import CriticFailureError
     from .spans import CriticFailure, Critique, LocatedCritique, ScoredSpan, locate_critique, locate_quotes
