@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from trl.data_utils import is_conversational, maybe_extract_prompt
+from trl.data_utils import maybe_extract_prompt
 
 from ..collator import SPAN_LABEL_GOOD, SPAN_LABEL_POOR
 
@@ -38,11 +38,18 @@ PreferencePair = tuple[Any, str, str]
 """``(prompt, chosen response text, rejected response text)``; the prompt is a string or a list of messages."""
 
 
+PAIR = ("chosen", "rejected")
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str) and all(isinstance(m, Mapping) for m in value)
+
+
 def _completion_text(completion: Any, side: str) -> str:
     """A completion as response text: a string as is; conversational messages -> their contents, one per line."""
     if isinstance(completion, str):
         return completion
-    if isinstance(completion, Sequence) and all(isinstance(m, Mapping) for m in completion):
+    if _is_messages(completion):
         contents = [m.get("content") for m in completion]
         if all(isinstance(c, str) for c in contents):
             return "\n".join(contents)
@@ -65,16 +72,14 @@ def split_preference_row(row: Mapping[str, Any]) -> PreferencePair:
     example = {"chosen": row["chosen"], "rejected": row["rejected"]}
     if row.get("prompt") is not None:
         example["prompt"] = row["prompt"]
-    if not is_conversational(example) and not all(isinstance(example[k], str) for k in ("chosen", "rejected")):
+    if not all(isinstance(example[k], str) for k in PAIR) and not all(_is_messages(example[k]) for k in PAIR):
         raise TypeError(
             "'chosen' and 'rejected' must both be strings or both lists of {'role', 'content'} messages, got "
             f"{type(row['chosen']).__name__} and {type(row['rejected']).__name__}."
         )
     example = maybe_extract_prompt(example)
     prompt = example["prompt"]
-    if not isinstance(prompt, str) and not (
-        isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt)
-    ):
+    if not isinstance(prompt, str) and not _is_messages(prompt):
         raise TypeError(f"'prompt' must be a string or a list of messages, got {type(prompt).__name__}.")
     return prompt, _completion_text(example["chosen"], "chosen"), _completion_text(example["rejected"], "rejected")
 
