@@ -308,6 +308,26 @@ def test_pairs_only_token_head_saves_and_reloads(tmp_path, tiny_llama, smollm2_t
     )
 
 
+def test_unusable_pair_rows_are_counted_and_skipped(tmp_path, tiny_llama, smollm2_tokenizer, caplog):
+    import logging
+
+    rows = _pairs(12, 4, form="explicit_chat")
+    rows[1]["chosen"] = [{"role": "assistant", "content": None}]  # no text to score
+    rows[2]["rejected"] = None  # half a pair
+    rows = [dict(r, margin=None if i == 3 else 0.5) for i, r in enumerate(rows)]
+    with caplog.at_level(logging.WARNING):
+        trainer = SpanRewardTrainer(
+            tiny_llama(), args=_config(tmp_path), train_dataset=_dataset(rows), processing_class=smollm2_tokenizer
+        )
+    assert trainer.data_stats["train"] == {**trainer.data_stats["train"], "rows": 2, "pairs": 2, "rows_skipped": 2}
+    assert "row 1: 'chosen' must be" in caplog.text and "row 2: neither" in caplog.text
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    assert batch["margin"].tolist() == [0.5, 0.0]  # a missing margin is 0, as a data set without the column
+    with pytest.raises(ValueError, match="no usable rows"):
+        SpanRewardTrainer(tiny_llama(), args=_config(tmp_path), train_dataset=_dataset([rows[1], rows[2]]),
+                          processing_class=smollm2_tokenizer)  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Incompatible combinations fail at init, with the reason
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,6 +365,12 @@ def test_incompatible_combinations_raise_clear_errors(tmp_path, tiny_llama, smol
     # center_rewards_coefficient with nothing to center
     with pytest.raises(ValueError, match="center_rewards_coefficient"):
         build(tiny_llama(), _config(tmp_path, center_rewards_coefficient=0.01), spans)
+    # the span forms need text: pre-tokenized pairs and streaming data sets go to a sequence classifier
+    tokenized = Dataset.from_list([{"chosen_ids": [1, 2], "rejected_ids": [1, 3]}])
+    with pytest.raises(ValueError, match="pre-tokenized"):
+        build(tiny_llama(), _config(tmp_path), tokenized)
+    with pytest.raises(TypeError, match="IterableDataset"):
+        build(tiny_llama(), _config(tmp_path), pairs.to_iterable_dataset())
     # a head dropout that disable_dropout would switch off silently
     with pytest.raises(ValueError, match="disable_dropout"):
         SpanRewardConfig(str(tmp_path), head_dropout=0.1)
@@ -363,7 +389,7 @@ def test_incompatible_combinations_raise_clear_errors(tmp_path, tiny_llama, smol
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
     with_center = trainer.compute_loss(trainer.model, dict(batch))
     trainer.args.center_rewards_coefficient = None  # test only: compare with the coefficient off
-    assert not torch.allclose(with_center, trainer.compute_loss(trainer.model, dict(batch)))
+    assert (with_center - trainer.compute_loss(trainer.model, dict(batch))).item() > 0  # + c·mean((R_c + R_r)²)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -119,6 +119,13 @@ def clean_rows(dataset: Dataset, name: str) -> tuple[Dataset, dict[str, int]]:
             "Dataset.from_list(rows); a streaming IterableDataset works with a sequence-classification model only)."
         )
     check_columns(dataset.column_names, name)
+    columns = set(dataset.column_names)
+    if set(_TOKENIZED_PAIR_COLUMNS) <= columns and not set(PAIR_COLUMNS) <= columns:
+        raise ValueError(
+            f"The {name} dataset holds pre-tokenized pairs (chosen_ids/rejected_ids) without their text; the span "
+            "forms need the text (where the response starts). Pass the chosen/rejected text, or train an "
+            "AutoModelForSequenceClassification on the tokenized pairs."
+        )
     keep, bad, pairs = [], [], 0
     for index, row in enumerate(dataset):
         kind, reason = _usable(index, row)
