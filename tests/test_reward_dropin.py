@@ -228,6 +228,7 @@ def test_token_head_reads_the_completion_of_every_pair_format(form, tmp_path, ti
         tiny_llama(), args=_config(tmp_path), train_dataset=Dataset.from_list(rows), processing_class=smollm2_tokenizer
     )
     assert trainer.model_form == "token_head" and trainer.data_stats["train"]["pairs"] == 3
+    assert len(trainer.model.config.id2label) == 2  # the causal LM's labels are back after RewardTrainer's check
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     assert batch["chosen_index"].tolist() == [0, 2, 4] and batch["rejected_index"].tolist() == [1, 3, 5]
     assert batch["margin"].tolist() == [0.0, 0.0, 0.0]
@@ -432,3 +433,19 @@ def test_trl_reward_script_runs_with_only_the_import_changed(tmp_path, tiny_mode
     config = json.loads((saved / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
     assert not (saved / "span_reward_config.json").exists()  # a plain TRL reward model, readable by TRL and PPO
+
+
+def test_reward_cli_trains_the_token_head_on_pairs(tmp_path, tiny_model_dir):
+    """`trl-text2grad reward` takes a pair set as it takes annotations (split by prompt, evaluated, saved)."""
+    from trl_text2grad.cli.reward import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _pairs(13, 16, form="implicit_chat")))
+    out = tmp_path / "cli"
+    argv = ["--model_name_or_path", tiny_model_dir, "--dataset_name", str(data), "--output_dir", str(out),
+            "--max_steps", "2", "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "true",
+            "--eval_fraction", "0.25", "--save_strategy", "no", "--eval_strategy", "no"]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert 0.0 <= results["eval_accuracy"] <= 1.0 and "eval_margin" in results
+    assert json.loads((out / "span_reward_config.json").read_text())["model_form"] == "token_head"

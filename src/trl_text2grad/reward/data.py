@@ -11,6 +11,7 @@ Two kinds of rows may share one data set (missing fields are ``None``, as ``data
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -95,6 +96,9 @@ def _usable(index: int, row: Mapping[str, Any]) -> tuple[RowKind | None, str]:
             split_preference_row(row)
         except (TypeError, KeyError) as error:
             return None, str(error)
+        margin = row.get("margin")
+        if margin is not None and not (isinstance(margin, (int, float)) and math.isfinite(margin)):
+            return None, f"margin {margin!r} is not a finite number"
         return kind, ""
     prompt = row["prompt"] if row.get("prompt") is not None else row.get("messages")
     if not isinstance(row["response"], str):
