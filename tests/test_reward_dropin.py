@@ -449,3 +449,35 @@ def test_reward_cli_trains_the_token_head_on_pairs(tmp_path, tiny_model_dir):
     results = json.loads((out / "eval_results.json").read_text())
     assert 0.0 <= results["eval_accuracy"] <= 1.0 and "eval_margin" in results
     assert json.loads((out / "span_reward_config.json").read_text())["model_form"] == "token_head"
+
+
+@pytest.mark.multiproc
+def test_mixed_batches_in_two_processes_neither_hang_nor_diverge(tmp_path):
+    """A step where one process has a pair and the other a span row: every process gathers the same statistics."""
+    import shutil
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+
+    exe = Path(sys.executable).with_name("accelerate")
+    launcher = [str(exe)] if exe.exists() else ([shutil.which("accelerate")] if shutil.which("accelerate") else None)
+    launcher = launcher or [sys.executable, "-m", "accelerate.commands.launch"]
+    out = tmp_path / "out"
+    cmd = [*launcher, "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "multi_cpu.yaml"),
+           "--num_processes", "2", "--main_process_port", str(free_port()),
+           str(REPO / "tests" / "scripts" / "multiproc_span_reward.py"), "--out", str(out)]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    env.pop("ACCELERATE_USE_CPU", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, f"accelerate launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and all(r["global_step"] == 6 for r in ranks)
+    steps = list(zip(ranks[0]["kinds"], ranks[1]["kinds"]))
+    assert any(a != b for a, b in steps), steps  # the case that would hang a conditional gather
+    assert ranks[0]["params_after"] == ranks[1]["params_after"]
+    logged = [e for e in ranks[0]["log_history"] if "loss" in e]
+    assert len(logged) == 6 and any("accuracy" in e for e in logged) and any("span_loss" in e for e in logged)
