@@ -218,6 +218,28 @@ def test_sequence_classifier_loss_and_gradients_equal_reward_trainer(tmp_path, s
     assert ours._metrics["train"]["accuracy"] and ours._metrics["train"]["margin"]
 
 
+def test_model_form_follows_the_model_or_the_setting(tmp_path, tiny_model_dir, tiny_llama, smollm2_tokenizer):
+    from transformers import LlamaForSequenceClassification
+
+    pairs = Dataset.from_list(_pairs(14, 4))
+
+    def build(model, **overrides):
+        config = _config(tmp_path, **overrides)
+        return SpanRewardTrainer(model, args=config, train_dataset=pairs, processing_class=smollm2_tokenizer)
+
+    classifier_dir = tmp_path / "classifier"
+    _tiny_classifier(smollm2_tokenizer).save_pretrained(classifier_dir)
+    from_path = build(str(classifier_dir))  # a saved reward model: its architecture decides
+    assert from_path.model_form == "sequence_classification"
+    assert isinstance(from_path.model, LlamaForSequenceClassification)
+    assert build(tiny_model_dir).model_form == "token_head"  # a causal LM path: the span head
+    # RewardTrainer's loading of a causal-LM path as a one-label classifier, on request
+    loaded = build(tiny_model_dir, model_form="sequence_classification")
+    assert isinstance(loaded.model, LlamaForSequenceClassification) and loaded.model.config.num_labels == 1
+    with pytest.raises(ValueError, match="needs an AutoModelForSequenceClassification"):
+        build(tiny_llama(), model_form="sequence_classification")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Pairs on the token head
 # ---------------------------------------------------------------------------------------------------------------
