@@ -394,6 +394,14 @@ def test_incompatible_combinations_raise_clear_errors(tmp_path, tiny_llama, smol
         build(tiny_llama(), _config(tmp_path), tokenized)
     with pytest.raises(TypeError, match="IterableDataset"):
         build(tiny_llama(), _config(tmp_path), pairs.to_iterable_dataset())
+    # cloning a chat template resizes embeddings under the wrapper: refused; a .jinja template is accepted
+    with pytest.raises(ValueError, match="chat_template_path"):
+        build(tiny_llama(), _config(tmp_path, chat_template_path=str(tmp_path / "some-tokenizer")), pairs)
+    # pad_to_multiple_of is honoured by the token head's collator
+    padded = build(tiny_llama(), _config(tmp_path, pad_to_multiple_of=64), mixed)
+    batch = padded.data_collator([padded.train_dataset[i] for i in range(4)])
+    assert batch["input_ids"].shape[1] % 64 == 0 and batch["span_labels"].shape == batch["input_ids"].shape
+    assert (batch["span_labels"][:, -1] == -100).all() and (batch["head_mask"][:, -1] == 0).all()
     # a head dropout that disable_dropout would switch off silently
     with pytest.raises(ValueError, match="disable_dropout"):
         SpanRewardConfig(str(tmp_path), head_dropout=0.1)

@@ -54,6 +54,7 @@ class TokenHeadCollator:
     separator_ids: list[int]
     with_critique: bool
     max_critique_tokens: int
+    pad_to_multiple_of: int | None = None
 
     def _critique_ids(self, row: Mapping[str, Any]) -> list[int] | None:
         text = row.get("critique")
@@ -102,12 +103,21 @@ class TokenHeadCollator:
             labels=labels,
             critique_ids=critiques if self.with_critique else None,
         )
+        if self.pad_to_multiple_of:
+            out = self._pad_to_multiple(out)
         out["chosen_index"] = torch.tensor(chosen, dtype=torch.long)
         out["rejected_index"] = torch.tensor(rejected, dtype=torch.long)
         out["margin"] = torch.tensor(margins, dtype=torch.float32)
         for key in COUNTER_KEYS:
             out[key] = batch[key]
         return out
+
+    def _pad_to_multiple(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Right-pad every ``[batch, seq]`` tensor to a multiple of ``pad_to_multiple_of`` positions."""
+        values = {"input_ids": self.span_collator.pad_token_id, "span_labels": IGNORE_INDEX, "lm_labels": IGNORE_INDEX}
+        length = out["input_ids"].shape[1]
+        extra = -length % self.pad_to_multiple_of
+        return {key: torch.nn.functional.pad(t, (0, extra), value=values.get(key, 0)) for key, t in out.items()}
 
 
 @dataclass

@@ -311,6 +311,13 @@ class SpanRewardTrainer(RewardTrainer):
                 f"critique_loss_weight > 0 needs a language-modelling head, but {type(backbone).__name__} has none; "
                 "pass an AutoModelForCausalLM or set critique_loss_weight=0."
             )
+        template = args.chat_template_path
+        if self.model_form == "token_head" and template is not None and not str(template).endswith((".jinja", ".j2")):
+            raise ValueError(
+                f"chat_template_path={template!r} clones a tokenizer's chat template and resizes the model's "
+                "embeddings, which the token head does not support; set processing_class.chat_template (or pass a "
+                ".jinja file as chat_template_path) instead."
+            )
         if self.model_form == "generative" and not has_lm_head(backbone):
             raise ValueError(f"model_form='generative' needs a causal LM, got {type(backbone).__name__}.")
         processing_class = _prepare_tokenizer(processing_class, backbone, args)
@@ -372,6 +379,7 @@ class SpanRewardTrainer(RewardTrainer):
             separator_ids=list(tokenizer(args.layout_separator, add_special_tokens=False)["input_ids"]),
             with_critique=args.critique_loss_weight > 0,
             max_critique_tokens=args.max_target_length,
+            pad_to_multiple_of=args.pad_to_multiple_of,
         )
 
     # ------------------------------------------------------------------------------------------------------------
