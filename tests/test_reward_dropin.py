@@ -284,6 +284,17 @@ def test_token_head_learns_a_preference_from_pairs_alone(tmp_path, tiny_llama, s
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[-1] < losses[0]
     assert before < 0.7 and after >= 0.9, (before, after)
+    # what PPO reads from the span model (argmax spans) orders the pairs the same way: good spans in the chosen
+    # answers, poor spans in the rejected ones
+    rm = trainer.span_reward_model()
+    chosen = rm.predict([r["prompt"] for r in held_out], [r["chosen"] for r in held_out])
+    rejected = rm.predict([r["prompt"] for r in held_out], [r["rejected"] for r in held_out])
+
+    def polarity(prediction) -> float:
+        return sum(span.score * (span.end - span.start) for span in prediction.spans)
+
+    agree = sum(polarity(c) > polarity(r) for c, r in zip(chosen, rejected)) / len(held_out)
+    assert agree >= 0.9, agree
 
 
 def test_mixed_pairs_and_spans_train_the_token_head(tmp_path, tiny_llama, smollm2_tokenizer):
