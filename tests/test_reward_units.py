@@ -23,7 +23,7 @@ def test_config_defaults_and_validation(tmp_path):
 
     config = SpanRewardConfig(str(tmp_path), report_to=[])
     assert isinstance(config, trl.RewardConfig)
-    assert config.model_form == "token_head" and config.head_layout == "repeat"
+    assert config.model_form is None and config.head_layout == "repeat"  # None: the form follows the model
     assert config.remove_unused_columns is False
     with pytest.raises(ValueError, match="model_form"):
         SpanRewardConfig(str(tmp_path), model_form="pairwise", report_to=[])
@@ -184,12 +184,12 @@ def test_token_head_model_loss_and_head(tiny_llama, smollm2_tokenizer):
 
 
 def test_generative_row_truncation_keeps_the_kept_part_of_a_cut_span(tmp_path, smollm2_tokenizer):
-    from trl_text2grad.reward.span_reward_trainer import SpanRewardTrainer
+    from trl_text2grad.reward.generative_target import encode_generative_row
 
     body = "\n".join(f"    y{i} = x + {i}" for i in range(60)) + "\n    return y59"
     row = {"prompt": "Write f.", "response": body, "critique": "Wrong.", "good_spans": [], "poor_spans": [body]}
     args = SpanRewardConfig(str(tmp_path), model_form="generative", max_length=300, report_to=[], use_cpu=True)
-    encoded = SpanRewardTrainer._encode_generative_row(row, smollm2_tokenizer, args)
+    encoded = encode_generative_row(row, smollm2_tokenizer, args)
     assert encoded["rows_truncated"] == 1 and len(encoded["input_ids"]) <= 300
     target_ids = [t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != -100]
     critique = parse_generated_critique(smollm2_tokenizer.decode(target_ids, skip_special_tokens=True))

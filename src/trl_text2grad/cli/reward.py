@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from datasets import Dataset
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from ..reward import SpanRewardConfig, SpanRewardTrainer
 from ..tasks._hub import load_rows
@@ -40,7 +40,8 @@ class RewardScriptArguments(ScriptArguments):
 
     ``dataset_name`` is the output of ``trl-text2grad annotate`` (a ``.jsonl`` file) or a hub data set with the
     annotation schema: ``prompt``, ``response``, ``critique``, ``good_spans``, ``poor_spans`` (``located_spans``
-    optional).
+    optional); preference pairs (``chosen``, ``rejected``, optional ``prompt`` / ``margin``) may replace or join
+    them.
 
     Args:
         eval_fraction: Hold out this fraction of the rows for evaluation (``0``: no evaluation). Rows are split by
@@ -89,8 +90,11 @@ def load_annotations(script_args: RewardScriptArguments):
     if not script_args.eval_fraction or len(dataset) < 2:
         return dataset, None
     key = script_args.group_column if script_args.group_column in dataset.column_names else None
-    if key is None:
-        dataset = dataset.add_column("_group", [json.dumps(p, sort_keys=True) for p in dataset["prompt"]])
+    if key is None:  # group by prompt (a pair without one: by its chosen text, which holds the implicit prompt)
+        rows = dataset.select_columns([c for c in ("prompt", "chosen") if c in dataset.column_names])
+        groups = [json.dumps(r.get("prompt") if r.get("prompt") is not None else r.get("chosen"), sort_keys=True)
+                  for r in rows]  # fmt: skip
+        dataset = dataset.add_column("_group", groups)
         key = "_group"
     parts = split_by_problem(dataset, test_fraction=script_args.eval_fraction, seed=script_args.split_seed, key=key)
     train, evaluation = parts["train"], parts["test"]
@@ -131,6 +135,7 @@ def run(script_args: RewardScriptArguments, training_args, model_args):
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
+        quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
     return train_and_save(

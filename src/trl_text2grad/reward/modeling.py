@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,8 @@ __all__ = [
     "build_generative_prompt_ids",
     "fit_generative_prompt",
     "format_generative_target",
-    "write_model_card",
+    "is_sequence_classifier",
+    "has_lm_head",
 ]
 
 SPAN_LABEL_NAMES = ("neutral", "good", "poor")  # indices = collator's SPAN_LABEL_NEUTRAL / GOOD / POOR
@@ -84,6 +85,17 @@ def _unwrap_causal_lm(backbone: nn.Module) -> nn.Module:
     """The causal LM inside a PEFT wrapper (LoRA layers stay injected in its modules)."""
     get_base = getattr(backbone, "get_base_model", None)
     return get_base() if callable(get_base) else backbone
+
+
+def is_sequence_classifier(model: nn.Module) -> bool:
+    """Whether ``model`` (or the model inside its PEFT wrapper) is a ``*ForSequenceClassification`` model."""
+    return type(_unwrap_causal_lm(model)).__name__.endswith("ForSequenceClassification")
+
+
+def has_lm_head(model: nn.Module) -> bool:
+    """Whether ``model`` (or the model inside its PEFT wrapper) has output embeddings, i.e. can be trained to write."""
+    get_output_embeddings = getattr(_unwrap_causal_lm(model), "get_output_embeddings", None)
+    return callable(get_output_embeddings) and get_output_embeddings() is not None
 
 
 class SpanTokenHeadModel(nn.Module):
@@ -177,7 +189,13 @@ class SpanTokenHeadModel(nn.Module):
             targets = lm_labels[:, 1:]
             positions = targets != IGNORE_INDEX
             if positions.any():
-                lm_head = causal_lm.get_output_embeddings()
+                lm_head = causal_lm.get_output_embeddings() if has_lm_head(causal_lm) else None
+                if lm_head is None:
+                    raise ValueError(
+                        f"critique_loss_weight > 0 needs a language-modelling head, but the backbone "
+                        f"({type(causal_lm).__name__}) has none; load it with AutoModelForCausalLM or set "
+                        "critique_loss_weight=0."
+                    )
                 logits = lm_head(hidden[:, :-1][positions])
                 critique_loss = F.cross_entropy(logits.float(), targets[positions])
             else:
@@ -326,42 +344,3 @@ def format_generative_target(critique: str, good: Sequence[str], poor: Sequence[
     return json.dumps(
         {"critique": critique or "", "good_spans": list(good), "poor_spans": list(poor)}, ensure_ascii=False
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Model card
-# ---------------------------------------------------------------------------------------------------------------
-def write_model_card(output_dir: str | os.PathLike, span_config: Mapping[str, Any], metrics: Mapping | None = None):
-    """Write ``README.md``: what the checkpoint is, which form, and how to load it."""
-    base = span_config.get("base_model_name_or_path") or "unknown"
-    form = span_config.get("model_form")
-    lines = [
-        "---",
-        "library_name: trl-text2grad",
-        "tags: [trl, text2grad, span-reward-model, reward-model]",
-    ]
-    if base and not os.path.isdir(str(base)):
-        lines.append(f"base_model: {base}")
-    lines += [
-        "---",
-        "",
-        f"# Span reward model ({form})",
-        "",
-        "A Text2Grad span-level reward model trained with `trl_text2grad.SpanRewardTrainer` "
-        "(arXiv 2505.22338). Given a prompt and a response it returns a critique and the quoted good / poor "
-        "spans of the response.",
-        "",
-        f"- form: `{form}`" + (f", layout `{span_config.get('head_layout')}`" if form == "token_head" else ""),
-        f"- base model: `{base}`",
-        f"- adapter (LoRA): {bool(span_config.get('adapter'))}",
-        "",
-        "```python",
-        "from trl_text2grad.reward import SpanRewardModel",
-        "",
-        'rm = SpanRewardModel.from_pretrained("path/to/this/folder")',
-        'critiques = rm.score(["Write add(a, b)."], ["def add(a, b):\\n    return a - b"])',
-        "```",
-    ]
-    if metrics:
-        lines += ["", "## Evaluation", ""] + [f"- {k}: {v}" for k, v in metrics.items()]
-    Path(output_dir, "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from trl.trainer.utils import pad
 
-from ..collator import encode_prompt_response, pad_sequences
+from ..collator import encode_prompt_response
 from ..critics.parsing import parse_critique
 from ..spans import Critique, ScoredSpan, locate_critique
 from .modeling import (
@@ -303,9 +304,10 @@ class SpanRewardModel:
             ids, _, truncated = fit_generative_prompt(tokenizer, prompt, response, cfg.get("critique_prompt"), budget)
             self.stats["num_truncated"] += int(truncated)
             prompt_ids.append(ids)
-        pad = tokenizer.pad_token_id
-        input_ids = pad_sequences(prompt_ids, pad, side="left")  # left padding for generation
-        attention_mask = pad_sequences([[1] * len(ids) for ids in prompt_ids], 0, side="left")
+        pad_id = tokenizer.pad_token_id
+        rows = [torch.tensor(ids, dtype=torch.long) for ids in prompt_ids]
+        input_ids = pad(rows, pad_id, padding_side="left")  # left padding for generation
+        attention_mask = pad([torch.ones_like(row) for row in rows], 0, padding_side="left")
         length = input_ids.shape[1]
         device = self.device
         generated = self.model.generate(
@@ -313,7 +315,7 @@ class SpanRewardModel:
             attention_mask=attention_mask.to(device),
             max_new_tokens=int(cfg.get("max_new_tokens", 256)),
             do_sample=False,
-            pad_token_id=pad,
+            pad_token_id=pad_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         texts = tokenizer.batch_decode(generated[:, length:], skip_special_tokens=True)

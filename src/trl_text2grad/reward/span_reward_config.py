@@ -8,7 +8,7 @@ from trl import RewardConfig
 
 __all__ = ["SpanRewardConfig", "MODEL_FORMS", "HEAD_LAYOUTS"]
 
-MODEL_FORMS = ("token_head", "generative")
+MODEL_FORMS = ("token_head", "generative", "sequence_classification")
 HEAD_LAYOUTS = ("repeat", "plain")
 
 
@@ -18,10 +18,12 @@ class SpanRewardConfig(RewardConfig):
     Configuration class for the [`SpanRewardTrainer`], the span-level reward model of Text2Grad.
 
     Extends TRL's [`~trl.RewardConfig`]; only the parameters below are new. Parent parameters keep their meaning,
-    except `max_length`, which here *truncates* overlong rows (counted and logged) instead of filtering them out (it
-    bounds prompt + response; the `repeat` layout then appends the separator and the response copy, and the
-    generative form's bound includes the target), and `center_rewards_coefficient`, which has no effect (there is
-    no scalar reward).
+    except `max_length` for span rows and for pairs scored by the token head, where it *truncates* overlong rows
+    (counted and logged) instead of filtering them out (it bounds prompt + response; the `repeat` layout then
+    appends the separator and the response copy, and the generative form's bound includes the target). With a
+    sequence-classification model every parent parameter behaves exactly as in `RewardTrainer`.
+    `center_rewards_coefficient` applies to the sequence rewards of preference pairs (token head or sequence
+    classifier), as in `RewardTrainer`.
 
     Defaults that differ from `RewardConfig`: `remove_unused_columns=False` (required), `gradient_checkpointing` /
     `activation_checkpointing` off, and `bf16` on only when a CUDA device supports it (TRL's default `True` fails
@@ -30,11 +32,16 @@ class SpanRewardConfig(RewardConfig):
     Parameters:
         > Parameters that choose the model form
 
-        model_form (`str`, *optional*, defaults to `"token_head"`):
+        model_form (`str` or `None`, *optional*, defaults to `None`):
             `"token_head"`: a causal-LM backbone with a per-token classification head (neutral / good / poor),
-            trained on `SpanAnnotationCollator`'s `span_labels`; one forward pass per batch at scoring time.
+            trained on `SpanAnnotationCollator`'s `span_labels` and, for preference pairs, on the Bradley–Terry loss
+            of the mean token reward; one forward pass per batch at scoring time.
             `"generative"`: the causal LM learns to write `{"critique": ..., "good_spans": [...], "poor_spans":
             [...]}` after the prompt and response (the paper's form); scoring generates and parses that JSON.
+            `"sequence_classification"`: TRL's reward model (one score per sequence), trained on preference pairs
+            exactly as `RewardTrainer` does; a model path is loaded with `AutoModelForSequenceClassification`.
+            `None`: from the model — a sequence-classification model (instance, or a checkpoint whose architecture
+            is one) trains as `"sequence_classification"`, anything else as `"token_head"`.
         head_layout (`str`, *optional*, defaults to `"repeat"`):
             Token-head input layout. `"repeat"`: prompt + response, a separator, then the response again; the head
             reads the second copy, so each of its tokens has seen the whole response. `"plain"`: the head reads the
@@ -50,7 +57,11 @@ class SpanRewardConfig(RewardConfig):
             Token head only: cross-entropy weights of the classes `[neutral, good, poor]`, e.g. `[0.5, 1.0, 2.0]`
             to counter the majority of neutral tokens. `None` weighs them equally.
         head_dropout (`float`, *optional*, defaults to `0.0`):
-            Token head only: dropout applied to the hidden states before the span head.
+            Token head only: dropout applied to the hidden states before the span head. Needs
+            `disable_dropout=False` (which would otherwise switch it off).
+        preference_loss_weight (`float`, *optional*, defaults to `1.0`):
+            Token head only: weight of the Bradley–Terry loss of preference pairs, added to the span loss when a
+            data set mixes pairs and span rows.
 
         > Parameters that control the span annotations
 
@@ -95,11 +106,13 @@ class SpanRewardConfig(RewardConfig):
         },
     )
 
-    model_form: str = field(
-        default="token_head",
+    model_form: str | None = field(
+        default=None,
         metadata={
-            "help": "'token_head' (per-token good/neutral/poor head, one forward pass) or 'generative' (the LM "
-            "writes the critique and a spans JSON).",
+            "help": "'token_head' (per-token good/neutral/poor head, one forward pass), 'generative' (the LM "
+            "writes the critique and a spans JSON) or 'sequence_classification' (TRL's one-score reward model, "
+            "preference pairs only). None: 'sequence_classification' for a sequence-classification model, else "
+            "'token_head'.",
             "choices": list(MODEL_FORMS),
         },
     )
@@ -126,6 +139,10 @@ class SpanRewardConfig(RewardConfig):
     head_dropout: float = field(
         default=0.0,
         metadata={"help": "Token head only: dropout before the span head."},
+    )
+    preference_loss_weight: float = field(
+        default=1.0,
+        metadata={"help": "Token head only: weight of the Bradley-Terry loss of preference pairs."},
     )
     good_score: float = field(default=1.0, metadata={"help": "Score of good spans."})
     poor_score: float = field(default=-1.0, metadata={"help": "Score of poor spans."})
@@ -163,8 +180,27 @@ class SpanRewardConfig(RewardConfig):
 
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         super().__post_init__()
-        if self.model_form not in MODEL_FORMS:
-            raise ValueError(f"SpanRewardConfig.model_form must be one of {MODEL_FORMS}, got {self.model_form!r}.")
+        if self.model_form is not None and self.model_form not in MODEL_FORMS:
+            raise ValueError(
+                f"SpanRewardConfig.model_form must be one of {MODEL_FORMS} or None, got {self.model_form!r}."
+            )
+        if self.preference_loss_weight < 0:
+            raise ValueError(f"preference_loss_weight must be >= 0, got {self.preference_loss_weight}.")
+        if self.head_dropout > 0 and self.disable_dropout:
+            raise ValueError(
+                f"head_dropout={self.head_dropout} has no effect with disable_dropout=True (the default, which sets "
+                "every dropout of the model to 0); set disable_dropout=False to use it."
+            )
+        if self.model_form == "sequence_classification" and self.critique_loss_weight > 0:
+            raise ValueError(
+                "critique_loss_weight > 0 needs a language-modelling head, which a sequence-classification model "
+                "has not; use model_form='token_head' with a causal LM, or set critique_loss_weight=0."
+            )
+        if self.model_form == "generative" and self.center_rewards_coefficient is not None:
+            raise ValueError(
+                "center_rewards_coefficient acts on sequence rewards of preference pairs; the generative form "
+                "gives none. Use model_form='token_head' or a sequence-classification model."
+            )
         if self.head_layout not in HEAD_LAYOUTS:
             raise ValueError(f"SpanRewardConfig.head_layout must be one of {HEAD_LAYOUTS}, got {self.head_layout!r}.")
         if self.critique_loss_weight < 0:
