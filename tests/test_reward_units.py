@@ -197,3 +197,30 @@ def test_generative_row_truncation_keeps_the_kept_part_of_a_cut_span(tmp_path, s
     assert body.lstrip().startswith(critique.poor[0]) and 0 < len(critique.poor[0]) < len(body)
     prompt_text = smollm2_tokenizer.decode(encoded["input_ids"][: len(encoded["input_ids"]) - len(target_ids)])
     assert critique.poor[0] in prompt_text  # the quote lies inside the (cut) response the model sees
+
+
+def test_annotation_records_whose_critic_failed_are_skipped_and_counted():
+    """An annotate record with a row_error (critic failure or bad input) has no critique to learn from: training it
+    as an all-neutral row would teach the model that the response is fine."""
+    from datasets import Dataset
+
+    from trl_text2grad.reward.data import clean_rows
+
+    ok = {"prompt": "Say hi.", "response": "hi", "critique": "fine", "good_spans": ["hi"], "poor_spans": []}
+    failed = {
+        **ok,
+        "critique": "",
+        "good_spans": [],
+        "row_error": {"kind": "connection", "message": "cannot reach http://127.0.0.1:9", "line": 2},
+    }
+    old_cache = {**ok, "critique": "", "good_spans": [], "critic_error": "request failed: timeout"}
+    rows = [
+        {**ok, "row_error": None, "critic_error": None},
+        {**failed, "critic_error": "x"},
+        {**old_cache, "row_error": None},
+    ]
+    kept, stats = clean_rows(Dataset.from_list(rows), "train")
+    assert stats["rows"] == 1 and stats["rows_skipped"] == 2
+    assert kept[0]["critique"] == "fine"
+    with pytest.raises(ValueError, match="annotation failed"):
+        clean_rows(Dataset.from_list([failed]), "train")

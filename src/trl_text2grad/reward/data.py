@@ -87,6 +87,10 @@ def check_columns(columns: list[str] | None, name: str) -> tuple[bool, bool]:
 
 def _usable(index: int, row: Mapping[str, Any]) -> tuple[RowKind | None, str]:
     """The row's kind, or ``(None, reason)`` when it cannot be trained on."""
+    error = row.get("row_error") or row.get("critic_error")
+    if error:  # an annotate record whose critic failed (or whose input was bad): no critique to learn from
+        message = error.get("message", error) if isinstance(error, Mapping) else error
+        return None, f"annotation failed ({message})"
     kind = row_kind(row)
     if kind is None:
         both = row.get("response") is not None
