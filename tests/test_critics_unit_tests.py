@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_text2grad.critics.unit_tests import UnitTestCritic, function_line_range
+from trl_text2grad.critics.program import UnitTestCritic, function_line_range
 from trl_text2grad.spans import locate_critique
 from trl_text2grad.tasks.humaneval import load_humaneval
 
@@ -96,13 +96,27 @@ def test_timeout_and_hostile_code_are_contained(problem):
     critic = UnitTestCritic(timeout=1.5)
     looping = _fence("def truncate_number(number: float) -> float:\n    while True:\n        pass")
     hostile = _fence(
-        "import os\n\ndef truncate_number(number: float) -> float:\n    os.system('rm -rf /tmp/x')\n    return number % 1.0"
+        "def truncate_number(number: float) -> float:\n    secret = open('/etc/passwd').read()\n    return number % 1.0"
     )
     loop_critique, hostile_critique = _run(critic, problem, [looping, hostile])
     assert "did not finish" in loop_critique.text and "timeout" in loop_critique.text
     assert loop_critique.poor == ["while True:\n        pass"]
-    assert hostile_critique.poor == ["os.system('rm -rf /tmp/x')"]
-    assert "forbidden operation" in hostile_critique.text
+    assert hostile_critique.poor == ["secret = open('/etc/passwd').read()"]  # the host's /etc is not there
+    assert "FileNotFoundError" in hostile_critique.text
+
+
+def test_early_exit_and_always_equal_results_fail(problem):
+    """What used to pass by exit status or by an object equal to everything fails, blaming the function body."""
+    critic = UnitTestCritic(timeout=5)
+    exits = _fence("import os\n\ndef truncate_number(number: float) -> float:\n    os._exit(0)")
+    equal = _fence(
+        "class Anything:\n    def __eq__(self, other):\n        return True\n\n"
+        "def truncate_number(number: float) -> float:\n    return Anything()"
+    )
+    exit_critique, equal_critique = _run(critic, problem, [exits, equal])
+    assert "passed" not in exit_critique.text and exit_critique.poor == ["os._exit(0)"]
+    assert "passed" not in equal_critique.text and equal_critique.poor == ["return Anything()"]
+    assert [r.passed for r in critic.last_results] == [False, False]
 
 
 def test_missing_function_and_missing_code(problem):
@@ -195,12 +209,45 @@ def test_problem_context_replaces_chat_prompt(problem):
 
 
 def test_broken_sandbox_is_a_critic_error_not_a_poor_span(problem, monkeypatch):
-    from trl_text2grad.critics import sandbox
+    from trl_text2grad.critics import harness, sandbox
 
-    broken = sandbox.SandboxResult(False, 127, "", "setpriv: failed to execute python", False, "exit status 127")
-    monkeypatch.setattr(sandbox, "_run_sandboxed", lambda *a, **k: broken)
-    monkeypatch.setattr(sandbox, "_last_healthy", {})
+    real_launch = harness.launch
+    monkeypatch.setattr(harness, "launch", lambda *a, **k: real_launch(*a, **{**k, "python": "/nonexistent/python"}))
     critic = UnitTestCritic(timeout=10)
     response = _fence("def truncate_number(number: float) -> float:\n    return number % 1.0")
     with pytest.raises(sandbox.SandboxUnavailableError):
         _run(critic, problem, [response])
+
+
+def test_deprecated_module_still_imports():
+    import importlib
+    import sys
+
+    sys.modules.pop("trl_text2grad.critics.unit_tests", None)
+    with pytest.warns(DeprecationWarning, match="critics.program"):
+        module = importlib.import_module("trl_text2grad.critics.unit_tests")
+    from trl_text2grad.critics import UnitTestCritic as Exported
+
+    assert module.UnitTestCritic is UnitTestCritic is Exported
+
+
+def test_program_critic_does_not_import_tasks():
+    import ast
+
+    source = (Path(__file__).parents[1] / "src/trl_text2grad/critics/program.py").read_text()
+    imported = [n.module or "" for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if "tasks" in m]
+
+
+def test_custom_program_builder_is_used(problem):
+    from trl_text2grad.critics.harness import TestProgram
+
+    def builder(prompt, code, tests, entry_point):
+        return TestProgram(code, "def check(f):\n    assert f(2) == 4\n", "double", "check", "", 1, code.count("\n"))
+
+    critic = UnitTestCritic(build_program=builder, extract_code=lambda r: (0, len(r)))
+    good, bad = critic.critique(
+        ["p", "p"], ["def double(x):\n    return 2 * x\n", "def double(x):\n    return x\n"], tests=["", ""],
+        entry_point=["double", "double"],
+    )  # fmt: skip
+    assert "passed" in good.text and "wrong results" in bad.text

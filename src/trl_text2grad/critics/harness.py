@@ -28,7 +28,6 @@ exception classes (``pytest.raises(solution.MyError)``). Such calls fail (scored
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -74,6 +73,8 @@ class TestProgram:
     code_first_line: int = 1
     code_num_lines: int = 0
 
+    __test__ = False  # not a pytest test class
+
 
 @dataclass
 class TestResult:
@@ -103,10 +104,12 @@ class TestResult:
     duration_s: float = 0.0
     stderr: str = ""
 
+    __test__ = False  # not a pytest test class
+
 
 # --- the untrusted side (runs in the sandbox; standard library only) --------------------------------------------
 
-_SERVER_SOURCE = r'''
+_SERVER_SOURCE = r"""
 import builtins, json, math, os, sys, traceback, types
 _FD = int(sys.argv[1])
 _MODULE = sys.argv[2]
@@ -268,7 +271,7 @@ def _serve():
 
 
 _serve()
-'''
+"""
 
 
 # --- the trusted side (a separate process outside the sandbox) --------------------------------------------------
