@@ -322,7 +322,10 @@ def _read_exact(n, deadline):
         ready, _, _ = select.select([_FD], [], [], left)
         if not ready:
             continue
-        chunk = os.read(_FD, min(n, 1 << 20))
+        try:
+            chunk = os.read(_FD, min(n, 1 << 20))
+        except OSError:
+            chunk = b""
         if not chunk:
             _fatal("candidate_died", "the candidate process ended before answering (it exited or was killed)")
         chunks.append(chunk)
@@ -710,7 +713,7 @@ def run_tests(
             return TestResult(False, f"the test harness failed: {detail.strip()[-300:]}", "harness", "", [], False,
                               duration, detail)  # fmt: skip
         result = _result_from(report, duration)
-        if result.kind == "candidate_died" and report.get("calls", 0) == 0:
+        if result.kind == "candidate_died":
             candidate_err.seek(0)
             result.stderr = (result.stderr + "\n" + candidate_err.read()[-2000:].decode(errors="replace")).strip()
     return result

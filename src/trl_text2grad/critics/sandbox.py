@@ -10,7 +10,8 @@ Both backends give the same sandbox:
 * a **minimal read-only file system**: ``/usr``, the library directories and the interpreter's installation,
   bound read-only; nothing else of the host (no ``$HOME``, ``/root``, ``/etc`` beyond the loader cache, ``/run``,
   the host ``/tmp``). The only writable places are size-capped private ``tmpfs`` mounts: the working directory
-  ``/work`` (``work_size_mb``) and ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock`` (``tmp_size_mb`` each);
+  ``/work`` (``work_size_mb``), ``/tmp`` (``tmp_size_mb``) and ``/var/tmp``, ``/dev/shm``, ``/run/lock`` (at most
+  16 MB each);
 * **no capabilities** (all dropped, ``no_new_privs``) and no nested user namespaces (``bwrap``);
 * a **scrubbed environment** (``PATH``, ``HOME=/work``, ``TMPDIR=/tmp``, ``LANG``): no API keys or tokens;
 * **per-run resource limits** set inside the namespace before any untrusted code runs: processes and threads
@@ -274,6 +275,11 @@ def _system_layout() -> list[tuple[str, str]]:
     return layout
 
 
+def _tmp_size(path: str, tmp_size_mb: int) -> int:
+    """MB of a private tmp dir: ``/tmp`` gets ``tmp_size_mb``, the others (rarely used) at most 16."""
+    return int(tmp_size_mb) if path == "/tmp" else min(int(tmp_size_mb), 16)
+
+
 def _bwrap_command(caps, args, files, tmp_size_mb, work_size_mb):
     cmd = [
         *_prefix(caps["root"]), caps["tools"]["bwrap"],
@@ -289,7 +295,7 @@ def _bwrap_command(caps, args, files, tmp_size_mb, work_size_mb):
         cmd += ["--ro-bind-try", path, path]
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     for path in _PRIVATE_TMPS:
-        cmd += ["--size", str(int(tmp_size_mb) << 20), "--perms", "1777", "--tmpfs", path]
+        cmd += ["--size", str(_tmp_size(path, tmp_size_mb) << 20), "--perms", "1777", "--tmpfs", path]
     for path in _interpreter_dirs(caps["interpreter"]):
         cmd += ["--ro-bind", path, path]
     cmd += ["--size", str(int(work_size_mb) << 20), "--perms", "0700", "--tmpfs", WORK_DIR]
@@ -303,8 +309,8 @@ def _bwrap_command(caps, args, files, tmp_size_mb, work_size_mb):
 # pivots into it, drops every capability and runs the interpreter. Any failure stops the run (fail closed).
 _UNSHARE_SCRIPT = r"""set -eu
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
-R=$1 tmp_size=$2 work_size=$3 layout=$4 files=$5
-shift 5
+R=$1 tmp_size=$2 small_size=$3 work_size=$4 layout=$5 files=$6
+shift 6
 mount -t tmpfs -o size=8m,mode=0755 t2g-root "$R"
 printf '%s\n' "$layout" | while IFS=' ' read -r kind path; do
     [ -n "$path" ] || continue
@@ -319,14 +325,14 @@ mkdir -p "$R/proc" "$R/dev" "$R/sandbox" "$R/work" "$R/tmp" "$R/var/tmp" "$R/dev
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 for node in null zero full random urandom; do : > "$R/dev/$node"; mount --bind "/dev/$node" "$R/dev/$node"; done
 ln -s /proc/self/fd "$R/dev/fd"
-for dir in /tmp /var/tmp /dev/shm /run/lock; do
-    mount -t tmpfs -o "size=$tmp_size,mode=1777,nosuid,nodev" t2g-tmp "$R$dir"
+mount -t tmpfs -o "size=$tmp_size,mode=1777,nosuid,nodev" t2g-tmp "$R/tmp"
+for dir in /var/tmp /dev/shm /run/lock; do
+    mount -t tmpfs -o "size=$small_size,mode=1777,nosuid,nodev" t2g-tmp "$R$dir"
 done
 mount -t tmpfs -o "size=$work_size,mode=0700,nosuid,nodev" t2g-work "$R/work"
 printf '%s\n' "$files" | while IFS=' ' read -r fd name; do
     [ -n "$name" ] || continue
-    cat <&"$fd" > "$R/sandbox/$name"
-    eval "exec $fd<&-"
+    cat "/proc/self/fd/$fd" > "$R/sandbox/$name"
 done
 cd "$R"
 pivot_root . old
@@ -350,6 +356,7 @@ def _unshare_command(caps, args, files, tmp_size_mb, work_size_mb):
         *_prefix(caps["root"]), tools["unshare"],
         "--user", "--map-root-user", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child",
         "--", "/bin/sh", "-c", _UNSHARE_SCRIPT, "t2g-sandbox", root_dir, f"{int(tmp_size_mb)}m",
+        f"{_tmp_size('/var/tmp', tmp_size_mb)}m",
         f"{int(work_size_mb)}m", "\n".join(layout), file_lines, caps["interpreter"], "-I", "-B", *args,
     ]  # fmt: skip
     return cmd, tuple(files.values())
@@ -442,7 +449,7 @@ def launch(
         cpu_s: CPU seconds of each process (``RLIMIT_CPU``).
         max_processes: Processes and threads of the run (``RLIMIT_NPROC``, counted in the run's user namespace).
         max_file_bytes: Largest file the code may write (``RLIMIT_FSIZE``).
-        tmp_size_mb: Size of each private ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock``.
+        tmp_size_mb: Size of the private ``/tmp`` (``/var/tmp``, ``/dev/shm``, ``/run/lock``: at most 16 MB each).
         work_size_mb: Size of the working directory ``/work``.
         pass_fds: File descriptors the sandboxed program inherits (same numbers), e.g. one end of a socket pair.
         stdout: Where the program's standard output goes (a file object, fd or ``subprocess.DEVNULL``).
