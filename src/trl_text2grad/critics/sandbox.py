@@ -28,7 +28,8 @@ kernel exempts root's own uid from it) with an interpreter that ``nobody`` may e
 Where neither backend works (no user namespaces, no ``bwrap``/``unshare``), :func:`launch` refuses with
 :class:`SandboxUnavailableError` unless the environment variable ``TRL_TEXT2GRAD_ALLOW_UNSANDBOXED=1`` is set; then
 the code runs as a plain child process with resource limits only, and every run logs a warning.
-``TRL_TEXT2GRAD_SANDBOX=bwrap|unshare`` forces one backend (both are tested).
+``TRL_TEXT2GRAD_SANDBOX=bwrap|unshare`` forces one backend (both are tested); ``none`` disables both (then only the
+opt-in runs code).
 
 :func:`run_python` runs a whole program and reports its exit status. An exit status is **not** a verdict the
 program cannot forge (``os._exit(0)`` passes): critics run tests through
@@ -74,7 +75,7 @@ SANDBOX_DIR = "/sandbox"
 WORK_DIR = "/work"
 #: Set to ``1`` to run untrusted code without namespaces where the sandbox is unavailable (unsafe).
 ALLOW_UNSANDBOXED_ENV = "TRL_TEXT2GRAD_ALLOW_UNSANDBOXED"
-#: Set to ``bwrap`` or ``unshare`` to force a backend.
+#: Set to ``bwrap`` or ``unshare`` to force a backend, ``none`` to use none.
 BACKEND_ENV = "TRL_TEXT2GRAD_SANDBOX"
 _NOBODY = 65534
 _SAFE_ENV_KEYS = ("LANG", "LC_ALL")
@@ -172,6 +173,8 @@ def _capabilities(python: str | None, forced: str | None) -> dict:
     tools = {name: _which(name) for name in ("bwrap", "unshare", "setpriv", "mount", "pivot_root")}
     order = [forced] if forced else ["bwrap", "unshare"]
     errors = []
+    if forced == "none":
+        order, errors = [], [f"disabled by {BACKEND_ENV}=none"]
     if root and not tools["setpriv"]:
         errors.append("running as root needs setpriv (util-linux) to start the sandbox as 'nobody'")
         order = []
