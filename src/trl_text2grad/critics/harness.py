@@ -675,11 +675,12 @@ def run_tests(
         try:
             fd = untrusted_end.fileno()
             sandboxed = launch(
-                _SERVER_SOURCE, [str(fd), module, str(int(max_answer_bytes)), CANDIDATE_PATH],
+                _SERVER_SOURCE, [str(fd), module, str(int(max_answer_bytes)), f"{{files}}/{PROGRAM_FILENAME}"],
                 files={PROGRAM_FILENAME: program.candidate}, memory_mb=memory_mb, cpu_s=timeout,
                 max_processes=max_processes, pass_fds=(fd,), stderr=candidate_err, python=python,
             )  # fmt: skip
             untrusted_end.close()
+            spec["candidate_path"] = f"{sandboxed.files_dir}/{PROGRAM_FILENAME}"
             tfd = trusted_end.fileno()
             runner = subprocess.Popen(
                 [sys.executable, "-I", "-B", "-c", _RUNNER_SOURCE, str(tfd)],

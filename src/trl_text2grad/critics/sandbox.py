@@ -386,9 +386,11 @@ def _root_mountpoint() -> str:
 class SandboxedProcess:
     """A started sandbox: ``process`` is the launcher (kill it and the whole namespace dies)."""
 
-    def __init__(self, process: subprocess.Popen, backend: str | None) -> None:
+    def __init__(self, process: subprocess.Popen, backend: str | None, files_dir: str = SANDBOX_DIR) -> None:
         self.process = process
         self.backend = backend
+        #: Where the program sees the files handed to :func:`launch` (``/sandbox`` in the sandbox).
+        self.files_dir = files_dir
 
     @property
     def pid(self) -> int:
@@ -446,7 +448,8 @@ def launch(
 
     Args:
         script: The program to run (saved read-only as ``/sandbox/script.py``); it starts after the limits apply.
-        args: Its command-line arguments.
+        args: Its command-line arguments; ``{files}`` in them is replaced by the directory holding ``files``
+            (``/sandbox``; see :attr:`SandboxedProcess.files_dir`).
         files: More read-only files for ``/sandbox`` (name -> content).
         memory_mb: Address-space limit of each process (``RLIMIT_AS``).
         cpu_s: CPU seconds of each process (``RLIMIT_CPU``).
@@ -470,6 +473,7 @@ def launch(
         return _launch_unsandboxed(caps, contents, limits, args, pass_fds, stdout, stderr)
     fds = {name: _data_fd(data.encode("utf-8") if isinstance(data, str) else data) for name, data in contents.items()}
     try:
+        args = [a.replace("{files}", SANDBOX_DIR) for a in args]
         argv = [f"{SANDBOX_DIR}/boot.py", json.dumps(limits), f"{SANDBOX_DIR}/script.py", *args]
         command, data_fds = _command(caps, argv, fds, tmp_size_mb, work_size_mb)
         process = subprocess.Popen(
@@ -509,6 +513,7 @@ def _launch_unsandboxed(caps, contents, limits, args, pass_fds, stdout, stderr) 
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
     env = _env() | {"HOME": directory, "TMPDIR": directory}
     boot, script = os.path.join(directory, "boot.py"), os.path.join(directory, "script.py")
+    args = [a.replace("{files}", directory) for a in args]
     process = subprocess.Popen(
         [caps["interpreter"], "-I", "-B", boot, json.dumps(limits), script, *args],
         stdin=subprocess.DEVNULL,
@@ -519,7 +524,7 @@ def _launch_unsandboxed(caps, contents, limits, args, pass_fds, stdout, stderr) 
         start_new_session=True,
         pass_fds=tuple(pass_fds),
     )
-    sandboxed = SandboxedProcess(process, None)
+    sandboxed = SandboxedProcess(process, None, directory)
     sandboxed.cleanup_dir = directory  # type: ignore[attr-defined]
     return sandboxed
 
@@ -661,10 +666,10 @@ def _run_sandboxed(
             "positive"
         )
     start = time.monotonic()
-    runner = f"import runpy\nrunpy.run_path({SANDBOX_DIR + '/' + PROGRAM_FILENAME!r}, run_name='__main__')\n"
+    runner = "import runpy, sys\nrunpy.run_path(sys.argv[1], run_name='__main__')\n"
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         sandboxed = launch(
-            runner, files={PROGRAM_FILENAME: code}, memory_mb=memory_mb, cpu_s=timeout, max_processes=max_processes,
+            runner, [f"{{files}}/{PROGRAM_FILENAME}"], files={PROGRAM_FILENAME: code}, memory_mb=memory_mb, cpu_s=timeout, max_processes=max_processes,
             max_file_bytes=max_file_bytes, tmp_size_mb=tmp_size_mb, work_size_mb=tmp_size_mb, stdout=out,
             stderr=err, python=python,
         )  # fmt: skip
