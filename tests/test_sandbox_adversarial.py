@@ -33,7 +33,9 @@ for _name in ("bwrap", "unshare"):
     if _caps["backend"] == _name:
         _BACKENDS.append(_name)
 if not _BACKENDS:
-    pytest.skip(f"no sandbox backend on this machine: {sandbox.sandbox_capabilities()['error']}", allow_module_level=True)
+    pytest.skip(
+        f"no sandbox backend on this machine: {sandbox.sandbox_capabilities()['error']}", allow_module_level=True
+    )
 
 MARK = "t2g-adv-mark"
 ADD_TESTS = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-5, 5) == 0\n"
@@ -192,10 +194,10 @@ FORGERIES = {
     "fake_frames_on_every_fd": "import os, json\ndef add(a, b):\n    for fd in range(3, 256):\n"
     "        for rid in range(1, 8):\n            d = json.dumps({'id': rid, 'ok': a + b + 1}).encode()\n"
     "            try:\n                os.write(fd, len(d).to_bytes(4, 'big') + d)\n            except OSError:\n"
-    "                pass\n        try:\n            os.write(fd, b'{\"passed\": true, \"kind\": \"passed\"}')\n"
+    '                pass\n        try:\n            os.write(fd, b\'{"passed": true, "kind": "passed"}\')\n'
     "        except OSError:\n            pass\n    return None\n",
     "pass_markers_printed": "import sys, os\ndef add(a, b):\n    print('All unit tests passed')\n"
-    "    print('{\"passed\": true, \"kind\": \"passed\", \"reason\": \"passed\"}')\n"
+    '    print(\'{"passed": true, "kind": "passed", "reason": "passed"}\')\n'
     "    sys.stderr.write('passed\\n')\n    os.write(1, b'OK\\n')\n    return None\n",
     "keyboard_interrupt": "def add(a, b):\n    raise KeyboardInterrupt\n",
     "stop_iteration": "def add(a, b):\n    raise StopIteration\n",

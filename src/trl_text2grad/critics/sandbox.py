@@ -315,15 +315,6 @@ PATH=/usr/sbin:/usr/bin:/sbin:/bin
 R=$1 tmp_size=$2 small_size=$3 work_size=$4 layout=$5 files=$6
 shift 6
 mount -t tmpfs -o size=8m,mode=0755 t2g-root "$R"
-printf '%s\n' "$layout" | while IFS=' ' read -r kind path; do
-    [ -n "$path" ] || continue
-    case "$kind" in
-        symlink:*) mkdir -p "$R$(dirname "$path")"; ln -s "${kind#symlink:}" "$R$path" ;;
-        bind) mkdir -p "$R$path"; mount --bind "$path" "$R$path"; mount -o remount,bind,ro "$R$path" ;;
-        file) [ -e "$path" ] || continue; mkdir -p "$R$(dirname "$path")"; : > "$R$path"
-              mount --bind "$path" "$R$path"; mount -o remount,bind,ro "$R$path" ;;
-    esac
-done
 mkdir -p "$R/proc" "$R/dev" "$R/sandbox" "$R/work" "$R/tmp" "$R/var/tmp" "$R/dev/shm" "$R/run/lock" "$R/old"
 mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
 for node in null zero full random urandom; do : > "$R/dev/$node"; mount --bind "/dev/$node" "$R/dev/$node"; done
@@ -333,6 +324,16 @@ for dir in /var/tmp /dev/shm /run/lock; do
     mount -t tmpfs -o "size=$small_size,mode=1777,nosuid,nodev" t2g-tmp "$R$dir"
 done
 mount -t tmpfs -o "size=$work_size,mode=0700,nosuid,nodev" t2g-work "$R/work"
+# after the private tmp dirs, so that an interpreter installed below /tmp stays visible
+printf '%s\n' "$layout" | while IFS=' ' read -r kind path; do
+    [ -n "$path" ] || continue
+    case "$kind" in
+        symlink:*) mkdir -p "$R$(dirname "$path")"; ln -s "${kind#symlink:}" "$R$path" ;;
+        bind) mkdir -p "$R$path"; mount --bind "$path" "$R$path"; mount -o remount,bind,ro "$R$path" ;;
+        file) [ -e "$path" ] || continue; mkdir -p "$R$(dirname "$path")"; : > "$R$path"
+              mount --bind "$path" "$R$path"; mount -o remount,bind,ro "$R$path" ;;
+    esac
+done
 printf '%s\n' "$files" | while IFS=' ' read -r fd name; do
     [ -n "$name" ] || continue
     cat "/proc/self/fd/$fd" > "$R/sandbox/$name"
