@@ -251,3 +251,56 @@ def test_custom_program_builder_is_used(problem):
         entry_point=["double", "double"],
     )  # fmt: skip
     assert "passed" in good.text and "wrong results" in bad.text
+
+
+# --- the trusted harness: what crosses the process boundary ---------------------------------------------------------
+
+
+def _pytest_run(candidate: str, tests: str, **kwargs):
+    from trl_text2grad.critics.harness import TestProgram, run_tests
+
+    return run_tests(TestProgram(candidate, tests, "", "pytest"), timeout=kwargs.pop("timeout", 15), **kwargs)
+
+
+def test_harness_pytest_style_features():
+    candidate = (
+        "import os\nLIMIT = 3\n\ndef rotate(items):\n    items.reverse()\n\ndef parse(text):\n"
+        "    if not text:\n        raise ValueError('empty')\n    return {'n': int(text), 'pair': (1, 2.5), 's': {1}}\n\n"
+        "class Counter:\n    def __init__(self):\n        self.count = 0\n    def add(self, k=1):\n"
+        "        self.count += k\n        return self.count\n\ndef evens(n):\n    return (i for i in range(n) if i % 2 == 0)\n"
+    )
+    tests = (
+        "import pytest\nfrom solution import *\nimport solution\n\n"
+        "def test_in_place():\n    data = [1, 2, 3]\n    assert rotate(data) is None\n    assert data == [3, 2, 1]\n\n"
+        "def test_values_and_exceptions():\n    assert parse('7') == {'n': 7, 'pair': (1, 2.5), 's': {1}}\n"
+        "    with pytest.raises(ValueError, match='empty'):\n        parse('')\n\n"
+        "class TestCounter:\n    def test_instance(self):\n        c = Counter()\n        c.add()\n"
+        "        assert c.add(k=2) == 3 and c.count == 3 and solution.LIMIT == LIMIT == 3\n\n"
+        "def test_generator():\n    assert list(evens(7)) == [0, 2, 4, 6]\n"
+    )
+    result = _pytest_run(candidate, tests)
+    assert result.passed, result
+    wrong = _pytest_run(candidate.replace("items.reverse()", "items.sort()"), tests)
+    assert not wrong.passed and wrong.kind == "assertion" and "test_in_place" in wrong.reason
+
+
+def test_harness_candidate_exceptions_and_limits():
+    custom = _pytest_run(
+        "class Oops(Exception):\n    pass\n\ndef f():\n    raise Oops('bad')\n",
+        "from solution import f\n\ndef test_f():\n    try:\n        f()\n    except ValueError:\n        pass\n",
+    )
+    assert not custom.passed and custom.kind == "candidate_exception" and custom.exception == "Oops: bad"
+    assert custom.candidate_lines == [5]
+    callback = _pytest_run("def apply(fn, x):\n    return fn(x)\n", "from solution import apply\n\ndef test_a():\n"
+                           "    assert apply(lambda v: v + 1, 1) == 2\n")  # fmt: skip
+    assert not callback.passed and "cannot pass a function" in callback.reason  # the documented limitation
+    slow = _pytest_run(
+        "import time\n\ndef f():\n    time.sleep(30)\n", "from solution import f\n\ndef test_f():\n    f()\n",
+        call_timeout=1.0,
+    )  # fmt: skip
+    assert not slow.passed and slow.kind == "timeout" and slow.duration_s < 10
+    swallowed = _pytest_run(
+        "import os\n\ndef f():\n    os._exit(0)\n",
+        "from solution import f\n\ndef test_f():\n    try:\n        f()\n    except BaseException:\n        pass\n",
+    )
+    assert not swallowed.passed and swallowed.kind == "candidate_died"  # a test cannot swallow a dead candidate

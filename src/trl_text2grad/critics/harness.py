@@ -256,6 +256,11 @@ def _serve():
                                 continue
                             if now != original:
                                 after[str(i)] = now
+                elif op == "names":
+                    public = getattr(module, "__all__", None)
+                    if not (type(public) in (list, tuple) and all(type(n) is str for n in public)):
+                        public = [n for n in list(vars(module)) if type(n) is str and not n.startswith("_")]
+                    value = list(public)
                 elif op == "iter":
                     value = iter(target)
                 elif op == "next":
@@ -422,6 +427,11 @@ class Remote:
 
 class CandidateModule(types.ModuleType):
     def __getattr__(self, name):
+        if name == "__all__":  # ``from solution import *``
+            names = _request("names")[0]
+            if type(names) is not list or not all(type(n) is str for n in names):
+                _fatal("protocol", "malformed list of names from the candidate")
+            return names
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
         value = _request("getattr", ref=0, name=name)[0]
