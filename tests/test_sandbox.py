@@ -65,6 +65,36 @@ def test_huge_allocation_hits_memory_limit(backend):
     assert not result.passed and "allocated" not in result.stdout and "memory limit" in result.reason
 
 
+def _stat_ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _argv0(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return os.path.basename(handle.read().split(b"\0")[0].decode(errors="replace"))
+    except OSError:
+        return ""
+
+
+def _survivor(pid: int) -> bool:
+    """A sandbox process outside every live sandbox, or inside one this test process started (and should have
+    killed). Sandboxes of other processes on the machine (concurrent test runs) are not ours to judge."""
+    ancestor = _stat_ppid(pid)
+    while ancestor > 1:
+        if _argv0(ancestor) in ("bwrap", "unshare"):
+            launcher = ancestor
+            while _argv0(_stat_ppid(launcher)) in ("bwrap", "unshare", "setpriv"):
+                launcher = _stat_ppid(launcher)
+            return _stat_ppid(launcher) == os.getpid()
+        ancestor = _stat_ppid(ancestor)
+    return True
+
+
 def _sandbox_processes() -> list[str]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -73,7 +103,7 @@ def _sandbox_processes() -> list[str]:
                 cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "/sandbox/boot.py" in cmdline:
+        if "/sandbox/boot.py" in cmdline and _survivor(int(pid)):
             found.append(cmdline)
     return found
 

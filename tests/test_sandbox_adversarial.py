@@ -70,6 +70,36 @@ class _Server(threading.Thread):
             conn.close()
 
 
+def _stat_ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _argv0(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return os.path.basename(handle.read().split(b"\0")[0].decode(errors="replace"))
+    except OSError:
+        return ""
+
+
+def _survivor(pid: int) -> bool:
+    """A sandbox process outside every live sandbox, or inside one this test process started (and should have
+    killed). Sandboxes of other processes on the machine (concurrent test runs) are not ours to judge."""
+    ancestor = _stat_ppid(pid)
+    while ancestor > 1:
+        if _argv0(ancestor) in ("bwrap", "unshare"):
+            launcher = ancestor
+            while _argv0(_stat_ppid(launcher)) in ("bwrap", "unshare", "setpriv"):
+                launcher = _stat_ppid(launcher)
+            return _stat_ppid(launcher) == os.getpid()
+        ancestor = _stat_ppid(ancestor)
+    return True
+
+
 def _sandbox_processes() -> set[tuple[int, str]]:
     found = set()
     for pid in os.listdir("/proc"):
@@ -80,7 +110,7 @@ def _sandbox_processes() -> set[tuple[int, str]]:
                 cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "/sandbox/boot.py" in cmdline or MARK in cmdline:
+        if ("/sandbox/boot.py" in cmdline or MARK in cmdline) and _survivor(int(pid)):
             found.add((int(pid), cmdline))
     return found
 
