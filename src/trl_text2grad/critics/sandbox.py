@@ -17,9 +17,9 @@ Both backends give the same sandbox:
 * **per-run resource limits** set inside the namespace before any untrusted code runs: processes and threads
   (``RLIMIT_NPROC``; since Linux 5.14 the count is kept per user namespace, so one run cannot use up another's
   processes), address space per process, CPU seconds, file size, open files, no core dumps;
-* **nothing survives**: the sandbox's first process is PID 1 of its namespace and dies with its launcher
-  (parent-death signal), which takes every other process of the namespace with it. :func:`kill_sandbox` (used on
-  every timeout and after every run) kills the launcher's whole process group.
+* **nothing survives**: the sandbox's first process is PID 1 of its namespace; when it dies the kernel kills every
+  other process of the namespace. :func:`kill_sandbox` (used on every timeout and after every run) kills it and
+  returns only once the whole namespace is gone; it also dies with its launcher (parent-death signal).
 
 When the caller is root, the sandbox is started as the unprivileged user ``nobody`` (so ``RLIMIT_NPROC`` binds: the
 kernel exempts root's own uid from it) with an interpreter that ``nobody`` may execute (this one, else a system
@@ -530,15 +530,47 @@ def _launch_unsandboxed(caps, contents, limits, args, pass_fds, stdout, stderr) 
     return sandboxed
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(child) for child in handle.read().split()]
+    except (OSError, ValueError):
+        pass
+    children = []  # kernels without /proc/<pid>/task/<tid>/children
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                if int(handle.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return children
+
+
 def kill_sandbox(sandboxed: SandboxedProcess) -> int:
-    """Kill the sandbox (its launcher, its process group and, through the PID namespace, every process it started)
-    and reap the launcher. Returns the launcher's exit status."""
-    for kill in (lambda: os.killpg(sandboxed.pid, signal.SIGKILL), lambda: os.kill(sandboxed.pid, signal.SIGKILL)):
+    """Kill the sandbox and every process it started, and return once they are gone (the launcher's exit status).
+
+    The launcher's child is PID 1 of the sandbox's PID namespace; killing it makes the kernel kill every other
+    process of the namespace, and PID 1 is only reaped (by the launcher, which then exits) once they all are. So
+    waiting for the launcher waits for the whole namespace. The launcher and its process group are killed too
+    (its child would then die by its parent-death signal)."""
+    process = sandboxed.process
+    if sandboxed.backend is not None and process.poll() is None:
+        for child in _children(process.pid):
+            try:
+                os.kill(child, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            logger.warning("sandbox: the launcher (pid %d) did not exit after its namespace was killed", process.pid)
+    for kill in (lambda: os.killpg(process.pid, signal.SIGKILL), lambda: os.kill(process.pid, signal.SIGKILL)):
         try:
             kill()
         except (ProcessLookupError, PermissionError):
             pass
-    returncode = sandboxed.process.wait()
+    returncode = process.wait()
     directory = getattr(sandboxed, "cleanup_dir", None)
     if directory:
         shutil.rmtree(directory, ignore_errors=True)
