@@ -187,7 +187,7 @@ def host(tmp_path_factory):
         os.unlink(secret_file)
 
 
-def _judge(host, source: str, tests: str | None = None, entry: str = "f", timeout: float = 5.0):
+def _judge(host, source: str, tests: str | None = None, entry: str = "f", timeout: float = 5.0, verify: bool = True):
     if tests is None:  # the escape cases: only the secret (or a successful attack) would pass
         tests = f"def check(candidate):\n    assert candidate({host['ctx']!r}) == {host['secret']!r}\n"
     start = time.monotonic()
@@ -195,7 +195,8 @@ def _judge(host, source: str, tests: str | None = None, entry: str = "f", timeou
     elapsed = time.monotonic() - start
     assert not result.passed, f"false pass: {result}"
     assert elapsed < timeout + 6.0, f"took {elapsed:.1f} s with a {timeout} s limit"
-    host["verify"]()
+    if verify:  # concurrent tests verify once every run has ended
+        host["verify"]()
     return result
 
 
@@ -383,12 +384,15 @@ def test_concurrent_runs_cannot_see_each_other(backend, host):
         "    return 'nothing'\n"
     )
     results = {}
-    thread = threading.Thread(target=lambda: results.setdefault("writer", _judge(host, writer, timeout=8.0)))
+    thread = threading.Thread(
+        target=lambda: results.setdefault("writer", _judge(host, writer, timeout=8.0, verify=False))
+    )
     thread.start()
     time.sleep(1.5)
-    _judge(host, reader, timeout=5.0)
+    _judge(host, reader, timeout=5.0, verify=False)
     thread.join()
     assert results["writer"].kind == "assertion"
+    host["verify"]()
 
 
 @pytest.mark.slow
@@ -398,12 +402,15 @@ def test_fork_bomb_does_not_starve_a_concurrent_run(backend, host):
         "import threading\ndef add(a, b):\n    out = []\n    ts = [threading.Thread(target=out.append, args=(1,)) "
         "for _ in range(16)]\n    [t.start() for t in ts]\n    [t.join() for t in ts]\n    return a + b + len(out) - 16\n"
     )
-    thread = threading.Thread(target=lambda: _judge(host, bomb, timeout=6.0))
+    judged = {}
+    thread = threading.Thread(target=lambda: judged.setdefault("bomb", _judge(host, bomb, timeout=6.0, verify=False)))
     thread.start()
     time.sleep(2.0)
     result = run_tests(TestProgram(threads, ADD_TESTS, "add"), timeout=10)
     thread.join()
     assert result.passed, result
+    assert "bomb" in judged  # the bomb was judged failing within its limit
+    host["verify"]()
 
 
 def test_case_count():
