@@ -342,3 +342,31 @@ def test_pass_at_1_cannot_be_faked_by_exit_status():
     assert pass_at_1(rows, ["    import os\n    os._exit(0)\n"]) == 0.0
     assert pass_at_1(rows, ["import sys\nsys.exit(0)\n"]) == 0.0
     assert pass_at_1(rows, ["    return number % 1.0\n"]) == 1.0
+
+
+def test_broken_tests_are_reported_not_blamed_on_the_response(problem, caplog):
+    critic = UnitTestCritic(timeout=10)
+    response = _fence("def truncate_number(number: float) -> float:\n    return number % 1.0")
+    with caplog.at_level("WARNING"):
+        critiques = critic.critique(
+            [problem["prompt"]] * 3, [response] * 3,
+            tests=["def check(candidate:\n", "x = 1\n", "def test_x():\n    assert False\n"],
+            entry_point=["truncate_number"] * 3,
+        )  # fmt: skip
+    syntax, no_check, failing = critiques
+    assert "cannot be run" in syntax.text and syntax.poor == [] and "not valid Python" in critic.last_errors[0]
+    assert "cannot be run" in no_check.text and "no check" in critic.last_errors[1]
+    assert critic.last_errors[2] is None and "assertion failed" in failing.text
+    assert sum("not judged" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_verdict_stays_unforgeable_without_a_sandbox(monkeypatch):
+    """The unsafe opt-in drops the isolation, not the trusted test process."""
+    from trl_text2grad.critics import sandbox
+    from trl_text2grad.critics.harness import TestProgram, run_tests
+
+    monkeypatch.setenv(sandbox.BACKEND_ENV, "none")
+    monkeypatch.setenv(sandbox.ALLOW_UNSANDBOXED_ENV, "1")
+    tests = "def check(candidate):\n    assert candidate(2) == 4\n"
+    assert not run_tests(TestProgram("import os\ndef f(x):\n    os._exit(0)\n", tests, "f"), timeout=10).passed
+    assert run_tests(TestProgram("def f(x):\n    return 2 * x\n", tests, "f"), timeout=10).passed

@@ -85,7 +85,8 @@ class TestResult:
         reason: ``"passed"`` or one line saying why not.
         kind: ``passed``, ``assertion`` (a test assertion failed), ``candidate_exception`` (the candidate raised,
             also while loading, e.g. ``SyntaxError``), ``missing`` (the candidate lacks a name the tests use),
-            ``test_error`` (the test code raised something else), ``timeout``, ``candidate_died`` (the candidate
+            ``test_error`` (the test code raised something else), ``bad_tests`` (the tests are not valid Python or
+            define no test: the response was not judged), ``timeout``, ``candidate_died`` (the candidate
             process ended or stopped answering properly), ``protocol`` (a malformed or oversized reply),
             ``harness`` (the trusted side itself failed).
         exception: ``"Type: message"`` of the failure, or ``""``.
@@ -566,6 +567,10 @@ def _main():
     namespace = {"__name__": "__t2g_tests__", "__builtins__": builtins}
     test_name = ""
     try:
+        test_code = compile(_spec["tests"], "<tests>", "exec")
+    except (SyntaxError, ValueError) as exc:
+        _report(False, "bad_tests", f"the tests are not valid Python: {_one_line(exc)}", _one_line(exc))
+    try:
         if _spec["style"] == "check":
             prelude = _spec["prelude"]
             if prelude:
@@ -590,11 +595,13 @@ def _main():
                 missing._t2g_missing = True
                 raise missing from None
             namespace[entry] = candidate
-            exec(compile(_spec["tests"], "<tests>", "exec"), namespace)
+            exec(test_code, namespace)
+            if not callable(namespace.get("check")):
+                _report(False, "bad_tests", "the tests define no check(candidate) function", "")
             test_name = "check"
             namespace["check"](candidate)
         else:
-            exec(compile(_spec["tests"], "<tests>", "exec"), namespace)
+            exec(test_code, namespace)
             tests = []
             for name, obj in list(namespace.items()):
                 if name.startswith("test") and inspect.isfunction(obj):
@@ -605,7 +612,7 @@ def _main():
                         if attr.startswith("test") and callable(getattr(instance, attr)):
                             tests.append((f"{name}.{attr}", getattr(instance, attr)))
             if not tests:
-                _report(False, "test_error", "the tests define no test_* function", "")
+                _report(False, "bad_tests", "the tests define no test_* function or Test* class", "")
             for test_name, test in tests:
                 test()
     except BaseException as exc:

@@ -242,11 +242,15 @@ class UnitTestCritic(BaseCritic):
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
             results = list(pool.map(self._run, jobs))
         critiques, spans, errors = [], [], []
-        for job, result in zip(jobs, results):
+        for index, (job, result) in enumerate(zip(jobs, results)):
             critique, sample_spans = self._judge(job, result)
             critiques.append(critique)
             spans.append(sample_spans)
-            errors.append(None)
+            errors.append(
+                f"unusable tests: {result.reason}" if result is not None and result.kind == "bad_tests" else None
+            )
+            if errors[-1]:
+                logger.warning("UnitTestCritic: sample %d not judged, %s", index, errors[-1])
         self.last_results = results
         self.last_spans = spans
         self.last_errors = errors
@@ -333,6 +337,8 @@ class UnitTestCritic(BaseCritic):
             text = f"All unit tests passed for `{entry_point}`."
             return Critique(text, [response[s:e] for s, e, _ in spans], []), spans
 
+        if result.kind == "bad_tests":
+            return Critique(f"The unit tests of this sample cannot be run ({result.reason}); not judged.", [], []), []
         exception = result.exception
         raising = self._raising_code_line(job, result) if result.kind == "candidate_exception" else None
         poor: tuple[int, int] | None = None
