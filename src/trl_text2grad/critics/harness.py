@@ -5,10 +5,10 @@ server that defines its functions and answers requests; the tests (they come fro
 trusted Python process outside the sandbox. The two talk over a Unix socket pair with length-prefixed JSON frames:
 
 * the trusted side asks for names of the candidate module and calls them; the candidate answers each request with
-  **plain data** (``None``, booleans, numbers, strings, bytes, lists, tuples, dicts, sets), or an exception
-  description (type name, message, line numbers in the candidate), or, for anything else (a class, an instance,
-  a generator, a function), an opaque handle the tests can call / iterate / read attributes of, which are again
-  forwarded. Arguments the candidate mutated in place (``lst.sort()``-style tasks) are copied back.
+  **plain data** (``None``, booleans, numbers — numpy scalars included —, strings, bytes, lists, tuples, dicts,
+  sets), or an exception description (type name, message, line numbers in the candidate), or, for anything else
+  (a class, an instance, a generator, a function), an opaque handle the tests can call / iterate / read attributes
+  of, which are again forwarded. Arguments the candidate mutated in place (``lst.sort()``-style tasks) are copied back.
 * the tests only ever see values the trusted side built itself from that data: an object with an ``__eq__`` that
   always answers ``True`` arrives as an opaque handle, equal only to itself. Exceptions of built-in types
   (``ValueError``, ...) are re-raised as that type so ``pytest.raises`` works; others become
@@ -175,6 +175,8 @@ def _enc(x, depth=0):
         return {"$bytes" if t is bytes else "$bytearray": x.hex()}
     if t is complex:
         return {"$complex": [_enc(x.real), _enc(x.imag)]}
+    if t.__module__ == "numpy" and getattr(x, "ndim", None) == 0 and hasattr(x, "item"):
+        return _enc(x.item(), depth + 1)  # numpy scalars (np.int64(3) == 3 in the candidate's own process too)
     return _handle(x)
 
 
