@@ -413,6 +413,62 @@ def test_fork_bomb_does_not_starve_a_concurrent_run(backend, host):
     host["verify"]()
 
 
+def _descendants(root: int) -> set[int]:
+    found, frontier = set(), {root}
+    while frontier:
+        children = {int(p) for p in filter(str.isdigit, os.listdir("/proc")) if _stat_ppid(int(p)) in frontier} - found
+        found |= children
+        frontier = children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_critic_leaves_nothing_behind(backend, host):
+    """The critic process dies (SIGKILL) while the code sleeps inside a call: the test process, the launcher and every
+    process in the sandbox die with it."""
+    program = (
+        "import sys\nfrom trl_text2grad.critics.harness import TestProgram, run_tests\n"
+        "run_tests(TestProgram('import os, time\\ndef f(c):\\n    os.fork() or os.setsid()\\n    time.sleep(300)\\n',"
+        " 'def check(c):\\n    c(1)\\n', 'f'), timeout=120)\n"
+    )
+    critic = subprocess.Popen([sys.executable, "-c", program], env=dict(os.environ), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        tree: set[int] = set()
+        while time.monotonic() < deadline:
+            tree = _descendants(critic.pid)
+            if sum("/sandbox/boot.py" in _cmdline(p) for p in tree) >= 2:  # the server and its forked child
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the sandbox did not start: {[_cmdline(p) for p in tree]}")
+        time.sleep(0.5)
+        tree = _descendants(critic.pid)
+    finally:
+        critic.kill()
+        critic.wait()
+    deadline = time.monotonic() + 3.0
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [(p, _cmdline(p)) for p in tree if _alive(p)], "processes outlived the killed critic"
+    host["verify"]()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_case_count():
     """The issue asks for at least 40 hostile programs."""
     assert len(FORGERIES) + len(ESCAPES) + len(SURVIVORS) + len(RESOURCES) + 1 >= 40

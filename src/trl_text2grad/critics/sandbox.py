@@ -161,10 +161,13 @@ def _interpreter_dirs(interpreter: str) -> list[str]:
     return out
 
 
-def _prefix(root: bool) -> list[str]:
-    if not root:
-        return []
-    return [_which("setpriv") or "setpriv", f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups", "--"]
+def _prefix(root: bool, pdeathsig: bool = False) -> list[str]:
+    """``setpriv`` before the launcher: as root, switch to ``nobody``; with ``pdeathsig``, the launcher gets SIGKILL
+    when the critic dies (``bwrap`` arranges that itself with ``--die-with-parent``)."""
+    options = [f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups"] if root else []
+    if pdeathsig:
+        options.append("--pdeathsig=KILL")
+    return [_which("setpriv") or "setpriv", *options, "--"] if options else []
 
 
 @functools.lru_cache(maxsize=16)
@@ -357,7 +360,7 @@ def _unshare_command(caps, args, files, tmp_size_mb, work_size_mb):
     file_lines = "\n".join(f"{fd} {name}" for name, fd in files.items())
     root_dir = _root_mountpoint()
     cmd = [
-        *_prefix(caps["root"]), tools["unshare"],
+        *_prefix(caps["root"], pdeathsig=True), tools["unshare"],
         "--user", "--map-root-user", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child",
         "--", "/bin/sh", "-c", _UNSHARE_SCRIPT, "t2g-sandbox", root_dir, f"{int(tmp_size_mb)}m",
         f"{_tmp_size('/var/tmp', tmp_size_mb)}m",
