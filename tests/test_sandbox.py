@@ -36,7 +36,8 @@ def backend(request, monkeypatch):
 
 def test_capabilities_report_the_backend():
     caps = sandbox_capabilities()
-    assert set(caps) == {"backend", "namespaces", "root", "interpreter", "unsandboxed_allowed", "error"}
+    assert set(caps) == {"backend", "namespaces", "root", "as_nobody", "interpreter", "unsandboxed_allowed", "error"}
+    assert caps["as_nobody"] <= caps["root"]
     assert caps["namespaces"] == (caps["backend"] is not None)
     assert (caps["error"] is None) == caps["namespaces"]
 

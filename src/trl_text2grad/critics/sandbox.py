@@ -23,7 +23,7 @@ Both backends give the same sandbox:
 
 When the caller is root, the sandbox is started as the unprivileged user ``nobody`` (so ``RLIMIT_NPROC`` binds: the
 kernel exempts root's own uid from it) with an interpreter that ``nobody`` may execute (this one, else a system
-``python3`` of the same version).
+``python3`` of the same version); only when there is none, as root (logged: the process limit then does not bind).
 
 Where neither backend works (no user namespaces, no ``bwrap``/``unshare``), :func:`launch` refuses with
 :class:`SandboxUnavailableError` unless the environment variable ``TRL_TEXT2GRAD_ALLOW_UNSANDBOXED=1`` is set; then
@@ -161,10 +161,10 @@ def _interpreter_dirs(interpreter: str) -> list[str]:
     return out
 
 
-def _prefix(root: bool, pdeathsig: bool = False) -> list[str]:
-    """``setpriv`` before the launcher: as root, switch to ``nobody``; with ``pdeathsig``, the launcher gets SIGKILL
-    when the critic dies (``bwrap`` arranges that itself with ``--die-with-parent``)."""
-    options = [f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups"] if root else []
+def _prefix(drop: bool, pdeathsig: bool = False) -> list[str]:
+    """``setpriv`` before the launcher: with ``drop`` (the caller is root), switch to ``nobody``; with ``pdeathsig``,
+    the launcher gets SIGKILL when the critic dies (``bwrap`` arranges that itself with ``--die-with-parent``)."""
+    options = [f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups"] if drop else []
     if pdeathsig:
         options.append("--pdeathsig=KILL")
     return [_which("setpriv") or "setpriv", *options, "--"] if options else []
@@ -178,9 +178,9 @@ def _capabilities(python: str | None, forced: str | None) -> dict:
     errors = []
     if forced == "none":
         order, errors = [], [f"disabled by {BACKEND_ENV}=none"]
-    if root and not tools["setpriv"]:
-        errors.append("running as root needs setpriv (util-linux) to start the sandbox as 'nobody'")
-        order = []
+    # as root: start the sandbox as 'nobody' (so RLIMIT_NPROC binds) with an interpreter 'nobody' may run; only if
+    # there is none, as root (the namespaces still apply; the process limit does not)
+    drops = [True, False] if root and tools["setpriv"] else [False]
     for backend in order:
         needed = ["bwrap"] if backend == "bwrap" else ["unshare", "mount", "pivot_root", "setpriv"]
         if backend not in ("bwrap", "unshare"):
@@ -190,13 +190,23 @@ def _capabilities(python: str | None, forced: str | None) -> dict:
         if missing:
             errors.append(f"{backend}: missing {', '.join(missing)}")
             continue
-        for interpreter in _interpreter_candidates(python):
-            caps = {"backend": backend, "root": root, "interpreter": interpreter, "tools": tools, "error": None}
-            ok, why = _probe_backend(caps)
-            if ok:
-                return caps
-            errors.append(f"{backend} with {interpreter}: {why.strip()[-300:]}")
-    return {"backend": None, "root": root, "interpreter": sys.executable, "tools": tools, "error": "; ".join(errors)}
+        for drop in drops:
+            for interpreter in _interpreter_candidates(python):
+                caps = {"backend": backend, "root": root, "drop": drop, "interpreter": interpreter, "tools": tools}
+                ok, why = _probe_backend(caps)
+                if ok:
+                    if root and not drop:
+                        logger.warning(
+                            "sandbox: running as root and no Python interpreter is executable by 'nobody' (e.g. it "
+                            "lives under /root): the sandbox runs as root inside its namespaces, where the process "
+                            "limit (RLIMIT_NPROC) does not bind. Install a system python3 or pass python=..."
+                        )
+                    return {**caps, "error": None}
+                errors.append(f"{backend} with {interpreter}{' as nobody' if drop else ''}: {why.strip()[-300:]}")
+    return {
+        "backend": None, "root": root, "drop": False, "interpreter": sys.executable, "tools": tools,
+        "error": "; ".join(errors),
+    }  # fmt: skip
 
 
 def _probe_backend(caps: dict) -> tuple[bool, str]:
@@ -219,7 +229,8 @@ def sandbox_capabilities(python: str | None = None) -> dict:
     """How :func:`launch` isolates code on this machine.
 
     Keys: ``backend`` (``"bwrap"``, ``"unshare"`` or ``None`` when namespaces are unavailable), ``namespaces``
-    (a backend works), ``root`` (the caller is root; the sandbox then runs as ``nobody``), ``interpreter`` (the
+    (a backend works), ``root`` (the caller is root), ``as_nobody`` (the sandbox is started as ``nobody``: as root,
+    unless no interpreter is executable by ``nobody``), ``interpreter`` (the
     Python executable used inside), ``unsandboxed_allowed`` (the ``TRL_TEXT2GRAD_ALLOW_UNSANDBOXED`` opt-in is
     set), ``error`` (why no backend works, else ``None``).
     """
@@ -228,6 +239,7 @@ def sandbox_capabilities(python: str | None = None) -> dict:
         "backend": caps["backend"],
         "namespaces": caps["backend"] is not None,
         "root": caps["root"],
+        "as_nobody": caps["drop"],
         "interpreter": caps["interpreter"],
         "unsandboxed_allowed": _unsandboxed_allowed(),
         "error": caps["error"],
@@ -288,7 +300,7 @@ def _tmp_size(path: str, tmp_size_mb: int) -> int:
 
 def _bwrap_command(caps, args, files, tmp_size_mb, work_size_mb):
     cmd = [
-        *_prefix(caps["root"]), caps["tools"]["bwrap"],
+        *_prefix(caps["drop"]), caps["tools"]["bwrap"],
         "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
         "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "t2g-sandbox",
         "--clearenv",
@@ -302,9 +314,9 @@ def _bwrap_command(caps, args, files, tmp_size_mb, work_size_mb):
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     for path in _PRIVATE_TMPS:
         cmd += ["--size", str(_tmp_size(path, tmp_size_mb) << 20), "--perms", "1777", "--tmpfs", path]
-    for path in _interpreter_dirs(caps["interpreter"]):
-        cmd += ["--ro-bind", path, path]
     cmd += ["--size", str(int(work_size_mb) << 20), "--perms", "0700", "--tmpfs", WORK_DIR]
+    for path in _interpreter_dirs(caps["interpreter"]):  # after the tmpfs mounts: an installation below them stays
+        cmd += ["--ro-bind", path, path]
     for name, fd in files.items():
         cmd += ["--ro-bind-data", str(fd), f"{SANDBOX_DIR}/{name}"]
     cmd += ["--remount-ro", "/", "--chdir", WORK_DIR, "--", caps["interpreter"], "-I", "-B", *args]
@@ -360,7 +372,7 @@ def _unshare_command(caps, args, files, tmp_size_mb, work_size_mb):
     file_lines = "\n".join(f"{fd} {name}" for name, fd in files.items())
     root_dir = _root_mountpoint()
     cmd = [
-        *_prefix(caps["root"], pdeathsig=True), tools["unshare"],
+        *_prefix(caps["drop"], pdeathsig=True), tools["unshare"],
         "--user", "--map-root-user", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child",
         "--", "/bin/sh", "-c", _UNSHARE_SCRIPT, "t2g-sandbox", root_dir, f"{int(tmp_size_mb)}m",
         f"{_tmp_size('/var/tmp', tmp_size_mb)}m",
