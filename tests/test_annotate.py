@@ -227,7 +227,7 @@ def test_kill_9_midway_then_resume_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_cli_main_with_yaml_config(tmp_path, capsys):
-    from trl_text2grad.scripts.annotate import main
+    from trl_text2grad.cli.annotate import main
     from trl_text2grad.tasks.humaneval import load_humaneval
 
     rows = [dict(p, response=p["canonical_solution"]) for p in load_humaneval().select(range(2))]

@@ -42,7 +42,7 @@ def _read(out: Path) -> tuple[str, dict]:
 
 
 def test_demo_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
-    from trl_text2grad.scripts.demo import main
+    from trl_text2grad.cli.demo.main import main
 
     out = tmp_path / "demo_out"
     assert main(["--model", tiny_model_dir, "--output_dir", str(out), *TINY]) == 0
@@ -54,7 +54,19 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     report, summary = _read(out)
     metrics = summary["metrics"]
     assert summary["skipped"] == {}, summary["skipped"]
-    assert 0.0 <= metrics["pass@1 before"] <= 1.0 and 0.0 <= metrics["pass@1 after"] <= 1.0
+    # pass@1 recomputed from the report's per-problem table: the same held-out problems before and after (the first
+    # two of the test split, which no training row comes from), each one passing or not
+    from trl_text2grad.cli.demo.config import DemoConfig
+    from trl_text2grad.tasks.humaneval import load_humaneval, split_by_problem
+
+    table = re.findall(r"<tr><td><code>([^<]+)</code></td><td>(✔|✘)</td><td>(✔|✘|—)</td></tr>", report)
+    defaults = DemoConfig()
+    split = split_by_problem(load_humaneval(), test_fraction=defaults.test_fraction, seed=defaults.split_seed)
+    assert [task_id for task_id, _, _ in table] == split["test"]["task_id"][:2]
+    assert not set(split["train"]["task_id"]) & {task_id for task_id, _, _ in table}
+    assert metrics["pass@1 before"] == sum(before == "✔" for _, before, _ in table) / len(table)
+    assert metrics["pass@1 after"] == sum(after == "✔" for _, _, after in table) / len(table)
+    assert metrics["pass@1 before"] == 0.0  # 8 tokens from a random model never define a working function
     assert metrics["ppo_rollouts"] == 1 and metrics["held_out_problems"] == 2
     assert any("objective/scores" in row for row in summary["log_history"])
     assert "How small this run is" in report and "2 held-out problems" in report
@@ -68,7 +80,8 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
 
 def test_demo_degrades_when_a_component_is_missing(tiny_model_dir, tmp_path, capsys):
     """No usable critic: annotation and PPO are reported as skipped, pass@1 before still runs, report written."""
-    from trl_text2grad.demo import DemoConfig, run_demo
+    from trl_text2grad.cli.demo.config import DemoConfig
+    from trl_text2grad.cli.demo.run import run_demo
 
     out = tmp_path / "demo_out"
     config = DemoConfig(
@@ -94,7 +107,7 @@ def test_demo_degrades_when_a_component_is_missing(tiny_model_dir, tmp_path, cap
 
 
 def test_demo_config_rejects_bad_values():
-    from trl_text2grad.demo import DemoConfig
+    from trl_text2grad.cli.demo.config import DemoConfig
 
     with pytest.raises(ValueError, match="--critic"):
         DemoConfig(critic="gpt")
@@ -104,8 +117,8 @@ def test_demo_config_rejects_bad_values():
 
 def test_unit_test_reward_marks_failing_and_passing_code():
     from trl_text2grad.critics.unit_tests import UnitTestCritic
-    from trl_text2grad.demo import UnitTestReward, humaneval_rows
-    from trl_text2grad.tasks.humaneval import load_humaneval
+    from trl_text2grad.rewards import UnitTestReward
+    from trl_text2grad.tasks.humaneval import humaneval_rows, load_humaneval
 
     problems = load_humaneval().select(range(2))
     rows = humaneval_rows(problems)
@@ -129,7 +142,7 @@ def test_unit_test_reward_marks_failing_and_passing_code():
 def test_fence_stop_criterion(smollm2_tokenizer):
     import torch
 
-    from trl_text2grad.demo import _fence_stop
+    from trl_text2grad.cli.demo.generation import _fence_stop
 
     tok = smollm2_tokenizer
     prompt = tok("hello", add_special_tokens=False)["input_ids"]
@@ -146,7 +159,7 @@ def test_fence_stop_criterion(smollm2_tokenizer):
 
 def test_cli_demo_help_lists_overrides():
     result = subprocess.run(
-        [sys.executable, "-m", "trl_text2grad.cli", "demo", "--help"], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "trl_text2grad.cli.main", "demo", "--help"], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
     for flag in ("--steps", "--model", "--critic", "--output_dir"):
@@ -157,7 +170,7 @@ def test_cli_demo_help_lists_overrides():
 @pytest.mark.ci_real_model
 def test_demo_on_smollm2_small(tmp_path):
     """The real pipeline on the packaged SmolLM2: real generation, sandboxed tests, one LoRA PPO rollout, report."""
-    from trl_text2grad.scripts.demo import main
+    from trl_text2grad.cli.demo.main import main
 
     out = tmp_path / "demo_out"
     args = [
@@ -204,7 +217,8 @@ def test_default_demo_command(tmp_path):
 
 def test_demo_with_an_llm_critic_and_no_training(tiny_model_dir, tmp_path):
     """--critic transformers (a local LLM critic; here the tiny model, so its critiques do not parse) and --steps 0."""
-    from trl_text2grad.demo import DemoConfig, run_demo
+    from trl_text2grad.cli.demo.config import DemoConfig
+    from trl_text2grad.cli.demo.run import run_demo
 
     config = DemoConfig(
         model=tiny_model_dir,

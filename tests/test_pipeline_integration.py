@@ -13,8 +13,9 @@ import pytest
 import torch
 from datasets import Dataset
 
+from trl_text2grad.alignment import token_char_offsets
 from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
-from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer, token_char_offsets
+from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
 from trl_text2grad.reward.scoring import SpanRewardModel
 from trl_text2grad.reward.span_reward_config import SpanRewardConfig
 from trl_text2grad.reward.span_reward_trainer import SpanRewardTrainer

@@ -125,7 +125,7 @@ def test_fit_generative_prompt_truncates_response_first(smollm2_tokenizer):
     ids, used, truncated = fit_generative_prompt(tok, "Task.", response, None, 200)
     assert truncated and len(ids) <= 200 and response.startswith(used) and len(used) < len(response)
     assert "Task." in tok.decode(ids)
-    assert prompt_to_text([{"role": "user", "content": "hi"}]) == "user: hi"
+    assert prompt_to_text([{"role": "user", "content": "hi"}]) == "hi"
     with pytest.raises(ValueError, match="None"):
         prompt_to_text(None)
 

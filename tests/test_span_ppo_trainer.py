@@ -10,8 +10,10 @@ import torch
 from datasets import Dataset
 
 from trl_text2grad import Critique
+from trl_text2grad.alignment import token_char_offsets
 from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
-from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer, normalize_reward_output, token_char_offsets
+from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
+from trl_text2grad.rewards import normalize_reward_output
 
 METRICS = [
     "objective/kl",
@@ -775,7 +777,7 @@ def test_smollm2_two_updates_span_mode(tmp_path):
     history = [h for h in trainer.state.log_history if "span/frac_tokens_rewarded" in h]
     assert len(history) == 1 and history[0]["span/frac_tokens_rewarded"] > 0
     assert all(np.isfinite(h["loss/policy_avg"]) for h in trainer.state.log_history if "loss/policy_avg" in h)
-    assert list((tmp_path / "out" / "heatmaps").glob("rollout_*.html"))
+    assert list((tmp_path / "out" / "heatmaps").glob("update_*.html"))
 
 
 MULTIPROC_SCRIPT = r"""

@@ -11,6 +11,7 @@ the response text itself.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from itertools import chain
 
@@ -20,6 +21,7 @@ __all__ = [
     "spans_to_token_rewards",
     "batch_spans_to_token_rewards",
     "token_rewards_from_offsets",
+    "token_char_offsets",
     "require_fast_tokenizer",
 ]
 
@@ -156,3 +158,32 @@ def batch_spans_to_token_rewards(
         token_rewards_from_offsets(text, offsets, text_spans).tolist()
         for text, offsets, text_spans in zip(texts, encoding["offset_mapping"], spans)
     ]
+
+
+def token_char_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
+    """Decode ``token_ids`` and return ``(text, offsets)`` with each token's character range in ``text``.
+
+    Offsets come from decoding the prefixes ``ids[:1], ids[:2], ...`` so that they describe exactly the sampled
+    tokens (re-tokenizing the text could give different tokens). Special tokens (skipped in ``text``) get zero-width
+    ranges; a token that only holds part of a multi-byte character shares the range of the token completing it.
+    """
+    ids = [int(i) for i in token_ids]
+    kwargs = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+    text = tokenizer.decode(ids, **kwargs)
+    offsets: list[tuple[int, int]] = []
+    pending: list[int] = []
+    prev_end = 0
+    for k in range(1, len(ids) + 1):
+        prefix = tokenizer.decode(ids[:k], **kwargs)
+        if prefix.endswith("\ufffd") and not text.startswith(prefix):
+            pending.append(k - 1)  # incomplete UTF-8 sequence: resolved by a later token
+            offsets.append((prev_end, prev_end))
+            continue
+        end = max(len(os.path.commonprefix([prefix, text])), prev_end)
+        start = prev_end
+        for j in pending:
+            offsets[j] = (start, end)
+        pending = []
+        offsets.append((start, end))
+        prev_end = end
+    return text, offsets

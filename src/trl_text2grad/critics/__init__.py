@@ -25,6 +25,7 @@ _EXPORTS = {
     "TestProgram": "trl_text2grad.critics.harness",
     "TestResult": "trl_text2grad.critics.harness",
     "SandboxResult": "trl_text2grad.critics.sandbox",
+    "SandboxUnavailableError": "trl_text2grad.critics.sandbox",
     "sandbox_capabilities": "trl_text2grad.critics.sandbox",
     "parse_critique": "trl_text2grad.critics.parsing",
     "ParsedCritique": "trl_text2grad.critics.parsing",
@@ -42,6 +43,7 @@ __all__ = [
     "OpenAICompatibleCritic",
     "ParsedCritique",
     "SandboxResult",
+    "SandboxUnavailableError",
     "TestProgram",
     "TestResult",
     "TransformersCritic",
@@ -76,4 +78,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from .parsing import ParsedCritique, parse_critique
     from .program import UnitTestCritic
     from .prompts import TEMPLATES, CritiqueTemplate, get_template
-    from .sandbox import SandboxResult, run_python, sandbox_capabilities
+    from .sandbox import SandboxResult, SandboxUnavailableError, run_python, sandbox_capabilities

@@ -13,6 +13,7 @@ import logging
 
 import torch
 
+from ..models import default_model_path
 from .base import LLMCritic
 from .prompts import CritiqueTemplate
 
@@ -60,8 +61,6 @@ class TransformersCritic(LLMCritic):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if model is None:
-            from ..models import default_model_path
-
             model = default_model_path()
         if isinstance(model, str):
             self.model = AutoModelForCausalLM.from_pretrained(model, **(model_kwargs or {}))

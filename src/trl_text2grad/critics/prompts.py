@@ -17,9 +17,11 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-__all__ = ["CritiqueTemplate", "TEMPLATES", "get_template", "prompt_to_text"]
+from ..rewards import prompt_to_text  # re-exported: critics build their messages from it
 
-_JSON_INSTRUCTIONS = (
+__all__ = ["CritiqueTemplate", "JSON_INSTRUCTIONS", "TEMPLATES", "get_template", "prompt_to_text"]
+
+JSON_INSTRUCTIONS = (
     "Answer with one JSON object and nothing else, of the form\n"
     '{{"critique": "<your critique>", "good_spans": ["<exact quote>", ...], "poor_spans": ["<exact quote>", ...]}}\n'
     "Rules for the spans: copy each quote character for character from the RESPONSE (not from the prompt), keep "
@@ -62,7 +64,7 @@ class CritiqueTemplate:
 _SUMMARIZATION = CritiqueTemplate(
     system=(
         "You are a meticulous editor who evaluates summaries of Reddit posts. A good summary is accurate (no "
-        "facts that are not in the post), complete (covers the main point), and concise.\n" + _JSON_INSTRUCTIONS
+        "facts that are not in the post), complete (covers the main point), and concise.\n" + JSON_INSTRUCTIONS
     ),
     user="POST:\n{prompt}\n\nRESPONSE (the summary to evaluate):\n{response}",
 )
@@ -71,7 +73,7 @@ _CODE = CritiqueTemplate(
     system=(
         "You are a senior Python reviewer. Judge whether the RESPONSE correctly solves the programming TASK: "
         "logic errors, unhandled edge cases, wrong return values, syntax errors and inefficiency. In the critique "
-        "explain the most important problem first.\n" + _JSON_INSTRUCTIONS
+        "explain the most important problem first.\n" + JSON_INSTRUCTIONS
     ),
     user="TASK:\n{prompt}\n\nRESPONSE (the code to review):\n{response}",
 )
@@ -79,7 +81,7 @@ _CODE = CritiqueTemplate(
 _QA = CritiqueTemplate(
     system=(
         "You are an expert assistant evaluator. Judge the RESPONSE to the user's QUESTION for helpfulness, "
-        "correctness, honesty and instruction following.\n" + _JSON_INSTRUCTIONS
+        "correctness, honesty and instruction following.\n" + JSON_INSTRUCTIONS
     ),
     user="QUESTION:\n{prompt}\n\nRESPONSE (the answer to evaluate):\n{response}",
 )
@@ -110,16 +112,3 @@ def get_template(
     if system is None and user is None:
         return base
     return CritiqueTemplate(system=base.system if system is None else system, user=base.user if user is None else user)
-
-
-def prompt_to_text(prompt: object) -> str:
-    """A prompt as plain text: strings unchanged; chat messages → their contents, role-labelled, one per line."""
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-        if len(prompt) == 1:
-            return str(prompt[0].get("content", ""))
-        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in prompt)
-    if prompt is None:
-        return ""
-    raise TypeError(f"prompt must be a str or a list of chat messages, got {type(prompt).__name__}")

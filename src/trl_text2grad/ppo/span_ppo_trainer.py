@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from transformers import (
@@ -48,9 +49,15 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, speed_metrics
 
-from ..alignment import token_rewards_from_offsets
+from ..alignment import token_char_offsets, token_rewards_from_offsets
 from ..collator import pad_sequences
-from ..spans import Critique, locate_critique
+from ..rewards import normalize_reward_output
+from ..visualize import (
+    heatmap_legend_html,
+    heatmap_legend_text,
+    render_token_rewards_html,
+    render_token_rewards_terminal,
+)
 from .advantages import (
     combine_rewards,
     compute_gae,
@@ -64,14 +71,19 @@ from .advantages import (
     ppo_policy_loss,
     ppo_value_loss,
 )
-from .modeling import PolicyWithValue
+from .modeling import VALUE_HEAD_FILE, VALUE_MODEL_DIR, PolicyWithValue
 from .span_ppo_config import SpanPPOConfig
 
-__all__ = ["SpanPPOTrainer", "ScoredRollout", "token_char_offsets", "normalize_reward_output"]
+__all__ = ["SpanPPOTrainer", "ScoredRollout"]
 
 logger = logging.getLogger(__name__)
 
 _STATE_FILE = "span_ppo_state_rank{rank}.pt"
+#: What the rollout heatmaps show (their legend).
+_HEATMAP_QUANTITY = (
+    "per-token task reward of the sampled response (span rewards, plus any scalar reward on its last token), "
+    "before the KL penalty"
+)
 _EPS_TEMPERATURE = 1e-7  # TRL 1.12 samples and scores with `temperature + 1e-7`
 _EVAL_TEMPERATURE = 0.01  # TRL 1.12's near-greedy sampling for sample generations (`generate_completions`)
 
@@ -79,118 +91,6 @@ _EVAL_TEMPERATURE = 0.01  # TRL 1.12's near-greedy sampling for sample generatio
 # ----------------------------------------------------------------------------------------------------------------
 # Small pure helpers
 # ----------------------------------------------------------------------------------------------------------------
-def token_char_offsets(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[tuple[int, int]]]:
-    """Decode ``token_ids`` and return ``(text, offsets)`` with each token's character range in ``text``.
-
-    Offsets come from decoding the prefixes ``ids[:1], ids[:2], ...`` so that they describe exactly the sampled
-    tokens (re-tokenizing the text could give different tokens). Special tokens (skipped in ``text``) get zero-width
-    ranges; a token that only holds part of a multi-byte character shares the range of the token completing it.
-    """
-    ids = [int(i) for i in token_ids]
-    kwargs = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
-    text = tokenizer.decode(ids, **kwargs)
-    offsets: list[tuple[int, int]] = []
-    pending: list[int] = []
-    prev_end = 0
-    for k in range(1, len(ids) + 1):
-        prefix = tokenizer.decode(ids[:k], **kwargs)
-        if prefix.endswith("\ufffd") and not text.startswith(prefix):
-            pending.append(k - 1)  # incomplete UTF-8 sequence: resolved by a later token
-            offsets.append((prev_end, prev_end))
-            continue
-        end = max(len(os.path.commonprefix([prefix, text])), prev_end)
-        start = prev_end
-        for j in pending:
-            offsets[j] = (start, end)
-        pending = []
-        offsets.append((start, end))
-        prev_end = end
-    return text, offsets
-
-
-@dataclass
-class _NormalizedReward:
-    scalar: float | None = None
-    spans: list[tuple[int, int, float]] | None = None
-    num_unlocated: int = 0
-    ok: bool = True
-    reason: str = ""
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float, np.floating, np.integer)):
-        return True
-    return isinstance(value, torch.Tensor) and value.numel() == 1
-
-
-def normalize_reward_output(
-    output: Any,
-    text: str,
-    good_score: float = 1.0,
-    poor_score: float = -1.0,
-    fuzzy_threshold: float = 90.0,
-) -> _NormalizedReward:
-    """Turn one reward-function output into ``(scalar, spans)``; never raises (bad output -> ``ok=False``).
-
-    Accepted: a number; a :class:`~trl_text2grad.Critique`; a list of ``(start, end, score)`` spans; an annotation
-    dict (``critique``/``good_spans``/``poor_spans``, or ``spans``, optionally ``score``); a ``(score, critique or
-    spans)`` tuple; ``None`` (failure). A critique whose quotes all fail to locate is a failure.
-    """
-    try:
-        if output is None:
-            return _NormalizedReward(ok=False, reason="reward is None")
-        if _is_number(output):
-            value = float(output)
-            if not math.isfinite(value):
-                return _NormalizedReward(ok=False, reason=f"reward is {value}")
-            return _NormalizedReward(scalar=value)
-        if isinstance(output, tuple) and len(output) == 2 and (_is_number(output[0]) or output[0] is None):
-            head = normalize_reward_output(output[0], text) if output[0] is not None else _NormalizedReward()
-            tail = normalize_reward_output(output[1], text, good_score, poor_score, fuzzy_threshold)
-            if not (head.ok and tail.ok):
-                return _NormalizedReward(ok=False, reason=head.reason or tail.reason)
-            return _NormalizedReward(head.scalar, tail.spans, tail.num_unlocated)
-        if isinstance(output, dict):
-            scalar = output.get("score")
-            if scalar is not None and (not _is_number(scalar) or not math.isfinite(float(scalar))):
-                return _NormalizedReward(ok=False, reason=f"score {scalar!r} is not a finite number")
-            if "spans" in output or "located_spans" in output:
-                inner = normalize_reward_output(output.get("spans", output.get("located_spans")) or [], text)
-            elif any(key in output for key in ("critique", "good_spans", "poor_spans")):
-                inner = normalize_reward_output(
-                    Critique.from_dict(output), text, good_score, poor_score, fuzzy_threshold
-                )
-            else:
-                inner = _NormalizedReward()
-            if not inner.ok:
-                return inner
-            return _NormalizedReward(None if scalar is None else float(scalar), inner.spans, inner.num_unlocated)
-        if isinstance(output, Critique):
-            located = locate_critique(
-                text, output, good_score=good_score, poor_score=poor_score, fuzzy_threshold=fuzzy_threshold
-            )
-            quotes = located.num_located + located.num_unlocated
-            if quotes > 0 and located.num_located == 0:
-                return _NormalizedReward(
-                    num_unlocated=located.num_unlocated, ok=False, reason="no quote could be located"
-                )
-            return _NormalizedReward(spans=located.span_tuples(), num_unlocated=located.num_unlocated)
-        if isinstance(output, (list, tuple)):
-            spans = []
-            for span in output:
-                start, end, score = span
-                start, end, score = int(start), int(end), float(score)
-                if not (0 <= start <= end <= len(text)) or not math.isfinite(score):
-                    return _NormalizedReward(ok=False, reason=f"span {span!r} is invalid for the response")
-                spans.append((start, end, score))
-            return _NormalizedReward(spans=spans)
-        return _NormalizedReward(ok=False, reason=f"unsupported reward output type {type(output).__name__}")
-    except Exception as error:  # malformed output of a user function: counted, never fatal
-        return _NormalizedReward(ok=False, reason=f"malformed reward output ({error})")
-
-
 class _RolloutSampler(Sampler[int]):
     """Yields each global rollout chunk of ``rollout_size`` indices ``repeat`` times (one per micro-step).
 
@@ -1342,11 +1242,12 @@ class SpanPPOTrainer(Trainer):
         rollout_index = self._micro_step // self.micro_steps_per_rollout
         if rollout_index % every != 0:
             return
-        from ..visualize import render_token_rewards_html, render_token_rewards_terminal
-
         task = (extra["rewards"] - extra["non_score_reward"]).cpu()
-        parts = ["<html><body>"]
-        for row in range(min(4, len(scored.texts))):
+        update = rollout_index + 1  # 1-based, as the logs and completions/update_<N>.jsonl count updates
+        shown = min(4, len(scored.texts))
+        scale = float(task[:shown].abs().max()) if shown else 0.0
+        parts = ["<html><body>", heatmap_legend_html(_HEATMAP_QUANTITY, scale or None)]
+        for row in range(shown):
             text, offsets = scored.texts[row], scored.offsets[row]
             ids = rollout["responses"][row][rollout["response_mask"][row].bool()].tolist()
             pieces = [
@@ -1354,15 +1255,17 @@ class SpanPPOTrainer(Trainer):
                 for (s, e), i in zip(offsets, ids)
             ]
             rewards = task[row, : len(pieces)].tolist()
-            title = f"rollout {rollout_index} sample {row}: {str(rollout['prompts'][row])[-200:]}"
-            parts.append(render_token_rewards_html(pieces, rewards, title=title))
+            title = f"update {update} sample {row}: {str(rollout['prompts'][row])[-200:]}"
+            parts.append(render_token_rewards_html(pieces, rewards, max_abs=scale or None, title=title))
             if not self.args.report_to or self.args.report_to == ["none"] or self.args.report_to == "none":
+                if row == 0:
+                    print(heatmap_legend_text(_HEATMAP_QUANTITY))
                 print(title)
                 print(render_token_rewards_terminal(pieces, rewards))
         parts.append("</body></html>")
         directory = os.path.join(self.args.output_dir, "heatmaps")
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, f"rollout_{rollout_index:06d}.html"), "w") as f:
+        with open(os.path.join(directory, f"update_{update:06d}.html"), "w") as f:
             f.write("\n".join(parts))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -1390,15 +1293,9 @@ class SpanPPOTrainer(Trainer):
             policy_state = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
             unwrapped.policy.save_pretrained(output_dir, state_dict=policy_state)
             if unwrapped.v_head is not None:
-                from safetensors.torch import save_file
-
-                from .modeling import VALUE_HEAD_FILE
-
                 head = {k[len("v_head.") :]: v.contiguous() for k, v in state_dict.items() if k.startswith("v_head.")}
                 save_file(head, os.path.join(output_dir, VALUE_HEAD_FILE))
             else:
-                from .modeling import VALUE_MODEL_DIR
-
                 value_state = {
                     k[len("value_model.") :]: v for k, v in state_dict.items() if k.startswith("value_model.")
                 }

@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..rewards import prompt_to_text
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -286,20 +288,6 @@ def build_token_head_batch(
 # ---------------------------------------------------------------------------------------------------------------
 # Generative form
 # ---------------------------------------------------------------------------------------------------------------
-def prompt_to_text(prompt: str | Sequence[Mapping[str, Any]]) -> str:
-    """A prompt as plain text for the critique instruction (chat messages become ``role: content`` lines)."""
-    if prompt is None:
-        raise ValueError("the prompt is None; pass a string or a list of chat messages ('' for no prompt).")
-    if isinstance(prompt, str):
-        return prompt
-    lines = []
-    for message in prompt:
-        if not isinstance(message, Mapping) or "content" not in message:
-            raise TypeError(f"a chat prompt must be a list of {{'role', 'content'}} dicts, got {message!r}.")
-        lines.append(f"{message.get('role', 'user')}: {message['content']}")
-    return "\n".join(lines)
-
-
 def build_generative_prompt_ids(tokenizer, prompt: Any, response: str, template: str | None = None) -> list[int]:
     """Token ids of the critique instruction for (prompt, response), through the chat template when there is one."""
     template = template or DEFAULT_CRITIQUE_PROMPT

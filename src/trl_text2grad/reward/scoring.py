@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
-from ..collator import pad_sequences
-from ..spans import Critique, ScoredSpan
+from ..collator import encode_prompt_response, pad_sequences
+from ..critics.parsing import parse_critique
+from ..spans import Critique, ScoredSpan, locate_critique
 from .modeling import (
     SPAN_REWARD_CONFIG_NAME,
     SpanTokenHeadModel,
@@ -93,11 +94,7 @@ def labels_to_spans(
 
 
 def _parse_with_project_parser(text: str) -> dict | None:
-    """``trl_text2grad.critics.parsing.parse_critique`` when the critics component is installed, else ``None``."""
-    try:
-        from ..critics.parsing import parse_critique
-    except ImportError:
-        return None
+    """The critique dict :func:`~trl_text2grad.critics.parsing.parse_critique` finds in ``text``, else ``None``."""
     try:
         parsed = parse_critique(text)
     except Exception:  # noqa: BLE001 - a parser failure is an unparseable output, counted by the caller
@@ -260,8 +257,6 @@ class SpanRewardModel:
 
     @torch.no_grad()
     def _predict_token_head(self, prompts: list, responses: list[str]) -> list[SpanPrediction]:
-        from ..collator import encode_prompt_response
-
         cfg = self.config
         tokenizer = self.tokenizer
         encodings = [
@@ -299,8 +294,6 @@ class SpanRewardModel:
 
     @torch.no_grad()
     def _predict_generative(self, prompts: list, responses: list[str]) -> list[SpanPrediction]:
-        from ..spans import locate_critique
-
         cfg = self.config
         tokenizer = self.tokenizer
         max_length = cfg.get("max_length")

@@ -50,8 +50,9 @@ from trl import RewardTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
 from .. import __version__
-from ..collator import SpanAnnotationCollator, pad_sequences
+from ..collator import SpanAnnotationCollator, encode_prompt_response, pad_sequences
 from ..spans import Critique, locate_critique
+from .evaluation import evaluate_span_reward_model
 from .modeling import (
     CRITIQUE_MARKER,
     IGNORE_INDEX,
@@ -64,6 +65,7 @@ from .modeling import (
     format_generative_target,
     write_model_card,
 )
+from .scoring import SpanRewardModel
 from .span_reward_config import SpanRewardConfig
 
 logger = logging.getLogger(__name__)
@@ -415,8 +417,6 @@ class SpanRewardTrainer(RewardTrainer):
                 else:
                     stats["rows_without_spans"] += int(not spans)
             if args.max_length is not None:
-                from ..collator import encode_prompt_response
-
                 for row in dataset:
                     enc = encode_prompt_response(processing_class, row["prompt"], row["response"], args.max_length)
                     stats["rows_truncated"] += int(
@@ -624,8 +624,6 @@ class SpanRewardTrainer(RewardTrainer):
     # ------------------------------------------------------------------------------------------------------------
     def span_reward_model(self, batch_size: int | None = None):
         """The model being trained as a :class:`~trl_text2grad.reward.scoring.SpanRewardModel` (no copy)."""
-        from .scoring import SpanRewardModel
-
         return SpanRewardModel(
             self.accelerator.unwrap_model(self.model),
             self.processing_class,
@@ -660,8 +658,6 @@ class SpanRewardTrainer(RewardTrainer):
 
     def compute_span_metrics(self, dataset: Dataset, max_samples: int | None = -1) -> dict[str, float]:
         """Score ``dataset``'s rows with the current model and compare to their annotations."""
-        from .evaluation import evaluate_span_reward_model
-
         limit = self.args.eval_max_samples if max_samples == -1 else max_samples
         if limit is not None and len(dataset) > limit:
             dataset = dataset.select(range(limit))

@@ -1,204 +1,23 @@
-"""Entry-point scripts, one per ``trl-text2grad`` subcommand (``annotate``, ``reward``, ``ppo``, ``demo``).
-
-Each module has ``main(argv=None)`` and runs as ``python -m trl_text2grad.scripts.<name>`` or
-``accelerate launch -m trl_text2grad.scripts.<name> --config recipe.yaml``. Arguments are parsed with
-:class:`trl.TrlParser` (YAML ``--config`` + command-line overrides) as TRL's own example scripts do.
-
-This package module holds the small helpers the scripts share: resolving the default model, loading a task's
-data set by name, and building the reward function (critic or span reward model) that a recipe names.
-"""
+"""Deprecated location of the subcommand scripts: use ``trl_text2grad.cli.<name>`` (``python -m
+trl_text2grad.cli.ppo``, ``accelerate launch -m trl_text2grad.cli.ppo``). ``python -m trl_text2grad.scripts.<name>``
+still runs the same entry point, with a ``FutureWarning``; it will be removed in a later release."""
 
 from __future__ import annotations
 
-import importlib
-import logging
+import sys
+import warnings
 from collections.abc import Callable
-from typing import Any
 
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "DEFAULT_MODEL_ALIASES",
-    "TASKS",
-    "CRITICS",
-    "resolve_model_path",
-    "load_tokenizer",
-    "load_task_dataset",
-    "critic_template",
-    "build_reward_function",
-    "train_and_save",
-    "main_from_argv",
-]
-
-#: Values of ``model_name_or_path`` that mean the packaged SmolLM2-135M-Instruct (see ``trl_text2grad.models``).
-DEFAULT_MODEL_ALIASES = frozenset({"", "default", "smollm2", "smollm2-135m-instruct"})
-
-#: Task names a recipe may use, with the module that adapts the data set.
-TASKS: dict[str, str] = {
-    "humaneval": "trl_text2grad.tasks.humaneval",
-    "slf5k": "trl_text2grad.tasks.slf5k",
-    "kodcode": "trl_text2grad.tasks.kodcode",
-    "ultrafeedback": "trl_text2grad.tasks.ultrafeedback",
-    "custom": "",
-}
-
-#: Reward sources for PPO: ``unit_tests`` (sandbox), ``openai`` (OpenAI-compatible server), ``transformers`` (local
-#: critic model), ``reward_model`` (a span reward model trained with ``trl-text2grad reward``).
-CRITICS = ("unit_tests", "openai", "transformers", "reward_model")
+__all__ = ["run_deprecated"]
 
 
-def resolve_model_path(name_or_path: str | None) -> str:
-    """``None``/``"default"``/``"smollm2"`` → the cached SmolLM2-135M-Instruct checkpoint; anything else unchanged."""
-    if name_or_path is None or str(name_or_path).strip().lower() in DEFAULT_MODEL_ALIASES:
-        from ..models import default_model_path
-
-        return default_model_path()
-    return str(name_or_path)
-
-
-def load_tokenizer(
-    name_or_path: str, padding_side: str = "left", revision: str | None = None, trust_remote_code=False
-):
-    """A fast tokenizer with a pad token (falls back to EOS) and the requested padding side."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        name_or_path, padding_side=padding_side, revision=revision, trust_remote_code=trust_remote_code
+def run_deprecated(name: str, main: Callable[[list[str] | None], object]) -> None:
+    """Warn that ``trl_text2grad.scripts.<name>`` moved to ``trl_text2grad.cli.<name>`` and run ``main``."""
+    warnings.warn(
+        f"`python -m trl_text2grad.scripts.{name}` is deprecated; use `python -m trl_text2grad.cli.{name}` "
+        "(same arguments).",
+        FutureWarning,
+        stacklevel=2,
     )
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise ValueError(f"The tokenizer of {name_or_path!r} has neither a pad nor an EOS token; add one.")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _task_module(task: str):
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}; choose one of {sorted(TASKS)}.")
-    return importlib.import_module(TASKS[task]) if TASKS[task] else None
-
-
-def load_task_dataset(
-    task: str,
-    split: str = "train",
-    dataset_name: str | None = None,
-    dataset_config: str | None = None,
-    max_samples: int | None = None,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
-):
-    """Rows of ``task`` in the project schema: ``prompt`` (chat messages) + ``response`` + task context columns.
-
-    * ``humaneval``: the bundled problems split by problem (``split`` is ``train`` or ``test``), with the chat
-      prompt of the demo and the context the unit-test critic needs (``problem``, ``test``, ``entry_point``).
-    * ``slf5k`` / ``kodcode`` / ``ultrafeedback``: the hub data sets (or a local file with their columns passed as
-      ``dataset_name``), see ``trl_text2grad.tasks``.
-    * ``custom``: ``dataset_name`` is a local ``.jsonl``/``.json`` file or a hub data set that already has a
-      ``prompt`` column (string or chat messages); other columns are passed to the critic as context.
-    """
-    if task == "humaneval":
-        from ..demo import humaneval_rows
-        from ..tasks.humaneval import load_humaneval, split_by_problem
-
-        source = load_humaneval(dataset_name) if dataset_name else load_humaneval()
-        if split not in ("train", "test"):
-            raise ValueError(f"HumanEval is split by problem into 'train' and 'test'; got split={split!r}.")
-        dataset = humaneval_rows(split_by_problem(source, test_fraction=test_fraction, seed=split_seed)[split])
-    elif task == "custom":
-        from ..tasks._hub import load_rows
-
-        if not dataset_name:
-            raise ValueError("task 'custom' needs dataset_name: a .jsonl/.json file or a hub data set with 'prompt'.")
-        dataset = load_rows(dataset_name, split, dataset_config)
-        if "prompt" not in dataset.column_names:
-            raise ValueError(f"{dataset_name!r} has no 'prompt' column (columns: {dataset.column_names}).")
-    else:
-        module = _task_module(task)
-        dataset = module.load(split, dataset_name or module.DATASET_NAME, dataset_config)
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    return dataset
-
-
-def critic_template(task: str):
-    """The critique prompt template of ``task`` (task module's ``CRITIC_TEMPLATE`` or the built-in one)."""
-    from ..critics.prompts import get_template
-
-    module = _task_module(task) if task in TASKS else None
-    template = getattr(module, "CRITIC_TEMPLATE", None)
-    return template if template is not None else get_template("code" if task == "humaneval" else "qa")
-
-
-def build_reward_function(
-    critic: str,
-    task: str,
-    *,
-    critic_model: str | None = None,
-    critic_base_url: str | None = None,
-    critic_api_key_env: str = "OPENAI_API_KEY",
-    reward_model_path: str | None = None,
-    sandbox_timeout: float = 10.0,
-    max_new_tokens: int = 512,
-) -> Callable[..., list[Any]]:
-    """The ``reward_model`` callable for ``SpanPPOTrainer``: ``(prompts, responses, **context) -> list[Critique|spans]``.
-
-    ``unit_tests`` on HumanEval rows runs the raw problem prompt + code against the tests in the sandbox and returns
-    the critic's exact character spans; LLM critics get the task's critique template.
-    """
-    if critic not in CRITICS:
-        raise ValueError(f"Unknown critic {critic!r}; choose one of {CRITICS}.")
-    if critic == "unit_tests":
-        from ..critics.unit_tests import UnitTestCritic
-        from ..demo import UnitTestReward
-
-        return UnitTestReward(UnitTestCritic(timeout=sandbox_timeout))
-    if critic == "reward_model":
-        if not reward_model_path:
-            raise ValueError(
-                "critic 'reward_model' needs reward_model_path: a folder saved by `trl-text2grad reward`."
-            )
-        from ..reward.scoring import SpanRewardModel
-
-        return SpanRewardModel.from_pretrained(reward_model_path)
-    template = critic_template(task)
-    if critic == "openai":
-        from ..critics.openai_compatible import OpenAICompatibleCritic
-
-        if not critic_model:
-            raise ValueError("critic 'openai' needs critic_model: the model name as the server knows it.")
-        return OpenAICompatibleCritic(
-            model=critic_model,
-            base_url=critic_base_url,
-            api_key_env=critic_api_key_env,
-            template=template,
-            max_tokens=max_new_tokens,
-        )
-    from ..critics.local_model import TransformersCritic
-
-    return TransformersCritic(model=critic_model or None, template=template, max_new_tokens=max_new_tokens)
-
-
-def train_and_save(trainer, training_args, evaluate: bool, done_message: str):
-    """The end of every training script: train (resuming if asked), save to ``output_dir``, run a final
-    ``evaluate()`` when there is an evaluation set (metrics logged and saved as ``eval_results.json``), and print
-    ``done_message`` on the main process. Returns the trainer."""
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if evaluate:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
-    if trainer.accelerator.is_main_process:
-        print(done_message)
-    return trainer
-
-
-def main_from_argv(make_parser: Callable, run: Callable, argv=None) -> int:
-    """Entry point of a training script: parse ``--config recipe.yaml`` + overrides with the script's ``TrlParser``,
-    set up logging, and ``run(script_args, training_args, model_args)``."""
-    script_args, training_args, model_args = make_parser().parse_args_and_config(
-        args=list(argv) if argv is not None else None
-    )
-    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
-    run(script_args, training_args, model_args)
-    return 0
+    result = main(None)
+    sys.exit(result if isinstance(result, int) else 0)

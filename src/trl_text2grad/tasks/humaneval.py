@@ -71,11 +71,20 @@ def load_humaneval(path: str | Path | None = None):
     """HumanEval as a ``datasets.Dataset`` with columns task_id, prompt, canonical_solution, test, entry_point."""
     from datasets import Dataset
 
-    path = Path(path) if path is not None else humaneval_path()
+    path = Path(path).expanduser() if path is not None else humaneval_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"file not found: '{path}'; pass a HumanEval-format .jsonl or .jsonl.gz file (one problem per line with "
+            "task_id, prompt, canonical_solution, test, entry_point), or leave it empty for the packaged problems."
+        )
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     columns = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+    for number, row in enumerate(rows, 1):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise ValueError(f"{path}: problem {number} lacks the HumanEval columns {missing}.")
     return Dataset.from_dict({c: [row[c] for row in rows] for c in columns})
 
 
@@ -214,3 +223,45 @@ def pass_at_1(
         per_problem.setdefault(index, []).append(result.passed)
     scores = [sum(v) / len(v) for v in per_problem.values()] + [0.0] * (len(rows) - len(per_problem))
     return sum(scores) / len(rows)
+
+
+HUMANEVAL_INSTRUCTION = (
+    "Complete the following Python function. Answer with the complete function (signature and body) in one "
+    "```python code block."
+)
+
+
+def humaneval_messages(problem_prompt: str) -> list[dict[str, str]]:
+    """The chat prompt the policy sees for one HumanEval problem."""
+    return [{"role": "user", "content": f"{HUMANEVAL_INSTRUCTION}\n\n```python\n{problem_prompt.rstrip()}\n```"}]
+
+
+def humaneval_rows(dataset):
+    """HumanEval rows → ``prompt`` (chat messages) + the unit-test critic's context (``problem``, ``test``,
+    ``entry_point``) + ``task_id``."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "prompt": [humaneval_messages(p) for p in dataset["prompt"]],
+            "problem": list(dataset["prompt"]),
+            "test": list(dataset["test"]),
+            "entry_point": list(dataset["entry_point"]),
+            "task_id": list(dataset["task_id"]),
+        }
+    )
+
+
+def load_task_rows(
+    split: str = "train",
+    dataset_name: str | None = None,
+    dataset_config: str | None = None,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+):
+    """The ``humaneval`` task's rows: the packaged problems (or a HumanEval-format file ``dataset_name``) split by
+    problem into ``train``/``test`` (no problem in both), as chat rows with the unit-test critic's context."""
+    if split not in ("train", "test"):
+        raise ValueError(f"HumanEval is split by problem into 'train' and 'test'; got split={split!r}.")
+    source = load_humaneval(dataset_name) if dataset_name else load_humaneval()
+    return humaneval_rows(split_by_problem(source, test_fraction=test_fraction, seed=split_seed)[split])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..critics.prompts import _JSON_INSTRUCTIONS, CritiqueTemplate
+from ..critics.prompts import JSON_INSTRUCTIONS, CritiqueTemplate
 from ._hub import load_rows, prepare_rows
 
 __all__ = ["DATASET_NAME", "CRITIC_TEMPLATE", "format_prompt", "format_row", "prepare", "load"]
@@ -31,8 +31,7 @@ CRITIC_TEMPLATE = CritiqueTemplate(
         "You are a senior Python reviewer. Judge whether the RESPONSE solves the TASK and would pass the UNIT "
         "TESTS: logic errors, unhandled edge cases, wrong return values or types, syntax errors, wrong function "
         "names or signatures, and needless inefficiency. Explain the most important problem first. Quote as poor "
-        "the exact lines that are wrong; quote as good the lines that are correct and essential.\n"
-        + _JSON_INSTRUCTIONS
+        "the exact lines that are wrong; quote as good the lines that are correct and essential.\n" + JSON_INSTRUCTIONS
     ),
     user="TASK:\n{prompt}\n\nUNIT TESTS (pytest):\n{tests}\n\nRESPONSE (the code to review):\n{response}",
 )

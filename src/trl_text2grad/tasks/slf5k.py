@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..critics.prompts import _JSON_INSTRUCTIONS, CritiqueTemplate
+from ..critics.prompts import JSON_INSTRUCTIONS, CritiqueTemplate
 from ._hub import load_rows, prepare_rows
 
 __all__ = ["DATASET_NAME", "CRITIC_TEMPLATE", "format_prompt", "format_row", "prepare", "load"]
@@ -32,7 +32,7 @@ CRITIC_TEMPLATE = CritiqueTemplate(
         "(states nothing the post does not say), complete (covers the author's main point and question) and "
         "concise. Quote as poor every phrase that is inaccurate, unsupported, misleading or redundant; quote as "
         "good the phrases that capture the key facts. When a human's feedback is given, use it as evidence, but "
-        "quote only the summary.\n" + _JSON_INSTRUCTIONS
+        "quote only the summary.\n" + JSON_INSTRUCTIONS
     ),
     user=(
         "TASK GIVEN TO THE WRITER:\n{prompt}\n\nHUMAN FEEDBACK ON THE SUMMARY (may be empty):\n{feedback}\n\n"

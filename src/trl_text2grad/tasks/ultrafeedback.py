@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ..critics.prompts import _JSON_INSTRUCTIONS, CritiqueTemplate
+from ..critics.prompts import JSON_INSTRUCTIONS, CritiqueTemplate
 from ._hub import load_rows, prepare_rows
 
 __all__ = ["DATASET_NAME", "CRITIC_TEMPLATE", "format_rows", "prepare", "load"]
@@ -30,7 +30,7 @@ CRITIC_TEMPLATE = CritiqueTemplate(
         "You are an expert evaluator of assistant answers. Judge the RESPONSE to the user's QUESTION for "
         "helpfulness, factual correctness, honesty and instruction following. Quote as poor the phrases that are "
         "wrong, unhelpful, evasive or that ignore an instruction; quote as good the phrases that answer the "
-        "question correctly and usefully.\n" + _JSON_INSTRUCTIONS
+        "question correctly and usefully.\n" + JSON_INSTRUCTIONS
     ),
     user="QUESTION:\n{prompt}\n\nRESPONSE (the answer to evaluate):\n{response}",
 )

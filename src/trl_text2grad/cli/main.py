@@ -1,7 +1,7 @@
 """The ``trl-text2grad`` command line: ``annotate | reward | ppo | demo``.
 
-Every subcommand is a thin dispatcher to ``trl_text2grad.scripts.<name>.main(argv)``. The same modules run under
-``accelerate launch -m trl_text2grad.scripts.<name> --config recipe.yaml`` for multi-process or DeepSpeed training,
+Every subcommand is a thin dispatcher to ``trl_text2grad.cli.<name>.main(argv)``. The same modules run under
+``accelerate launch -m trl_text2grad.cli.<name> --config recipe.yaml`` for multi-process or DeepSpeed training,
 so the console script and the launcher accept exactly the same arguments:
 
 .. code-block:: bash
@@ -9,15 +9,18 @@ so the console script and the launcher accept exactly the same arguments:
     trl-text2grad demo                                     # offline main job (SmolLM2 x HumanEval)
     trl-text2grad annotate --config recipes/slf5k/annotate.yaml
     trl-text2grad reward --config recipes/slf5k/reward.yaml --learning_rate 5e-5
-    accelerate launch --config_file recipes/accelerate/zero2.yaml -m trl_text2grad.scripts.ppo \\
+    accelerate launch --config_file recipes/accelerate/zero2.yaml -m trl_text2grad.cli.ppo \\
         --config recipes/slf5k/ppo.yaml
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from .. import __version__
+from . import annotate, ppo, reward
+from .demo import main as demo
 
 __all__ = ["SUBCOMMANDS", "main"]
 
@@ -26,6 +29,14 @@ SUBCOMMANDS: dict[str, str] = {
     "reward": "Train a span reward model (SpanRewardTrainer) on annotated rows.",
     "ppo": "Train a policy with span-level PPO (SpanPPOTrainer).",
     "demo": "Offline end-to-end main job: SmolLM2 x HumanEval, unit-test critic, span PPO, report.html.",
+}
+
+
+_ENTRY_POINTS: dict[str, Callable[[list[str]], object]] = {
+    "annotate": annotate.main,
+    "reward": reward.main,
+    "ppo": ppo.main,
+    "demo": demo.main,
 }
 
 
@@ -42,7 +53,7 @@ def _usage() -> str:
         "",
         "Run `trl-text2grad <subcommand> --help` for the fields of each subcommand. Any field of a recipe YAML",
         "can be overridden on the command line. For several processes or DeepSpeed, run the same arguments with",
-        "`accelerate launch [--config_file recipes/accelerate/...yaml] -m trl_text2grad.scripts.<subcommand>`.",
+        "`accelerate launch [--config_file recipes/accelerate/...yaml] -m trl_text2grad.cli.<subcommand>`.",
     ]
     return "\n".join(lines)
 
@@ -54,8 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0
     if args[0] in {"-V", "--version", "version"}:
-        from trl_text2grad import __version__
-
         print(f"trl-text2grad {__version__}")
         return 0
     command, rest = args[0], args[1:]
@@ -66,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    module = importlib.import_module(f"trl_text2grad.scripts.{command}")
-    result = module.main(rest)
+    result = _ENTRY_POINTS[command](rest)
     return result if isinstance(result, int) else 0
 
 

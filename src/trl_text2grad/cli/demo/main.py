@@ -1,0 +1,39 @@
+"""``trl-text2grad demo``: the offline end-to-end main job (see :mod:`trl_text2grad.demo`).
+
+Usage::
+
+    trl-text2grad demo                                   # defaults: ≤ 10 minutes on a 2-core CPU
+    trl-text2grad demo --steps 10 --output_dir my_run    # overrides
+    trl-text2grad demo --config recipes/humaneval_smollm2/demo.yaml
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from trl import TrlParser
+
+from .config import DemoConfig
+from .run import run_demo
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse :class:`~trl_text2grad.demo.DemoConfig` (YAML ``--config`` + flags) and run the main job."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers 5 deprecation notices (e.g. gradient_checkpointing → activation_checkpointing) are noise here
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    parser = TrlParser((DemoConfig,), prog="trl-text2grad demo")
+    (config,) = parser.parse_args_and_config(args=list(argv) if argv is not None else None)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    summary = run_demo(config)
+    return 0 if "pass@1 before" in summary["metrics"] else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
