@@ -290,3 +290,24 @@ def test_marker_files_never_reach_the_host(backend):
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_an_interpreter_installed_in_home_does_not_expose_home(backend, monkeypatch):
+    """``~/bin/python`` (a virtual environment made in the home directory): only its parts are bound, never the
+    whole home."""
+    home = tempfile.mkdtemp(prefix="t2g-home-")
+    try:
+        os.chmod(home, 0o755)
+        base = sandbox_capabilities()["interpreter"]
+        subprocess.run([base, "-m", "venv", "--without-pip", home], check=True, timeout=120, capture_output=True)
+        subprocess.run(["chmod", "-R", "a+rX", home], check=True)
+        secret = os.path.join(home, "secret.txt")
+        with open(secret, "w") as handle:
+            handle.write("s3cret")
+        monkeypatch.setenv("HOME", home)
+        code = f"import os, sys\nprint(sys.prefix)\nassert not os.path.exists({secret!r}), 'home visible'\n"
+        result = run_python(code, timeout=20, python=os.path.join(home, "bin", "python"))
+        assert result.passed, result.reason + result.stderr
+        assert result.stdout.strip() == home  # still recognised as a virtual environment (pyvenv.cfg bound)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -152,11 +152,20 @@ def _interpreter_dirs(interpreter: str) -> list[str]:
     dirs = {os.path.dirname(os.path.dirname(os.path.abspath(interpreter))), os.path.dirname(os.path.dirname(real))}
     if real == os.path.realpath(sys.executable):
         dirs |= {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    homes = {os.path.realpath(os.path.expanduser("~")), os.path.realpath(os.environ.get("HOME") or "/")}
+    expanded = set()
+    for d in {os.path.realpath(d) for d in dirs}:
+        if any(h == d or h.startswith(d.rstrip("/") + "/") for h in homes):
+            # an installation whose prefix is a home directory (``~/bin/python``) or above it: bind only its parts,
+            # never the whole home
+            expanded |= {os.path.join(d, part) for part in ("bin", "lib", "lib64", "include", "pyvenv.cfg")}
+        else:
+            expanded.add(d)
     out: list[str] = []
-    for d in sorted({os.path.realpath(d) for d in dirs}, key=len):
+    for d in sorted(expanded, key=len):
         if d in ("/", "") or any(d == s or d.startswith(s + "/") for s in (*_SYSTEM_DIRS, *out)):
             continue
-        if os.path.isdir(d):
+        if os.path.exists(d):  # directories, and a virtual environment's pyvenv.cfg
             out.append(d)
     return out
 
@@ -367,7 +376,7 @@ exec setpriv --bounding-set=-all --inh-caps=-all --no-new-privs -- "$@"
 def _unshare_command(caps, args, files, tmp_size_mb, work_size_mb):
     tools = caps["tools"]
     layout = [f"{kind} {path}" for kind, path in _system_layout()]
-    layout += [f"bind {path}" for path in _interpreter_dirs(caps["interpreter"])]
+    layout += [f"{'bind' if os.path.isdir(p) else 'file'} {p}" for p in _interpreter_dirs(caps["interpreter"])]
     layout += [f"file {path}" for path in _ETC_FILES]
     file_lines = "\n".join(f"{fd} {name}" for name, fd in files.items())
     root_dir = _root_mountpoint()
