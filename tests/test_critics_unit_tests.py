@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trl_text2grad.critics.unit_tests import UnitTestCritic, function_line_range
+from trl_text2grad.critics.program import UnitTestCritic, function_line_range
 from trl_text2grad.spans import locate_critique
 from trl_text2grad.tasks.humaneval import load_humaneval
 
@@ -96,13 +96,27 @@ def test_timeout_and_hostile_code_are_contained(problem):
     critic = UnitTestCritic(timeout=1.5)
     looping = _fence("def truncate_number(number: float) -> float:\n    while True:\n        pass")
     hostile = _fence(
-        "import os\n\ndef truncate_number(number: float) -> float:\n    os.system('rm -rf /tmp/x')\n    return number % 1.0"
+        "def truncate_number(number: float) -> float:\n    secret = open('/etc/passwd').read()\n    return number % 1.0"
     )
     loop_critique, hostile_critique = _run(critic, problem, [looping, hostile])
     assert "did not finish" in loop_critique.text and "timeout" in loop_critique.text
     assert loop_critique.poor == ["while True:\n        pass"]
-    assert hostile_critique.poor == ["os.system('rm -rf /tmp/x')"]
-    assert "forbidden operation" in hostile_critique.text
+    assert hostile_critique.poor == ["secret = open('/etc/passwd').read()"]  # the host's /etc is not there
+    assert "FileNotFoundError" in hostile_critique.text
+
+
+def test_early_exit_and_always_equal_results_fail(problem):
+    """What used to pass by exit status or by an object equal to everything fails, blaming the function body."""
+    critic = UnitTestCritic(timeout=5)
+    exits = _fence("import os\n\ndef truncate_number(number: float) -> float:\n    os._exit(0)")
+    equal = _fence(
+        "class Anything:\n    def __eq__(self, other):\n        return True\n\n"
+        "def truncate_number(number: float) -> float:\n    return Anything()"
+    )
+    exit_critique, equal_critique = _run(critic, problem, [exits, equal])
+    assert "passed" not in exit_critique.text and exit_critique.poor == ["os._exit(0)"]
+    assert "passed" not in equal_critique.text and equal_critique.poor == ["return Anything()"]
+    assert [r.passed for r in critic.last_results] == [False, False]
 
 
 def test_missing_function_and_missing_code(problem):
@@ -195,12 +209,164 @@ def test_problem_context_replaces_chat_prompt(problem):
 
 
 def test_broken_sandbox_is_a_critic_error_not_a_poor_span(problem, monkeypatch):
-    from trl_text2grad.critics import sandbox
+    from trl_text2grad.critics import harness, sandbox
 
-    broken = sandbox.SandboxResult(False, 127, "", "setpriv: failed to execute python", False, "exit status 127")
-    monkeypatch.setattr(sandbox, "_run_sandboxed", lambda *a, **k: broken)
-    monkeypatch.setattr(sandbox, "_last_healthy", {})
+    real_launch = harness.launch
+    monkeypatch.setattr(harness, "launch", lambda *a, **k: real_launch(*a, **{**k, "python": "/nonexistent/python"}))
     critic = UnitTestCritic(timeout=10)
     response = _fence("def truncate_number(number: float) -> float:\n    return number % 1.0")
     with pytest.raises(sandbox.SandboxUnavailableError):
         _run(critic, problem, [response])
+
+
+def test_deprecated_module_still_imports():
+    import importlib
+    import sys
+
+    sys.modules.pop("trl_text2grad.critics.unit_tests", None)
+    with pytest.warns(DeprecationWarning, match="critics.program"):
+        module = importlib.import_module("trl_text2grad.critics.unit_tests")
+    from trl_text2grad.critics import UnitTestCritic as Exported
+
+    assert module.UnitTestCritic is UnitTestCritic is Exported
+
+
+def test_program_critic_does_not_import_tasks():
+    import ast
+
+    source = (Path(__file__).parents[1] / "src/trl_text2grad/critics/program.py").read_text()
+    imported = [n.module or "" for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ImportFrom)]
+    assert not [m for m in imported if "tasks" in m]
+
+
+def test_custom_program_builder_is_used(problem):
+    from trl_text2grad.critics.harness import TestProgram
+
+    def builder(prompt, code, tests, entry_point):
+        return TestProgram(code, "def check(f):\n    assert f(2) == 4\n", "double", "check", "", 1, code.count("\n"))
+
+    critic = UnitTestCritic(build_program=builder, extract_code=lambda r: (0, len(r)))
+    good, bad = critic.critique(
+        ["p", "p"], ["def double(x):\n    return 2 * x\n", "def double(x):\n    return x\n"], tests=["", ""],
+        entry_point=["double", "double"],
+    )  # fmt: skip
+    assert "passed" in good.text and "wrong results" in bad.text
+
+
+# --- the trusted harness: what crosses the process boundary ---------------------------------------------------------
+
+
+def _pytest_run(candidate: str, tests: str, **kwargs):
+    from trl_text2grad.critics.harness import TestProgram, run_tests
+
+    return run_tests(TestProgram(candidate, tests, "", "pytest"), timeout=kwargs.pop("timeout", 15), **kwargs)
+
+
+def test_harness_pytest_style_features():
+    candidate = (
+        "import os\nLIMIT = 3\n\ndef rotate(items):\n    items.reverse()\n\ndef parse(text):\n"
+        "    if not text:\n        raise ValueError('empty')\n    return {'n': int(text), 'pair': (1, 2.5), 's': {1}}\n\n"
+        "class Counter:\n    def __init__(self):\n        self.count = 0\n    def add(self, k=1):\n"
+        "        self.count += k\n        return self.count\n\ndef evens(n):\n    return (i for i in range(n) if i % 2 == 0)\n"
+    )
+    tests = (
+        "import pytest\nfrom solution import *\nimport solution\n\n"
+        "def test_in_place():\n    data = [1, 2, 3]\n    assert rotate(data) is None\n    assert data == [3, 2, 1]\n\n"
+        "def test_values_and_exceptions():\n    assert parse('7') == {'n': 7, 'pair': (1, 2.5), 's': {1}}\n"
+        "    with pytest.raises(ValueError, match='empty'):\n        parse('')\n\n"
+        "class TestCounter:\n    def test_instance(self):\n        c = Counter()\n        c.add()\n"
+        "        assert c.add(k=2) == 3 and c.count == 3 and solution.LIMIT == LIMIT == 3\n\n"
+        "def test_generator():\n    assert list(evens(7)) == [0, 2, 4, 6]\n"
+    )
+    result = _pytest_run(candidate, tests)
+    assert result.passed, result
+    wrong = _pytest_run(candidate.replace("items.reverse()", "items.sort()"), tests)
+    assert not wrong.passed and wrong.kind == "assertion" and "test_in_place" in wrong.reason
+
+
+def test_harness_candidate_exceptions_and_limits():
+    custom = _pytest_run(
+        "class Oops(Exception):\n    pass\n\ndef f():\n    raise Oops('bad')\n",
+        "from solution import f\n\ndef test_f():\n    try:\n        f()\n    except ValueError:\n        pass\n",
+    )
+    assert not custom.passed and custom.kind == "candidate_exception" and custom.exception == "Oops: bad"
+    assert custom.candidate_lines == [5]
+    callback = _pytest_run("def apply(fn, x):\n    return fn(x)\n", "from solution import apply\n\ndef test_a():\n"
+                           "    assert apply(lambda v: v + 1, 1) == 2\n")  # fmt: skip
+    assert not callback.passed and "cannot pass a function" in callback.reason  # the documented limitation
+    slow = _pytest_run(
+        "import time\n\ndef f():\n    time.sleep(30)\n", "from solution import f\n\ndef test_f():\n    f()\n",
+        call_timeout=1.0,
+    )  # fmt: skip
+    assert not slow.passed and slow.kind == "timeout" and slow.duration_s < 10
+    swallowed = _pytest_run(
+        "import os\n\ndef f():\n    os._exit(0)\n",
+        "from solution import f\n\ndef test_f():\n    try:\n        f()\n    except BaseException:\n        pass\n",
+    )
+    assert not swallowed.passed and swallowed.kind == "candidate_died"  # a test cannot swallow a dead candidate
+
+
+def _bugged(solution: str) -> str:
+    """The last ``return`` line replaced by ``return None`` (as bench/annotate.py does)."""
+    lines = solution.rstrip("\n").split("\n")
+    for i in range(len(lines) - 1, -1, -1):
+        stripped = lines[i].lstrip()
+        if stripped.startswith("return"):
+            lines[i] = lines[i][: len(lines[i]) - len(stripped)] + "return None"
+            return "\n".join(lines) + "\n"
+    return solution + "\n    raise RuntimeError('bug')\n"
+
+
+def test_humaneval_canonical_solutions_all_pass_and_bugged_ones_fail_with_a_poor_span():
+    rows = list(load_humaneval())
+    bugged_rows = rows[::4]
+    responses = [f"```python\n{r['prompt']}{r['canonical_solution']}```" for r in rows]
+    responses += [f"```python\n{r['prompt']}{_bugged(r['canonical_solution'])}```" for r in bugged_rows]
+    every = rows + bugged_rows
+    critic = UnitTestCritic(timeout=20, max_workers=2)
+    critiques = critic.critique(
+        [r["prompt"] for r in every], responses, tests=[r["test"] for r in every],
+        entry_point=[r["entry_point"] for r in every],
+    )  # fmt: skip
+    passed = [r is not None and r.passed for r in critic.last_results]
+    failing = [r["task_id"] for r, ok in zip(rows, passed) if not ok]
+    assert not failing, f"canonical solutions judged failing: {failing}"
+    assert not any(passed[len(rows) :]), "a bugged solution passed"
+    assert all(c.poor and not c.good for c in critiques[len(rows) :])
+
+
+def test_pass_at_1_cannot_be_faked_by_exit_status():
+    from trl_text2grad.tasks.humaneval import pass_at_1
+
+    rows = load_humaneval().select([2])
+    assert pass_at_1(rows, ["    import os\n    os._exit(0)\n"]) == 0.0
+    assert pass_at_1(rows, ["import sys\nsys.exit(0)\n"]) == 0.0
+    assert pass_at_1(rows, ["    return number % 1.0\n"]) == 1.0
+
+
+def test_broken_tests_are_reported_not_blamed_on_the_response(problem, caplog):
+    critic = UnitTestCritic(timeout=10)
+    response = _fence("def truncate_number(number: float) -> float:\n    return number % 1.0")
+    with caplog.at_level("WARNING"):
+        critiques = critic.critique(
+            [problem["prompt"]] * 3, [response] * 3,
+            tests=["def check(candidate:\n", "x = 1\n", "def test_x():\n    assert False\n"],
+            entry_point=["truncate_number"] * 3,
+        )  # fmt: skip
+    syntax, no_check, failing = critiques
+    assert "cannot be run" in syntax.text and syntax.poor == [] and "not valid Python" in critic.last_errors[0]
+    assert "cannot be run" in no_check.text and "no check" in critic.last_errors[1]
+    assert critic.last_errors[2] is None and "assertion failed" in failing.text
+    assert sum("not judged" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_verdict_stays_unforgeable_without_a_sandbox(monkeypatch):
+    """The unsafe opt-in drops the isolation, not the trusted test process."""
+    from trl_text2grad.critics import sandbox
+    from trl_text2grad.critics.harness import TestProgram, run_tests
+
+    monkeypatch.setenv(sandbox.BACKEND_ENV, "none")
+    monkeypatch.setenv(sandbox.ALLOW_UNSANDBOXED_ENV, "1")
+    tests = "def check(candidate):\n    assert candidate(2) == 4\n"
+    assert not run_tests(TestProgram("import os\ndef f(x):\n    os._exit(0)\n", tests, "f"), timeout=10).passed
+    assert run_tests(TestProgram("def f(x):\n    return 2 * x\n", tests, "f"), timeout=10).passed

@@ -2,7 +2,7 @@
 
 * :class:`OpenAICompatibleCritic` — any OpenAI-compatible chat endpoint (OpenAI, vLLM, TGI, ``transformers serve``).
 * :class:`TransformersCritic` — a local causal LM.
-* :class:`UnitTestCritic` — runs code responses against unit tests in a sandbox (:func:`run_python`).
+* :class:`UnitTestCritic` — runs code responses in a sandbox against unit tests run outside it (:func:`run_tests`).
 
 All follow the :class:`Critic` protocol: ``critique(prompts, responses, **context) -> list[Critique]``.
 Names are imported lazily so that ``import trl_text2grad.critics`` does not import torch or openai.
@@ -20,8 +20,11 @@ _EXPORTS = {
     "LLMCritic": "trl_text2grad.critics.base",
     "OpenAICompatibleCritic": "trl_text2grad.critics.openai_compatible",
     "TransformersCritic": "trl_text2grad.critics.local_model",
-    "UnitTestCritic": "trl_text2grad.critics.unit_tests",
+    "UnitTestCritic": "trl_text2grad.critics.program",
     "run_python": "trl_text2grad.critics.sandbox",
+    "run_tests": "trl_text2grad.critics.harness",
+    "TestProgram": "trl_text2grad.critics.harness",
+    "TestResult": "trl_text2grad.critics.harness",
     "SandboxResult": "trl_text2grad.critics.sandbox",
     "SandboxUnavailableError": "trl_text2grad.critics.sandbox",
     "sandbox_capabilities": "trl_text2grad.critics.sandbox",
@@ -43,11 +46,14 @@ __all__ = [
     "ParsedCritique",
     "SandboxResult",
     "SandboxUnavailableError",
+    "TestProgram",
+    "TestResult",
     "TransformersCritic",
     "UnitTestCritic",
     "get_template",
     "parse_critique",
     "run_python",
+    "run_tests",
     "sandbox_capabilities",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
@@ -68,9 +74,10 @@ def __dir__():
 
 if TYPE_CHECKING:  # pragma: no cover
     from .base import BaseCritic, Critic, CriticFailure, LLMCritic
+    from .harness import TestProgram, TestResult, run_tests
     from .local_model import TransformersCritic
     from .openai_compatible import OpenAICompatibleCritic
     from .parsing import ParsedCritique, parse_critique
+    from .program import UnitTestCritic
     from .prompts import TEMPLATES, CritiqueTemplate, get_template
     from .sandbox import SandboxResult, SandboxUnavailableError, run_python, sandbox_capabilities
-    from .unit_tests import UnitTestCritic

