@@ -72,7 +72,7 @@ def mutants(code: str, rng: random.Random, count: int) -> list[str]:
 def build_data(out: Path, per_problem: int = 2, test_fraction: float = 0.2, seed: int = 0) -> None:
     from datasets import Dataset, DatasetDict
 
-    from trl_text2grad.critics.unit_tests import UnitTestCritic
+    from trl_text2grad.critics import UnitTestCritic
     from trl_text2grad.spans import locate_critique
     from trl_text2grad.tasks.humaneval import load_humaneval, split_by_problem
 

@@ -167,7 +167,7 @@ def test_unusable_rows_are_counted_and_skipped(tmp_path, caplog):
 
 
 def test_unit_test_critic_through_annotate(tmp_path):
-    from trl_text2grad.critics.unit_tests import UnitTestCritic
+    from trl_text2grad.critics import UnitTestCritic
     from trl_text2grad.tasks.humaneval import load_humaneval
 
     problems = load_humaneval().select(range(3))

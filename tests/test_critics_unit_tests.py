@@ -148,8 +148,16 @@ def test_kodcode_fixture_rows():
 
 
 def test_context_is_required(problem):
-    with pytest.raises(ValueError, match="tests="):
-        UnitTestCritic().critique(["p"], ["r"])
+    critic = UnitTestCritic()
+    code = "```python\ndef f():\n    return 1\n```"
+    missing, empty = critic.critique(["", ""], [code, code], tests=[None, " "], entry_point=["f", "f"])
+    # a row without tests, or with tests that define nothing, is a counted failure, never a failing response
+    assert missing.failed and missing.error.kind == "missing_context" and missing.poor == []
+    assert empty.failed and empty.error.kind == "invalid_input" and empty.poor == []
+    assert critic.last_spans == [[], []] and critic.last_results[0] is None
+    assert critic.last_failures[0].kind == "missing_context" and "tests" in critic.last_errors[0]
+    (no_column,) = critic.critique(["p"], ["r"])
+    assert no_column.error.kind == "missing_context"
     with pytest.raises(ValueError, match="one entry per sample"):
         UnitTestCritic().critique(["p"], ["r"], tests=["a", "b"])
 
@@ -356,7 +364,8 @@ def test_broken_tests_are_reported_not_blamed_on_the_response(problem, caplog):
     syntax, no_check, failing = critiques
     assert "cannot be run" in syntax.text and syntax.poor == [] and "not valid Python" in critic.last_errors[0]
     assert "cannot be run" in no_check.text and "no check" in critic.last_errors[1]
-    assert critic.last_errors[2] is None and "assertion failed" in failing.text
+    assert syntax.error.kind == no_check.error.kind == "invalid_input" and critic.last_spans[:2] == [[], []]
+    assert critic.last_errors[2] is None and "assertion failed" in failing.text and failing.error is None
     assert sum("not judged" in r.getMessage() for r in caplog.records) == 2
 
 

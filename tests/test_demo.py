@@ -116,7 +116,7 @@ def test_demo_config_rejects_bad_values():
 
 
 def test_unit_test_reward_marks_failing_and_passing_code():
-    from trl_text2grad.critics.unit_tests import UnitTestCritic
+    from trl_text2grad.critics import UnitTestCritic
     from trl_text2grad.rewards import UnitTestReward
     from trl_text2grad.tasks.humaneval import humaneval_rows, load_humaneval
 

@@ -60,7 +60,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .critics.sandbox import SandboxUnavailableError
 from .rewards import CriticFailureError, describe_critic, prompt_to_text
 from .spans import CriticFailure, CriticUnavailableError, Critique, check_spans, locate_critique
 
@@ -432,7 +431,7 @@ def _ask(critic: Any, prompts: list, responses: list[str], context: dict) -> lis
     count = len(prompts)
     try:
         critiques = list(critic.critique(prompts, responses, **context))
-    except (CriticUnavailableError, SandboxUnavailableError):  # the critic as a whole is broken: stop the run
+    except CriticUnavailableError:  # the critic as a whole is broken (its sandbox too): stop the run
         raise
     except Exception as error:
         if count > 1:

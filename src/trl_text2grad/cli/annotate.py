@@ -21,7 +21,6 @@ from trl import TrlParser
 
 from ..annotate import DEFAULT_CONTEXT_COLUMNS, annotate, format_summary, summarize
 from ..critics import OpenAICompatibleCritic, TransformersCritic, UnitTestCritic
-from ..critics.sandbox import SandboxUnavailableError
 from ..rewards import CriticFailureError
 from ..spans import CriticFailure, CriticUnavailableError
 from ..tasks.humaneval import is_pytest_style, load_humaneval
@@ -225,7 +224,7 @@ def main(argv: Sequence[str] | None = None):
     logging.basicConfig(level=getattr(logging, str(config.log_level).upper(), logging.INFO))
     try:
         dataset = run(config)
-    except (CriticFailureError, CriticUnavailableError, SandboxUnavailableError) as error:  # the critic is broken
+    except (CriticFailureError, CriticUnavailableError) as error:  # the critic (or its sandbox) is broken
         print(
             f"annotate stopped: {type(error).__name__}: {error}\nThe rows written so far are kept in "
             f"{config.output_path}; run the same command again to resume.",

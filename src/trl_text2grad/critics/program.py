@@ -41,7 +41,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from ..spans import Critique
+from ..spans import CriticFailure, Critique
 from .base import BaseCritic, check_batch
 from .harness import TestProgram, TestResult, check_sandbox_health, run_tests
 from .prompts import prompt_to_text
@@ -225,36 +225,55 @@ class UnitTestCritic(BaseCritic):
     def critique(self, prompts: list[str], responses: list[str], **context) -> list[Critique]:
         check_batch(prompts, responses, context)
         tests = context.get("tests", context.get("test"))
-        entry_points = context.get("entry_point")
         if tests is None:
-            raise ValueError(
-                "UnitTestCritic.critique needs per-sample context tests=[...] (and entry_point=[...] for "
-                "HumanEval-style check() tests): for HumanEval rows the 'test' and 'entry_point' columns."
-            )
+            tests = [None] * len(prompts)  # every row fails with "missing_context" below (never a failing response)
+        entry_points = context.get("entry_point")
         if entry_points is None:
             entry_points = [""] * len(prompts)
         # ``problem``: the raw task prompt (e.g. HumanEval's code stub) when ``prompts`` are chat messages
         problems = context.get("problem") or [None] * len(prompts)
-        jobs = []
+        jobs: list[dict | None] = []
+        failures: list[CriticFailure | None] = []
         for prompt, problem, response, test, entry_point in zip(prompts, problems, responses, tests, entry_points):
-            head = problem if isinstance(problem, str) and problem else prompt_to_text(prompt)
-            jobs.append(self._prepare(head, response or "", test or "", entry_point or ""))
+            if not isinstance(test, str):  # an empty string is left to the program builder (it may embed tests)
+                failures.append(
+                    CriticFailure(
+                        "missing_context",
+                        "UnitTestCritic needs the row's unit tests (context 'tests' or 'test'); this row has none, "
+                        "so it was not judged.",
+                    )
+                )
+                jobs.append(None)
+                continue
+            try:
+                head = problem if isinstance(problem, str) and problem else prompt_to_text(prompt)
+            except (TypeError, ValueError) as error:
+                failures.append(CriticFailure("invalid_input", f"the row's prompt cannot be used: {error}"))
+                jobs.append(None)
+                continue
+            failures.append(None)
+            jobs.append(self._prepare(head, response or "", test, entry_point or ""))
+        runnable = [job for job in jobs if job is not None]
         with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
-            results = list(pool.map(self._run, jobs))
-        critiques, spans, errors = [], [], []
+            ran = iter(list(pool.map(self._run, runnable)))
+        results = [next(ran) if job is not None else None for job in jobs]
+        critiques, spans = [], []
         for index, (job, result) in enumerate(zip(jobs, results)):
+            if failures[index] is not None:
+                logger.warning("UnitTestCritic: sample %d not judged, %s", index, failures[index].message)
+                critiques.append(Critique(error=failures[index]))
+                spans.append([])
+                continue
             critique, sample_spans = self._judge(job, result)
+            if result is not None and result.kind == "bad_tests":  # the tests, not the response, are broken
+                critique.error = CriticFailure("invalid_input", f"unusable tests: {result.reason}")
+                logger.warning("UnitTestCritic: sample %d not judged, %s", index, critique.error.message)
+                sample_spans = []
             critiques.append(critique)
             spans.append(sample_spans)
-            errors.append(
-                f"unusable tests: {result.reason}" if result is not None and result.kind == "bad_tests" else None
-            )
-            if errors[-1]:
-                logger.warning("UnitTestCritic: sample %d not judged, %s", index, errors[-1])
         self.last_results = results
         self.last_spans = spans
-        self.last_errors = errors
-        return critiques
+        return self._finish(critiques)
 
     def span_rewards(self, prompts: list[str], responses: list[str], **context) -> list[list[tuple[int, int, float]]]:
         """Like :meth:`critique` but returns the exact character spans ``(start, end, score)`` per response."""

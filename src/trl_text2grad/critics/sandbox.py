@@ -52,6 +52,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..spans import CriticUnavailableError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -88,7 +90,7 @@ _HEALTH_RECHECK_S = 60.0
 _last_healthy: dict[str | None, float] = {}
 
 
-class SandboxUnavailableError(RuntimeError):
+class SandboxUnavailableError(CriticUnavailableError):
     """The sandbox cannot run code here (no namespaces, broken interpreter, ...): a failing run would say nothing
     about the judged code, so it is raised instead of scoring the code as failed."""
 
