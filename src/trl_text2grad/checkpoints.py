@@ -116,6 +116,14 @@ def find_latest_complete_checkpoint(
     return None, skipped
 
 
+def _checkpoint_global_step(path: str) -> int | None:
+    try:
+        with open(os.path.join(path, "trainer_state.json"), encoding="utf-8") as f:
+            return int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def parse_resume_argument(value: Any) -> bool | str | None:
     """A ``--resume_from_checkpoint`` value from a command line or YAML: ``true``/``latest`` mean the newest complete
     checkpoint (``True``), ``false``/``none``/empty mean no resume (``None``), anything else is a path."""
@@ -286,13 +294,23 @@ class AtomicCheckpointMixin:
                 output_dir=run_dir,
                 save_total_limit=self.args.save_total_limit,
                 best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
+                use_mtime=False,  # checkpoints become visible in step order
             )
         self.accelerator.wait_for_everyone()
+
+    # Resumed at max_steps, the Trainer would run one more step when max_steps is not a whole number of epochs.
+    def _run_epoch(self, *args, **kwargs):
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     # The Trainer's `True` takes the highest-numbered folder unchecked: take the newest complete one instead.
     def train(self, resume_from_checkpoint: bool | str | None = None, trial=None, **kwargs):
         checkpoint = resolve_resume_checkpoint(
             resume_from_checkpoint, self.args.output_dir, self.checkpoint_required_files()
         )
-        return super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+        output = super().train(resume_from_checkpoint=checkpoint, trial=trial, **kwargs)
+        if checkpoint is not None and self.state.global_step == _checkpoint_global_step(checkpoint):
+            self._load_rng_state(checkpoint)  # a finished run resumed: no step ran, end with the RNG it ended with
+        return output

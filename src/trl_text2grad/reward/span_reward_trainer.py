@@ -28,7 +28,8 @@ What is replaced from ``RewardTrainer`` and why:
   ``SpanRewardModel.from_pretrained`` reads; resuming reads it back.
 
 Inherited unchanged: ``training_step`` (activation offloading), ``log`` (averaging ``_metrics``),
-``_save_checkpoint`` (model card), and everything from ``transformers.Trainer``.
+``_save_checkpoint`` (model card), and everything from ``transformers.Trainer``. Checkpoints are atomic and resuming
+takes only complete ones (:class:`~trl_text2grad.checkpoints.AtomicCheckpointMixin`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from trl import RewardTrainer
 from trl.trainer.base_trainer import _BaseTrainer
 
 from .. import __version__
+from ..checkpoints import AtomicCheckpointMixin
 from ..collator import SpanAnnotationCollator, encode_prompt_response, pad_sequences
 from ..spans import Critique, locate_critique
 from .evaluation import evaluate_span_reward_model
@@ -154,7 +156,7 @@ class _GenerativeCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-class SpanRewardTrainer(RewardTrainer):
+class SpanRewardTrainer(AtomicCheckpointMixin, RewardTrainer):
     """Trainer for Text2Grad span reward models (``token_head`` or ``generative``; see ``SpanRewardConfig``).
 
     Example:
@@ -722,12 +724,12 @@ class SpanRewardTrainer(RewardTrainer):
 
             set_peft_model_state_dict(model.backbone, load_peft_weights(str(path)))
         else:
-            from transformers.modeling_utils import load_sharded_checkpoint
-
             if (path / "model.safetensors").is_file():
                 from safetensors.torch import load_file
 
                 model.backbone.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
             else:
+                from transformers.trainer_utils import load_sharded_checkpoint  # (not in modeling_utils in v5)
+
                 load_sharded_checkpoint(model.backbone, str(path), strict=False)
         model.load_head(path)
