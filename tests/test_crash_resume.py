@@ -152,6 +152,42 @@ def test_kill_at_random_moments_then_resume_is_bit_identical(tmp_path, reference
     _assert_identical(_load(tmp_path, run), _load(reference, run), f"random kills (CRASH_TEST_SEED={seed})")
 
 
+@pytest.mark.multiproc
+def test_two_process_checkpoints_are_complete_and_resume_exactly(tmp_path):
+    """DDP on 2 CPU processes: every checkpoint holds both ranks' rollout state and its marker; resuming from
+    checkpoint-1 (checkpoint-2 removed) ends with the parameters of the uninterrupted run."""
+    import shutil
+    import socket
+
+    script = Path(__file__).parent / "scripts" / "multiproc_span_ppo.py"
+    config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "multi_cpu.yaml"
+    shared = tmp_path / "ckpt"
+
+    def launch(out: Path, *extra: str) -> list[dict]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes",
+               "2", "--main_process_port", str(port), str(script), "--out", str(out), "--updates", "2",
+               "--checkpoint-dir", str(shared), *extra]  # fmt: skip
+        env = dict(_env(), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+        env.pop("ACCELERATE_USE_CPU", None)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, f"launch failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+    full = launch(tmp_path / "full")
+    required = ["trainer_state.json", "span_ppo_state_rank0.pt", "span_ppo_state_rank1.pt", "rng_state_1.pth"]
+    for step in (1, 2):
+        assert checkpoint_problem(shared / f"checkpoint-{step}", required) is None
+    assert not list(shared.glob(".tmp-*"))
+    shutil.rmtree(shared / "checkpoint-2")
+    resumed = launch(tmp_path / "resumed", "--resume")
+    assert [r["global_step"] for r in resumed] == [2, 2]
+    for a, b in zip(full, resumed):
+        assert a["params_after"] == b["params_after"]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # the same seed gives the same run
 # ----------------------------------------------------------------------------------------------------------------
