@@ -834,6 +834,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         self.last_rollout = {"rollout": rollout, "scored": scored, **extra}
         return buffer
 
+    # A rollout is generated, scored and turned into advantages on the first micro-step of each generation batch.
     def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
         if not self.model.training:
             raise NotImplementedError(
@@ -863,6 +864,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Update
     # ------------------------------------------------------------------------------------------------------------
+    # The clipped PPO policy + value loss of one micro-batch of the stored rollout.
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise ValueError("SpanPPOTrainer.compute_loss does not return outputs.")
@@ -938,6 +940,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             table.append(entry)
         return stats, table
 
+    # Evaluation generates for the eval prompts and scores them with the reward model (there is no eval loss).
     def evaluate(
         self,
         eval_dataset=None,
