@@ -79,8 +79,8 @@ def build_ppo(kind: str, output_dir: str, tok):
     from datasets import Dataset
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-    from trl_text2grad.ppo.config import SpanPPOConfig
-    from trl_text2grad.ppo.trainer import SpanPPOTrainer
+    from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
+    from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
 
     torch.manual_seed(1234)  # the same starting weights in every process
     policy = LlamaForCausalLM(llama_config(tok))

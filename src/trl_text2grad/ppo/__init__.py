@@ -1,8 +1,8 @@
 """Component 3: span-level PPO (``SpanPPOConfig``, ``SpanPPOTrainer``) and its pure maths (``advantages``).
 
-Modules: ``config`` (settings and every derived size), ``trainer`` (the loop), ``advantages`` (maths), ``modeling``
-(policy + value), ``sampler``, ``completions`` (sample tables), ``heatmaps``, ``parity`` (TRL 1.12 reproduction
-switches). ``span_ppo_config`` / ``span_ppo_trainer`` re-export the config and trainer under their first names.
+Modules: ``span_ppo_config`` (settings and every derived size), ``span_ppo_trainer`` (the loop), ``advantages``
+(maths), ``modeling`` (policy + value), ``sampler``, ``completions`` (sample tables), ``heatmaps``, ``parity`` (TRL
+1.12 reproduction switches).
 
 Imports are lazy so that ``trl_text2grad.ppo.advantages`` can be used without loading ``transformers.Trainer``.
 """
@@ -10,8 +10,8 @@ Imports are lazy so that ``trl_text2grad.ppo.advantages`` can be used without lo
 import importlib
 
 _EXPORTS = {
-    "SpanPPOConfig": "trl_text2grad.ppo.config",
-    "SpanPPOTrainer": "trl_text2grad.ppo.trainer",
+    "SpanPPOConfig": "trl_text2grad.ppo.span_ppo_config",
+    "SpanPPOTrainer": "trl_text2grad.ppo.span_ppo_trainer",
     "PolicyWithValue": "trl_text2grad.ppo.modeling",
 }
 

@@ -2,7 +2,7 @@
 
 Everything here is side-effect free and works on ``[batch, response_length]`` tensors, where position ``t`` is the
 ``t``-th *response* token (the action) and a ``mask`` marks which positions are real (1) and which are padding,
-tokens after the stop token, or otherwise excluded (0). The trainer (:mod:`trl_text2grad.ppo.trainer`) only
+tokens after the stop token, or otherwise excluded (0). The trainer (:mod:`trl_text2grad.ppo.span_ppo_trainer`) only
 orchestrates: every number that enters the loss is computed by one of these functions, which have unit tests against
 hand-computed values in ``tests/test_ppo_advantages.py``.
 

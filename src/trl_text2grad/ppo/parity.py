@@ -1,14 +1,14 @@
 """A config with switches that reproduce TRL 1.12 quirks, for numerical comparisons only.
 
 Used by the parity harness (``bench/ppo_step.py``, ``tests/test_trl112_parity.py``); not part of the documented
-configuration. :class:`~trl_text2grad.ppo.trainer.SpanPPOTrainer` accepts it like any :class:`SpanPPOConfig`.
+configuration. :class:`~trl_text2grad.ppo.span_ppo_trainer.SpanPPOTrainer` accepts it like any :class:`SpanPPOConfig`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import SpanPPOConfig
+from .span_ppo_config import SpanPPOConfig
 
 __all__ = ["Trl112ParityConfig"]
 

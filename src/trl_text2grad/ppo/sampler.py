@@ -1,4 +1,4 @@
-"""The rollout sampler of :class:`~trl_text2grad.ppo.trainer.SpanPPOTrainer`."""
+"""The rollout sampler of :class:`~trl_text2grad.ppo.span_ppo_trainer.SpanPPOTrainer`."""
 
 from __future__ import annotations
 
