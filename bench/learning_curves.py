@@ -13,7 +13,7 @@ Arms (equal compute: same model, LoRA, prompts, batch size, number of updates, K
 - ``span``: ``SpanPPOTrainer(reward_mode="span")``; the reward function returns the critic's character spans, which
   become per-token rewards (+1 good, -1 poor).
 - ``scalar``: ``SpanPPOTrainer(reward_mode="scalar")``; the reward function returns the *same* judgement collapsed
-  to one number (normalised sum of span scores, see ``bench/evidence_tasks.py``), placed on the last token.
+  to one number (normalised sum of span scores, see ``trl_text2grad.tasks.programmatic``), placed on the last token.
 - ``trl112``: TRL 1.12's classic ``PPOTrainer`` (``trl.experimental.ppo``, in the separate venv made by
   ``scripts/make_trl112_venv.sh``) with the same scalar reward: the critic is wrapped as a sequence-classification
   reward model (``bench/trl112/run_evidence_trl112.py``), and the value function is TRL 1.12's separate value model.
@@ -39,16 +39,42 @@ import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from evidence_tasks import get_task  # noqa: E402
+from trl_text2grad.tasks import constrained_text, simple_code
+from trl_text2grad.tasks.programmatic import JudgingCritic
 
 ARMS = ("span", "scalar", "trl112", "span-vmodel", "scalar-vmodel")
 # The threshold of the "updates to reach it" figure, fixed before the runs (a 32-sample probe of SmolLM2-135M-Instruct
 # at temperature 1.0 and 40/48 new tokens succeeded on about 0.35 of the prompts of both tasks; see docs/evidence.md).
 DEFAULT_THRESHOLDS = {"text": 0.6, "code": 0.6}
 SMOOTH_WINDOW = 3
+
+
+@dataclass
+class EvidenceTask:
+    """An evidence task: its prompt rows (``prompts(num, seed)``) and its programmatic critic."""
+
+    name: str
+    prompts: Callable[[int, int], list[dict]]
+    critic: JudgingCritic
+
+    def judge(self, responses, **context):
+        return self.critic.judge(responses, **context)
+
+
+#: ``--task`` name -> the package task it runs (``trl_text2grad.tasks.constrained_text`` / ``.simple_code``)
+TASKS = {
+    "text": lambda: EvidenceTask("text", constrained_text.prompt_rows, constrained_text.ConstrainedTextCritic()),
+    "code": lambda: EvidenceTask("code", simple_code.prompt_rows, simple_code.SimpleCodeCritic()),
+}
+
+
+def get_task(name: str) -> EvidenceTask:
+    if name not in TASKS:
+        raise ValueError(f"Unknown evidence task {name!r}; choose one of {sorted(TASKS)}.")
+    return TASKS[name]()
 
 
 class RewardRecorder:
@@ -83,7 +109,13 @@ class RewardRecorder:
         self.records.append(record)
         if len(self.samples) < 64:
             self.samples.append(
-                {"update": len(self.records), "response": responses[0], "critique": judgements[0].critique.text}
+                {
+                    "update": len(self.records),
+                    "response": responses[0],
+                    "context": {key: values[0] for key, values in context.items()},
+                    "critique": judgements[0].critique.text,
+                    "success": judgements[0].success,
+                }
             )
         if self.mode == "span":
             return [list(j.spans) for j in judgements]
@@ -554,7 +586,10 @@ def run_trl112(args, argv: list[str]) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--task", choices=["text", "code"], default="text", help="Evidence task (bench/evidence_tasks.py)."
+        "--task",
+        choices=sorted(TASKS),
+        default="text",
+        help="Evidence task: text = trl_text2grad.tasks.constrained_text, code = trl_text2grad.tasks.simple_code.",
     )
     parser.add_argument("--arm", choices=ARMS, default="span", help="Reward arm.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the prompts order, sampling and LoRA init.")

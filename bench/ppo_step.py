@@ -18,7 +18,8 @@ Usage::
     .venv/bin/python bench/ppo_step.py                       # the table (several minutes on 2 CPU cores)
     .venv/bin/python bench/ppo_step.py --num-updates 3 --response-length 32 --rows trl112,ours-scalar
 
-``run_span_ppo()`` is also used by ``tests/test_trl112_parity.py`` (on tiny models, with argmax sampling).
+``tests/trl112_support.py`` has its own copy of ``run_span_ppo()`` (without timings) for the parity test: tests never
+import ``bench/``.
 """
 
 from __future__ import annotations

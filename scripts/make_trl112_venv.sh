@@ -22,11 +22,12 @@ PINS=(
   "pandas"
   "safetensors"
   "peft==0.21.2"        # LoRA for the trl112 arm of bench/learning_curves.py
-  "rapidfuzz==3.14.6"   # trl_text2grad.spans, imported by the evidence critics (bench/evidence_tasks.py)
+  "rapidfuzz==3.14.6"   # trl_text2grad.spans, imported by the evidence tasks (bench/learning_curves.py)
+  "json-repair==0.64.6" # critics (trl_text2grad.tasks.constrained_text / simple_code)
 )
 check() {
   "$DIR/bin/python" - <<'PY' 2>/dev/null
-import trl, transformers, torch, peft, rapidfuzz  # noqa: F401
+import trl, transformers, torch, peft, rapidfuzz, json_repair  # noqa: F401
 from trl.experimental.ppo import PPOConfig, PPOTrainer  # noqa: F401
 assert trl.__version__ == "1.12.0", trl.__version__
 PY

@@ -54,7 +54,19 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     report, summary = _read(out)
     metrics = summary["metrics"]
     assert summary["skipped"] == {}, summary["skipped"]
-    assert 0.0 <= metrics["pass@1 before"] <= 1.0 and 0.0 <= metrics["pass@1 after"] <= 1.0
+    # pass@1 recomputed from the report's per-problem table: the same held-out problems before and after (the first
+    # two of the test split, which no training row comes from), each one passing or not
+    from trl_text2grad.cli.demo.config import DemoConfig
+    from trl_text2grad.tasks.humaneval import load_humaneval, split_by_problem
+
+    table = re.findall(r"<tr><td><code>([^<]+)</code></td><td>(✔|✘)</td><td>(✔|✘|—)</td></tr>", report)
+    defaults = DemoConfig()
+    split = split_by_problem(load_humaneval(), test_fraction=defaults.test_fraction, seed=defaults.split_seed)
+    assert [task_id for task_id, _, _ in table] == split["test"]["task_id"][:2]
+    assert not set(split["train"]["task_id"]) & {task_id for task_id, _, _ in table}
+    assert metrics["pass@1 before"] == sum(before == "✔" for _, before, _ in table) / len(table)
+    assert metrics["pass@1 after"] == sum(after == "✔" for _, _, after in table) / len(table)
+    assert metrics["pass@1 before"] == 0.0  # 8 tokens from a random model never define a working function
     assert metrics["ppo_rollouts"] == 1 and metrics["held_out_problems"] == 2
     assert any("objective/scores" in row for row in summary["log_history"])
     assert "How small this run is" in report and "2 held-out problems" in report

@@ -390,3 +390,147 @@ def test_annotate_recipes_use_the_task_critic_prompt():
     assert _template("qa") == "qa"
     critic = build_critic(AnnotateConfig(critic="openai", task="slf5k", model="m", base_url="http://127.0.0.1:9/v1"))
     assert critic.template is slf5k.CRITIC_TEMPLATE
+
+
+# -------------------------------------------------------------------------------------------------------------
+# After training: own data + own reward from the CLI, then load, score, and continue
+# -------------------------------------------------------------------------------------------------------------
+
+_REWARDS_FILE = """
+def first_word_good(prompts, completions, **context):
+    out = []
+    for completion, flag in zip(completions, context["judge"]):
+        if not flag:
+            out.append(None)  # cannot judge
+        elif completion.strip():
+            start = len(completion) - len(completion.lstrip())
+            out.append([(start, start + len(completion.split()[0]), 1.0)])
+        else:
+            out.append(-1.0)
+    return out
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    """A tiny `trl-text2grad ppo --task custom --reward_function file.py:fn` run (LoRA)."""
+    from trl_text2grad.cli import main as cli
+
+    folder = tmp_path_factory.mktemp("own_reward")
+    (folder / "rewards.py").write_text(_REWARDS_FILE)
+    prompts = [{"prompt": [{"role": "user", "content": f"Say something about {w}."}], "judge": True}
+               for w in ("cats", "dogs", "rain", "tea")]  # fmt: skip
+    data = _write_jsonl(folder / "prompts.jsonl", prompts)
+    out = folder / "run"
+    code = cli.main(["ppo", "--task", "custom", "--dataset_name", data, "--reward_function",
+                     f"{folder / 'rewards.py'}:first_word_good", "--model_name_or_path", tiny_model_dir,
+                     "--output_dir", str(out), "--total_episodes", "4", "--per_device_train_batch_size", "2",
+                     "--response_length", "8", "--num_ppo_epochs", "1", "--use_peft", "true", "--lora_r", "4",
+                     "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj", "--learning_rate", "1e-2",
+                     "--heatmap_every_n_steps", "1", "--save_strategy", "no", *CPU])  # fmt: skip
+    assert code == 0
+    return out, folder
+
+
+def test_own_reward_run_writes_adapter_value_head_and_numbered_heatmaps(trained_run):
+    out, _ = trained_run
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "value_head.safetensors"} <= names
+    heatmaps = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert heatmaps == ["update_000001.html", "update_000002.html"]  # 2 updates, numbered like the logs
+    page = (out / "heatmaps" / "update_000001.html").read_text()
+    assert "t2g-legend" in page and "before the KL penalty" in page and "update 1 sample 0" in page
+
+
+def test_load_trained_policy_merged_equals_adapter_and_scores(trained_run):
+    import torch
+
+    from trl_text2grad.trained import load_trained_policy, score_policy
+
+    out, folder = trained_run
+    merged, tokenizer = load_trained_policy(out)
+    adapter, _ = load_trained_policy(out, merge_adapter=False)
+    assert not hasattr(merged, "peft_config") and hasattr(adapter, "peft_config")
+    ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapter(ids).logits, atol=1e-4, rtol=1e-4)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("t2g_test_rewards", folder / "rewards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = [{"prompt": "Hi", "judge": True}, {"prompt": [{"role": "user", "content": "Yo"}], "judge": False}]
+    result = score_policy(merged, tokenizer, rows, module.first_word_good, max_new_tokens=6)
+    assert len(result.rows) == 2 and result.failed_fraction == 0.5
+    assert result.rows[1]["score"] is None and result.rows[1]["reason"]
+    assert result.rows[0]["score"] is not None and result.mean_score == result.rows[0]["score"]
+
+    def broken(prompts, completions, **context):
+        raise RuntimeError("critic down")
+
+    failed = score_policy(merged, tokenizer, rows, broken, max_new_tokens=2)
+    assert failed.failed_fraction == 1.0 and "critic down" in failed.rows[0]["reason"]
+    with pytest.raises(FileNotFoundError, match="file not found"):
+        load_trained_policy(folder / "nowhere")
+    with pytest.raises(FileNotFoundError, match="neither adapter_config.json"):
+        load_trained_policy(folder)
+
+
+def test_load_value_head_restores_the_saved_head(trained_run, tiny_model_dir, tmp_path):
+    import torch
+    from datasets import Dataset
+    from safetensors.torch import load_file
+
+    from trl_text2grad import SpanPPOConfig, SpanPPOTrainer
+    from trl_text2grad.trained import load_trained_policy, load_value_head
+
+    out, _ = trained_run
+    policy, tokenizer = load_trained_policy(out, is_trainable=True)
+    assert any(p.requires_grad for p in policy.parameters())
+    args = SpanPPOConfig(output_dir=str(tmp_path / "more"), per_device_train_batch_size=2, total_episodes=2,
+                         response_length=4, num_ppo_epochs=1, bf16=False, report_to=[], use_cpu=True,
+                         save_strategy="no")  # fmt: skip
+    rows = Dataset.from_list([{"prompt": "Hi"}, {"prompt": "Yo"}])
+    trainer = SpanPPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None,
+                             reward_model=lambda p, c, **k: [0.0] * len(c), train_dataset=rows)  # fmt: skip
+    saved = load_file(str(out / "value_head.safetensors"))
+    assert not torch.equal(trainer.model.v_head.weight.detach(), saved["weight"])  # a fresh head is random
+    load_value_head(trainer, out)
+    torch.testing.assert_close(trainer.model.v_head.weight.detach(), saved["weight"])
+    torch.testing.assert_close(trainer.model.v_head.bias.detach(), saved["bias"])
+    with pytest.raises(FileNotFoundError, match="value_head.safetensors"):
+        load_value_head(trainer, tmp_path)
+    trainer.train()  # trains from the restored head
+
+
+@pytest.mark.parametrize("task", PAPER_TASKS)
+def test_paper_chain_offline_from_local_files(task, tmp_path, monkeypatch):
+    """annotate (recipe, local hub-schema file) -> reward reads its output; a missing annotations file names the step."""
+    from trl_text2grad import Critique
+    from trl_text2grad.cli import annotate as annotate_cli
+    from trl_text2grad.cli.reward import RewardScriptArguments, load_annotations
+
+    hub_file = _write_jsonl(tmp_path / "hub.jsonl", hub_rows(task))
+    seen: dict = {}
+
+    class QuoteFirstWords:
+        last_errors: list = []
+
+        def critique(self, prompts, responses, **context):
+            seen.update(context)
+            return [Critique("ok", good=[" ".join(r.split()[:2])], poor=[]) for r in responses]
+
+    monkeypatch.setattr(annotate_cli, "build_critic", lambda config: QuoteFirstWords())
+    out = tmp_path / "ann.jsonl"
+    split = "train_prefs" if task == "ultrafeedback" else "train"
+    rows = annotate_cli.main(["--config", str(ROOT / f"recipes/{task}/annotate.yaml"),
+                              "--dataset_path", f"{task}:{split}:{hub_file}", "--output_path", str(out)])  # fmt: skip
+    assert len(rows) == 4 and all(rows["num_located"])
+    wanted = {"slf5k": "feedback", "kodcode": "tests", "ultrafeedback": None}[task]
+    if wanted:
+        assert wanted in seen and len(seen[wanted]) > 0  # the task template's column reached the critic
+    train, _ = load_annotations(RewardScriptArguments(dataset_name=str(out), eval_fraction=0.0))
+    assert len(train) == 4 and {"critique", "good_spans", "poor_spans"} <= set(train.column_names)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run `trl-text2grad annotate` first"):
+        load_annotations(RewardScriptArguments(dataset_name=f"runs/{task}_annotations.jsonl"))

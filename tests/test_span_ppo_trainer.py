@@ -871,7 +871,7 @@ def test_smollm2_two_updates_span_mode(tmp_path):
     history = [h for h in trainer.state.log_history if "span/frac_tokens_rewarded" in h]
     assert len(history) == 1 and history[0]["span/frac_tokens_rewarded"] > 0
     assert all(np.isfinite(h["loss/policy_avg"]) for h in trainer.state.log_history if "loss/policy_avg" in h)
-    assert list((tmp_path / "out" / "heatmaps").glob("rollout_*.html"))
+    assert list((tmp_path / "out" / "heatmaps").glob("update_*.html"))
 
 
 MULTIPROC_SCRIPT = r"""

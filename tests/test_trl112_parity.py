@@ -11,8 +11,9 @@ Two levels:
   includes that position, its approx-KL/ratio/entropy statistics average over padding too) the reference has a
   switch, and the test shows both: equal with the quirk off, and the documented difference with it on.
 * SLOW (``-m trl112``): runs ``bench/trl112/run_trl112_ppo.py`` in the trl==1.12.0 venv
-  (``scripts/make_trl112_venv.sh``) and our ``SpanPPOTrainer`` in-process on the same saved tiny weights, prompts and
-  settings, with argmax sampling on both sides, and compares the logged metrics over several updates.
+  (``scripts/make_trl112_venv.sh``), which builds and saves the tiny models, and our ``SpanPPOTrainer`` in-process on
+  the same saved weights, prompts and settings (``tests/trl112_support.py``), with argmax sampling on both sides, and
+  compares the logged metrics over several updates.
 
 See ``docs/parity.md`` for the setting, the tolerance and the list of trl 1.12 bugs/quirks.
 """
@@ -22,13 +23,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
+from trl112_support import load_tokenizer, run_span_ppo
 from trl_text2grad.ppo.advantages import (
     combine_rewards,
     compute_gae,
@@ -363,15 +364,6 @@ def _trl112_python() -> Path | None:
     return python if proc.returncode == 0 and python.exists() else None
 
 
-def _load_tiny_setup():
-    sys.path.insert(0, str(REPO / "bench" / "trl112"))
-    try:
-        import tiny_setup
-    finally:
-        sys.path.pop(0)
-    return tiny_setup
-
-
 def run_trl112(models_dir: Path, out: Path, **settings) -> dict:
     python = _trl112_python()
     if python is None:
@@ -391,17 +383,7 @@ def run_trl112(models_dir: Path, out: Path, **settings) -> dict:
 
 def run_ours(models_dir: Path, out_dir: Path, **settings) -> dict:
     """SpanPPOTrainer(reward_mode="scalar") in-process on the same weights, prompts and settings."""
-    pytest.importorskip("trl_text2grad.ppo.span_ppo_trainer", reason="SpanPPOTrainer not available yet")
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        from ppo_step import run_span_ppo  # shared with the benchmark
-    finally:
-        sys.path.pop(0)
-    return run_span_ppo(
-        policy=models_dir / "policy", value=models_dir / "value", reward=models_dir / "reward",
-        tokenizer=models_dir / "tokenizer", output_dir=out_dir, reward_mode="scalar", argmax_sampling=True,
-        dump_tokens=True, **settings,
-    )  # fmt: skip
+    return run_span_ppo(models_dir, out_dir, **settings)
 
 
 def _sorted_rollout(rollout: dict, pad_id: int) -> list:
@@ -416,17 +398,17 @@ def _sorted_rollout(rollout: dict, pad_id: int) -> list:
 @pytest.mark.trl112
 @pytest.mark.parametrize("case", list(PARITY_CASES))
 def test_scalar_mode_matches_trl112_ppo_trainer(tmp_path, case):
-    tiny_setup = _load_tiny_setup()
     from trl_text2grad.models import default_model_path
 
     both, ours_only, skipped_metrics = PARITY_CASES[case]
     settings = {**PARITY_SETTINGS, **both}
     models_dir = tmp_path / "models"
-    tiny_setup.build_tiny_models(str(models_dir), str(default_model_path()), seed=settings["seed"])
-    theirs = run_trl112(models_dir, tmp_path / "trl112.json", **settings)
+    # the harness builds the tiny models (bench/trl112/tiny_setup.py) before training; ours loads the same files
+    build = dict(build_tiny=True, tokenizer_source=str(default_model_path()))
+    theirs = run_trl112(models_dir, tmp_path / "trl112.json", **build, **settings)
     ours = run_ours(models_dir, tmp_path / "ours", **settings, **ours_only)
 
-    pad_id = tiny_setup.load_tokenizer(str(models_dir / "tokenizer")).pad_token_id
+    pad_id = load_tokenizer(models_dir / "tokenizer").pad_token_id
     n = settings["num_updates"]
     assert len(theirs["updates"]) == n and len(ours["updates"]) == n
     # 1. identical rollouts (argmax sampling on both sides), update by update

@@ -88,3 +88,14 @@ def test_render_text_rewards_end_to_end(smollm2_tokenizer):
     html = render_text_rewards(smollm2_tokenizer, TEXT, spans, html_output=True)
     rewards = spans_to_token_rewards(TEXT, spans, smollm2_tokenizer)
     assert html.count("<span ") == len(rewards)
+
+
+def test_heatmap_legends_name_the_quantity_and_the_scale():
+    from trl_text2grad.visualize import heatmap_legend_html, heatmap_legend_text
+
+    page = heatmap_legend_html("per-token <task> reward", 2.5)
+    assert "per-token &lt;task&gt; reward" in page and "up to 2.5" in page and "&gt; 0 (good)" in page
+    assert "largest |value| of each sample" in heatmap_legend_html("x")
+    plain = heatmap_legend_text("per-token reward", color=False)
+    assert plain == "legend: per-token reward: [+ ... +] > 0 good, [- ... -] < 0 poor, plain = 0"
+    assert "\x1b[" in heatmap_legend_text("per-token reward")

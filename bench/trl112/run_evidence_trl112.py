@@ -21,7 +21,8 @@ What differs from our two arms, because trl 1.12 works that way:
 - the pad token is ``<|endoftext|>``: with SmolLM2's default pad (= ``<|im_end|>``) trl 1.12 would mask every
   ``<|im_end|>`` of the chat-templated prompt out of attention.
 
-The only package code imported is ``trl_text2grad.spans`` (pure Python, for the critique dataclass of the critic).
+The package code imported is the two evidence tasks (``trl_text2grad.tasks.constrained_text`` / ``.simple_code``)
+and what they import (critics, spans); no trainer.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ sys.path.insert(0, BENCH)
 sys.path.insert(0, os.path.join(os.path.dirname(BENCH), "src"))
 
 import learning_curves  # noqa: E402
-from evidence_tasks import get_task  # noqa: E402
+from learning_curves import get_task  # noqa: E402
 
 PAD_TOKEN = "<|endoftext|>"
 

@@ -17,7 +17,14 @@ from collections.abc import Sequence
 
 from .alignment import require_fast_tokenizer, spans_to_token_rewards
 
-__all__ = ["tokens_for_display", "render_token_rewards_terminal", "render_token_rewards_html", "render_text_rewards"]
+__all__ = [
+    "tokens_for_display",
+    "render_token_rewards_terminal",
+    "render_token_rewards_html",
+    "render_text_rewards",
+    "heatmap_legend_html",
+    "heatmap_legend_text",
+]
 
 _RESET = "\x1b[0m"
 _GOOD = "\x1b[30;42m"  # black on green
@@ -120,3 +127,36 @@ def render_text_rewards(
     if html_output:
         return render_token_rewards_html(tokens, rewards)
     return render_token_rewards_terminal(tokens, rewards, color=color)
+
+
+def heatmap_legend_html(quantity: str, max_abs: float | None = None) -> str:
+    """An HTML legend for :func:`render_token_rewards_html` heatmaps: what the colours show and on which scale.
+
+    Args:
+        quantity: What the per-token values are, e.g. ``"per-token task reward (before the KL penalty)"``.
+        max_abs: The ``|reward|`` that gets full opacity (the ``max_abs`` the heatmaps were drawn with); ``None``
+            when each heatmap is scaled by its own largest ``|reward|``.
+    """
+    scale = (
+        f"opacity grows with |value| up to {max_abs:.3g} (full colour)"
+        if max_abs is not None and max_abs > 0
+        else "opacity grows with |value|, relative to the largest |value| of each sample"
+    )
+
+    def swatch(rgb: str, alpha: float) -> str:
+        return f'<span style="background-color: rgba({rgb}, {alpha:.2f}); padding: 0 0.4em;">&nbsp;</span>'
+
+    return (
+        '<div class="t2g-legend" style="font-family: sans-serif; margin: 0.5em 0;">'
+        f"<b>Colour</b>: {html.escape(quantity)}. "
+        f"{swatch('0, 170, 0', 0.75)} &gt; 0 (good) &nbsp; {swatch('220, 0, 0', 0.75)} &lt; 0 (poor) &nbsp; "
+        f"no colour = 0; {html.escape(scale)}. Hover a token for its exact value.</div>"
+    )
+
+
+def heatmap_legend_text(quantity: str, *, color: bool = True) -> str:
+    """A one-line terminal legend for :func:`render_token_rewards_terminal` (colours or ``[+ +]``/``[- -]``)."""
+    if color:
+        good, poor = _paint(" > 0 good ", _GOOD), _paint(" < 0 poor ", _POOR)
+        return f"legend: {quantity}: {good} {poor} plain = 0"
+    return f"legend: {quantity}: [+ ... +] > 0 good, [- ... -] < 0 poor, plain = 0"

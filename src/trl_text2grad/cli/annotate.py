@@ -2,7 +2,8 @@
 
 Usage::
 
-    trl-text2grad annotate --config recipes/annotate_slf5k.yaml
+    trl-text2grad annotate --config recipes/slf5k/annotate.yaml
+    trl-text2grad annotate --config recipes/slf5k/annotate.yaml --dataset_path slf5k:train:my_slf5k_rows.jsonl
     python -m trl_text2grad.cli.annotate --dataset_path data.jsonl --output_path out.jsonl \\
         --critic openai --model gpt-4o-mini --base_url https://api.openai.com/v1 --task summarization
 
@@ -20,6 +21,7 @@ from trl import TrlParser
 from ..annotate import DEFAULT_CONTEXT_COLUMNS, annotate
 from ..critics import OpenAICompatibleCritic, TransformersCritic, UnitTestCritic
 from ..tasks.humaneval import load_humaneval
+from ..tasks.registry import parse_task_source
 from .common import critic_template, load_task_dataset
 
 __all__ = ["AnnotateConfig", "build_critic", "main"]
@@ -32,7 +34,8 @@ class AnnotateConfig:
     Args:
         dataset_path: Input rows: a ``.jsonl``/``.json`` file, or ``humaneval`` for the bundled HumanEval problems
             (with ``response_column`` naming a column of completions you added, or ``canonical_solution``), or a
-            hub task ``slf5k``/``kodcode``/``ultrafeedback`` with an optional ``:split`` (``trl_text2grad.tasks``).
+            hub task ``slf5k``/``kodcode``/``ultrafeedback`` as ``<task>[:<split>][:<file>]`` (``<file>``: a local
+            ``.jsonl``/``.parquet`` with the hub data set's columns; see ``trl_text2grad.tasks.registry``).
         output_path: Output JSONL (also the resume cache).
         critic: ``openai`` (OpenAI-compatible server), ``transformers`` (local model) or ``unit_tests``.
         task: Critique template: ``summarization``, ``code`` or ``qa`` (LLM critics); ``slf5k``, ``kodcode`` or
@@ -59,7 +62,11 @@ class AnnotateConfig:
         log_level: Python logging level.
     """
 
-    dataset_path: str = field(default="", metadata={"help": "Input .jsonl/.json file, or 'humaneval'."})
+    dataset_path: str = field(
+        default="",
+        metadata={"help": "Input .jsonl/.json file, 'humaneval', or <task>[:<split>][:<file>] for slf5k, kodcode, "
+                  "ultrafeedback (file: a local .jsonl with the hub set's columns)."},
+    )  # fmt: skip
     output_path: str = field(default="annotations.jsonl", metadata={"help": "Output JSONL (also the resume cache)."})
     critic: str = field(default="openai", metadata={"help": "Critic: 'openai', 'transformers' or 'unit_tests'."})
     task: str = field(default="qa", metadata={"help": "Critique template: 'summarization', 'code' or 'qa'."})
@@ -146,12 +153,12 @@ def run(config: AnnotateConfig):
         raise ValueError("dataset_path is required: a .jsonl/.json file or 'humaneval'")
     data = config.dataset_path
     context_columns = None
-    task_name, _, task_split = config.dataset_path.partition(":")
+    source = parse_task_source(config.dataset_path)
     if config.dataset_path.lower() == "humaneval":
         data = load_humaneval()
-    elif task_name.lower() in _HUB_TASKS:  # "slf5k", "kodcode:train", "ultrafeedback:test_prefs" (hub adapters)
-        data = load_task_dataset(task_name.lower(), task_split or _HUB_TASKS[task_name.lower()])
-        wanted = critic_template(task_name.lower()).placeholders() - {"prompt", "response"}
+    elif source is not None and source.task in _HUB_TASKS:  # "slf5k", "kodcode:train", "slf5k:train:rows.jsonl"
+        data = load_task_dataset(source.task, source.split, dataset_name=source.dataset_name)
+        wanted = critic_template(source.task).placeholders() - {"prompt", "response"}
         context_columns = {c: k for c, k in DEFAULT_CONTEXT_COLUMNS.items() if c in data.column_names}
         context_columns.update({c: c for c in wanted if c in data.column_names})
     critic = build_critic(config)
@@ -171,7 +178,7 @@ def run(config: AnnotateConfig):
 
 def main(argv: Sequence[str] | None = None):
     """Entry point: parse ``--config x.yaml`` and flags with ``TrlParser``, then annotate."""
-    parser = TrlParser((AnnotateConfig,))
+    parser = TrlParser((AnnotateConfig,), prog="trl-text2grad annotate")
     (config,) = parser.parse_args_and_config(args=list(argv) if argv is not None else None)
     logging.basicConfig(level=getattr(logging, str(config.log_level).upper(), logging.INFO))
     dataset = run(config)

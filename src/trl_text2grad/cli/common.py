@@ -10,8 +10,15 @@ building the reward function (critic or span reward model) that a recipe names.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import inspect
 import logging
+import os
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer, set_seed
@@ -20,6 +27,7 @@ from ..checkpoints import parse_resume_argument
 from ..critics import OpenAICompatibleCritic, TransformersCritic, UnitTestCritic
 from ..models import default_model_path
 from ..reward import SpanRewardModel
+from ..reward.modeling import SPAN_REWARD_CONFIG_NAME
 from ..rewards import UnitTestReward
 from ..tasks.registry import TASKS, get_task
 
@@ -33,6 +41,7 @@ __all__ = [
     "load_tokenizer",
     "load_task_dataset",
     "critic_template",
+    "load_reward_function",
     "build_reward_function",
     "train_and_save",
     "main_from_argv",
@@ -42,7 +51,8 @@ __all__ = [
 DEFAULT_MODEL_ALIASES = frozenset({"", "default", "smollm2", "smollm2-135m-instruct"})
 
 #: Reward sources for PPO: ``unit_tests`` (sandbox), ``openai`` (OpenAI-compatible server), ``transformers`` (local
-#: critic model), ``reward_model`` (a span reward model trained with ``trl-text2grad reward``).
+#: critic model), ``reward_model`` (a span reward model trained with ``trl-text2grad reward``). A Python reward
+#: function of your own is given with ``reward_function`` instead (see :func:`load_reward_function`).
 CRITICS = ("unit_tests", "openai", "transformers", "reward_model")
 
 
@@ -100,6 +110,88 @@ def critic_template(task: str):
     return get_task(task).critic_template
 
 
+def _import_module_from_file(path: Path):
+    """Import the Python file ``path`` as a module (its folder is put on ``sys.path`` for its own imports)."""
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    name = f"_trl_text2grad_user_{path.stem}_{digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {str(path)!r} as a Python module")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _import_module_from_cwd(target: str, spec: str):
+    """``importlib.import_module(target)``, retried with the current directory on ``sys.path``."""
+    parts = target.split(".")
+    own = {".".join(parts[: i + 1]) for i in range(len(parts))}
+    for attempt in range(2):
+        try:
+            return importlib.import_module(target)
+        except ModuleNotFoundError as err:
+            if err.name not in own:  # the user's module imports something missing: that error says it best
+                raise
+            if attempt == 0 and os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())  # as `python -m` does: a module in the current directory
+                continue
+            raise ImportError(
+                f"reward_function {spec!r}: no module named {target!r} (looked on sys.path and in the current "
+                f"directory {os.getcwd()!r}); install it, add its folder to PYTHONPATH, or pass "
+                "path/to/file.py:function."
+            ) from err
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def load_reward_function(spec: str) -> Callable[..., list[Any]]:
+    """The Python reward function named by ``spec``: ``"package.module:function"`` or ``"path/to/file.py:function"``.
+
+    The contract of the callable (:mod:`trl_text2grad.rewards`): ``fn(prompts, completions, **context) -> list`` with
+    one entry per completion: a number, a :class:`~trl_text2grad.Critique`, ``(start, end, score)`` character spans,
+    an annotation dict, or ``None`` when it cannot judge that completion. ``context`` holds the data set's other
+    columns, one list each. When the attribute is a class, it is instantiated with no arguments and the instance is
+    the reward function. A module name is imported with the current directory on ``sys.path`` (as ``python -m``
+    does), so ``my_rewards:score`` finds ``./my_rewards.py``.
+
+    Raises:
+        ValueError: ``spec`` has no ``:function`` part, or names something that is not callable.
+        FileNotFoundError: the file of ``path/to/file.py:function`` does not exist.
+        ImportError: the module cannot be imported (the message names it and ``spec``).
+    """
+    target, sep, attribute = str(spec).strip().rpartition(":")
+    if not sep or not target or not attribute.isidentifier():
+        raise ValueError(
+            f"reward_function {spec!r}: expected 'module:function' or 'path/to/file.py:function' "
+            "(e.g. --reward_function my_rewards:score)."
+        )
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"file not found: {target!r} (from reward_function {spec!r}).")
+        module = _import_module_from_file(path)
+    else:
+        module = _import_module_from_cwd(target, spec)
+    if not hasattr(module, attribute):
+        public = sorted(n for n in vars(module) if not n.startswith("_") and callable(getattr(module, n)))
+        raise ValueError(f"reward_function {spec!r}: {target!r} has no attribute {attribute!r} (callables: {public}).")
+    function = getattr(module, attribute)
+    if inspect.isclass(function):
+        function = function()
+    if not callable(function):
+        raise ValueError(f"reward_function {spec!r}: {attribute!r} is a {type(function).__name__}, not a callable.")
+    return function
+
+
 def build_reward_function(
     critic: str,
     task: str,
@@ -110,20 +202,37 @@ def build_reward_function(
     reward_model_path: str | None = None,
     sandbox_timeout: float = 10.0,
     max_new_tokens: int = 512,
+    reward_function: str | None = None,
 ) -> Callable[..., list[Any]]:
     """The ``reward_model`` callable for ``SpanPPOTrainer``: ``(prompts, responses, **context) -> list[Critique|spans]``.
 
-    ``unit_tests`` on HumanEval rows runs the raw problem prompt + code against the tests in the sandbox and returns
-    the critic's exact character spans; LLM critics get the task's critique template.
+    ``reward_function`` (``"module:function"`` or ``"file.py:function"``, see :func:`load_reward_function`) wins
+    over ``critic``. ``unit_tests`` on HumanEval rows runs the raw problem prompt + code against the tests in the
+    sandbox and returns the critic's exact character spans; LLM critics get the task's critique template;
+    ``reward_model`` loads the folder ``reward_model_path`` written by ``trl-text2grad reward`` (required: there is
+    no default model).
     """
+    if reward_function:
+        return load_reward_function(reward_function)
     if critic not in CRITICS:
-        raise ValueError(f"Unknown critic {critic!r}; choose one of {CRITICS}.")
+        raise ValueError(
+            f"Unknown critic {critic!r}; choose one of {CRITICS}, or pass reward_function=module:function for a "
+            "Python reward function of your own."
+        )
     if critic == "unit_tests":
         return UnitTestReward(UnitTestCritic(timeout=sandbox_timeout))
     if critic == "reward_model":
         if not reward_model_path:
             raise ValueError(
-                "critic 'reward_model' needs reward_model_path: a folder saved by `trl-text2grad reward`."
+                "critic 'reward_model' needs reward_model_path: the output_dir of `trl-text2grad reward` "
+                "(e.g. --reward_model_path runs/slf5k-reward); there is no default reward model."
+            )
+        if not (Path(reward_model_path).expanduser() / SPAN_REWARD_CONFIG_NAME).is_file():
+            folder = Path(reward_model_path).expanduser()
+            what = f"has no {SPAN_REWARD_CONFIG_NAME}" if folder.exists() else "does not exist"
+            raise FileNotFoundError(
+                f"file not found: reward_model_path {reward_model_path!r} {what}; it must be the output_dir of "
+                "`trl-text2grad reward` (run that step first)."
             )
         return SpanRewardModel.from_pretrained(reward_model_path)
     template = critic_template(task)

@@ -3,8 +3,10 @@
 Usage::
 
     trl-text2grad ppo --config recipes/humaneval_smollm2/ppo.yaml
+    trl-text2grad ppo --task custom --dataset_name rows.jsonl --reward_function my_rewards:score \\
+        --output_dir runs/mine --bf16 false
     accelerate launch --config_file recipes/accelerate/multi_cpu.yaml -m trl_text2grad.cli.ppo \\
-        --config recipes/humaneval_smollm2/ppo.yaml --total_episodes 64
+        --config recipes/humaneval_smollm2/ppo.yaml --total_episodes 64 --use_cpu true
     accelerate launch --config_file recipes/accelerate/zero2.yaml -m trl_text2grad.cli.ppo \\
         --config recipes/slf5k/ppo.yaml --reward_model_path runs/slf5k-reward
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from accelerate import PartialState
@@ -35,7 +37,7 @@ from .common import (
     train_and_save,
 )
 
-__all__ = ["PPOScriptArguments", "make_parser", "run", "main"]
+__all__ = ["PPOScriptArguments", "make_parser", "given_reward_model_path", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +48,11 @@ class PPOScriptArguments(ScriptArguments):
 
     Args:
         task: ``humaneval`` (bundled, offline), ``slf5k``, ``kodcode``, ``ultrafeedback`` (hub data sets) or
-            ``custom`` (``dataset_name`` with a ``prompt`` column).
-        dataset_name: Overrides the task's data set: a hub name, or a local ``.jsonl``/``.json`` file with the
-            same columns (HumanEval: a ``HumanEval.jsonl.gz``-style file).
+            ``custom`` (``dataset_name``: a local ``.jsonl``/``.json``/``.parquet``/``.csv`` file with a ``prompt``
+            column).
+        dataset_name: Overrides the task's data set: a hub name, or a local ``.jsonl``/``.json``/``.parquet``/``.csv``
+            file with the same columns (HumanEval: a ``HumanEval.jsonl.gz``-style file). A local path that does not
+            exist is a "file not found" error.
         max_train_samples: Use only the first N prompts.
         max_eval_samples: Prompts of ``dataset_test_split`` to evaluate on (first N). ``None`` (default): no
             evaluation set, unless ``eval_strategy`` is not ``"no"``, in which case the whole split is used. With an
@@ -56,9 +60,14 @@ class PPOScriptArguments(ScriptArguments):
             ``eval_strategy``'s cadence, and the script runs a final ``evaluate()`` and saves ``eval_results.json``.
         test_fraction: HumanEval: fraction of problems held out (split by problem).
         split_seed: HumanEval: seed of the problem split.
-        critic: Reward source: ``unit_tests`` (sandboxed tests, HumanEval), ``reward_model`` (a span reward model
-            trained with ``trl-text2grad reward``, at ``SpanPPOConfig.reward_model_path``), ``openai`` (an OpenAI-compatible server) or ``transformers``
-            (a local critic model).
+        reward_function: Your own Python reward function, ``module:function`` (importable; the current directory
+            is searched) or ``path/to/file.py:function``, with the contract of :mod:`trl_text2grad.rewards`:
+            ``fn(prompts, completions, **context) -> list[float | Critique | spans | dict | None]``. When set, it is
+            the reward source and ``critic`` is ignored.
+        critic: Reward source when ``reward_function`` is not set: ``unit_tests`` (sandboxed tests, HumanEval),
+            ``reward_model`` (a span reward model trained with ``trl-text2grad reward``, at ``--reward_model_path``,
+            which is then required), ``openai`` (an OpenAI-compatible server) or ``transformers`` (a local critic
+            model).
         critic_model: Model name on the server (``openai``) or checkpoint path (``transformers``).
         critic_base_url: Root of the OpenAI-compatible endpoint, e.g. ``http://127.0.0.1:8000/v1``.
         critic_api_key_env: Environment variable holding the critic's API key (never put the key in a recipe).
@@ -78,7 +87,15 @@ class PPOScriptArguments(ScriptArguments):
     )  # fmt: skip
     test_fraction: float = field(default=0.2, metadata={"help": "HumanEval: fraction of problems held out."})
     split_seed: int = field(default=0, metadata={"help": "HumanEval: seed of the split by problem."})
-    critic: str = field(default="unit_tests", metadata={"help": "unit_tests | reward_model | openai | transformers."})
+    reward_function: str | None = field(
+        default=None,
+        metadata={"help": "Your Python reward function: module:function or path/to/file.py:function (overrides "
+                  "critic); called as fn(prompts, completions, **columns)."},
+    )  # fmt: skip
+    critic: str = field(
+        default="unit_tests",
+        metadata={"help": "unit_tests | reward_model (needs --reward_model_path) | openai | transformers."},
+    )
     critic_model: str | None = field(
         default=None, metadata={"help": "Critic model name (openai) or checkpoint path (transformers)."}
     )
@@ -124,8 +141,31 @@ def load_policy(model_args, training_args):
     return model, tokenizer
 
 
+def given_reward_model_path(training_args) -> str | None:
+    """``reward_model_path`` as the user gave it: ``None`` when it is still ``SpanPPOConfig``'s TRL-compatible
+    placeholder default (a hub id that is not a span reward model), so that a forgotten path is a clear error."""
+    default = next(f.default for f in fields(SpanPPOConfig) if f.name == "reward_model_path")
+    value = getattr(training_args, "reward_model_path", None)
+    return None if not value or value == default else value
+
+
 def run(script_args: PPOScriptArguments, training_args, model_args):
     """Train as configured; returns the trainer (after ``train()`` and ``save_model()``)."""
+    if script_args.reward_function and script_args.critic != "unit_tests":
+        logger.warning("reward_function %r is the reward source; critic %r is ignored.",
+                       script_args.reward_function, script_args.critic)  # fmt: skip
+    # the reward source first: a wrong path fails before the policy is loaded
+    reward = build_reward_function(
+        script_args.critic,
+        script_args.task,
+        critic_model=script_args.critic_model,
+        critic_base_url=script_args.critic_base_url,
+        critic_api_key_env=script_args.critic_api_key_env,
+        reward_model_path=given_reward_model_path(training_args),
+        sandbox_timeout=script_args.sandbox_timeout,
+        max_new_tokens=script_args.critic_max_new_tokens,
+        reward_function=script_args.reward_function,
+    )
     model, tokenizer = load_policy(model_args, training_args)
 
     def prompts(split: str, max_samples: int | None):
@@ -149,16 +189,6 @@ def run(script_args: PPOScriptArguments, training_args, model_args):
         raise ValueError(f"max_eval_samples must be >= 0, got {script_args.max_eval_samples}.")
     if (script_args.max_eval_samples or 0) > 0 or wants_eval:
         eval_dataset = prompts(script_args.dataset_test_split, script_args.max_eval_samples)
-    reward = build_reward_function(
-        script_args.critic,
-        script_args.task,
-        critic_model=script_args.critic_model,
-        critic_base_url=script_args.critic_base_url,
-        critic_api_key_env=script_args.critic_api_key_env,
-        reward_model_path=training_args.reward_model_path,
-        sandbox_timeout=script_args.sandbox_timeout,
-        max_new_tokens=script_args.critic_max_new_tokens,
-    )
     trainer = SpanPPOTrainer(
         args=training_args,
         processing_class=tokenizer,

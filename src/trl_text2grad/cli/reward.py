@@ -73,7 +73,12 @@ def load_annotations(script_args: RewardScriptArguments):
             "dataset_name is required: the .jsonl written by `trl-text2grad annotate` (or a hub data set with the "
             "annotation schema)."
         )
-    dataset = load_rows(script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config)
+    dataset = load_rows(
+        script_args.dataset_name,
+        script_args.dataset_train_split,
+        script_args.dataset_config,
+        produced_by="`trl-text2grad annotate`",
+    )
     # chat prompts were written as JSON lists; keep them as lists of messages
     if "prompt" in dataset.column_names and len(dataset) and isinstance(dataset[0]["prompt"], str):
         first = dataset[0]["prompt"].lstrip()

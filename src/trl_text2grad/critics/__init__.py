@@ -22,6 +22,7 @@ _EXPORTS = {
     "UnitTestCritic": "trl_text2grad.critics.unit_tests",
     "run_python": "trl_text2grad.critics.sandbox",
     "SandboxResult": "trl_text2grad.critics.sandbox",
+    "SandboxUnavailableError": "trl_text2grad.critics.sandbox",
     "sandbox_capabilities": "trl_text2grad.critics.sandbox",
     "parse_critique": "trl_text2grad.critics.parsing",
     "ParsedCritique": "trl_text2grad.critics.parsing",
@@ -39,6 +40,7 @@ __all__ = [
     "OpenAICompatibleCritic",
     "ParsedCritique",
     "SandboxResult",
+    "SandboxUnavailableError",
     "TransformersCritic",
     "UnitTestCritic",
     "get_template",
@@ -68,5 +70,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .openai_compatible import OpenAICompatibleCritic
     from .parsing import ParsedCritique, parse_critique
     from .prompts import TEMPLATES, CritiqueTemplate, get_template
-    from .sandbox import SandboxResult, run_python, sandbox_capabilities
+    from .sandbox import SandboxResult, SandboxUnavailableError, run_python, sandbox_capabilities
     from .unit_tests import UnitTestCritic

@@ -7,9 +7,20 @@ from collections.abc import Sequence
 
 import torch
 
-from ..visualize import render_token_rewards_html, render_token_rewards_terminal
+from ..visualize import (
+    heatmap_legend_html,
+    heatmap_legend_text,
+    render_token_rewards_html,
+    render_token_rewards_terminal,
+)
 
-__all__ = ["write_rollout_heatmaps"]
+__all__ = ["HEATMAP_QUANTITY", "write_rollout_heatmaps"]
+
+#: What the rollout heatmaps show (their legend).
+HEATMAP_QUANTITY = (
+    "per-token task reward of the sampled response (span rewards, plus any scalar reward on its last token), "
+    "before the KL penalty"
+)
 
 
 def write_rollout_heatmaps(
@@ -20,19 +31,22 @@ def write_rollout_heatmaps(
     texts: Sequence[str],
     offsets: Sequence[Sequence[tuple[int, int]]],
     task_rewards: torch.Tensor,
-    rollout_index: int,
+    update: int,
     output_dir: str,
     to_terminal: bool,
     max_samples: int = 4,
 ) -> str:
-    """Render up to ``max_samples`` completions of a rollout, each token coloured by its task reward.
+    """Render up to ``max_samples`` completions of update ``update`` (1-based), each token coloured by its task reward.
 
-    Each token is shown as the text its character range covers (its token string when the range is empty). Writes
-    ``<output_dir>/heatmaps/rollout_<index>.html`` (returned) and, when ``to_terminal``, prints a terminal rendering.
+    Each token is shown as the text its character range covers (its token string when the range is empty); the
+    colour scale is the largest absolute reward shown, stated in the legend. Writes
+    ``<output_dir>/heatmaps/update_<N>.html`` (returned) and, when ``to_terminal``, prints a terminal rendering.
     """
     task_rewards = task_rewards.detach().float().cpu()
-    parts = ["<html><body>"]
-    for row in range(min(max_samples, len(texts))):
+    shown = min(max_samples, len(texts))
+    scale = float(task_rewards[:shown].abs().max()) if shown else 0.0
+    parts = ["<html><body>", heatmap_legend_html(HEATMAP_QUANTITY, scale or None)]
+    for row in range(shown):
         text, row_offsets = texts[row], offsets[row]
         ids = responses[row][response_mask[row].bool()].tolist()
         pieces = [
@@ -40,15 +54,17 @@ def write_rollout_heatmaps(
             for (start, end), token in zip(row_offsets, ids)
         ]
         rewards = task_rewards[row, : len(pieces)].tolist()
-        title = f"rollout {rollout_index} sample {row}: {str(prompts[row])[-200:]}"
-        parts.append(render_token_rewards_html(pieces, rewards, title=title))
+        title = f"update {update} sample {row}: {str(prompts[row])[-200:]}"
+        parts.append(render_token_rewards_html(pieces, rewards, max_abs=scale or None, title=title))
         if to_terminal:
+            if row == 0:
+                print(heatmap_legend_text(HEATMAP_QUANTITY))
             print(title)
             print(render_token_rewards_terminal(pieces, rewards))
     parts.append("</body></html>")
     directory = os.path.join(output_dir, "heatmaps")
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"rollout_{rollout_index:06d}.html")
+    path = os.path.join(directory, f"update_{update:06d}.html")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(parts))
     return path

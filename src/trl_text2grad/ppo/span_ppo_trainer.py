@@ -1151,7 +1151,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             scored.texts,
             scored.offsets,
             extra["rewards"] - extra["non_score_reward"],
-            rollout_index,
+            rollout_index + 1,  # 1-based, as the logs and completions/update_<N>.jsonl count updates
             self.args.output_dir,
             to_terminal=not report_to or report_to in (["none"], "none"),
         )

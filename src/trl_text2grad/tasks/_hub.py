@@ -12,24 +12,74 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["load_rows", "prepare_rows"]
+__all__ = ["LOCAL_SUFFIXES", "looks_like_local_path", "load_rows", "prepare_rows"]
+
+#: File suffixes read as local data (with the ``datasets`` builder that reads them).
+LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_rows(dataset_name: str, split: str, dataset_config: str | None = None, max_samples: int | None = None):
-    """Load ``split`` of ``dataset_name``: a local ``.json``/``.jsonl``/``.parquet`` file or directory, or a hub name.
+def looks_like_local_path(name: str) -> bool:
+    """True when ``name`` is meant as a local file rather than a hub data set id (``org/name``).
+
+    Anything that exists on disk, ends with a data-file suffix (``.jsonl``, ``.json``, ``.parquet``, ``.csv``, also
+    ``.gz``), or starts like a path (``/``, ``./``, ``../``, ``~``) is a path. A missing path is then a "file not
+    found" error, never a hub download attempt.
+    """
+    name = str(name)
+    if os.path.exists(os.path.expanduser(name)):
+        return True
+    lowered = name.lower()
+    if lowered.endswith(tuple(LOCAL_SUFFIXES)) or lowered.endswith(".gz"):
+        return True
+    return name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or os.path.isabs(name)
+
+
+def load_rows(
+    dataset_name: str,
+    split: str,
+    dataset_config: str | None = None,
+    max_samples: int | None = None,
+    *,
+    produced_by: str | None = None,
+):
+    """Load ``split`` of ``dataset_name``: a local ``.json``/``.jsonl``/``.parquet``/``.csv`` file or directory, or a
+    hub name.
 
     A local file is read with the matching ``datasets`` builder (so tests and offline users can hand in rows with
     the hub's schema); anything else goes to :func:`datasets.load_dataset`, which needs network access the first
     time (set ``HF_DATASETS_OFFLINE=1`` to use the local cache only).
+
+    Args:
+        produced_by: What writes this file (e.g. ``"`trl-text2grad annotate`"``): a missing local file then raises
+            ``FileNotFoundError("file not found: <path>; run <produced_by> first ...")``.
+
+    Raises:
+        FileNotFoundError: ``dataset_name`` looks like a local path (see :func:`looks_like_local_path`) that does
+            not exist.
     """
     from datasets import load_dataset
 
-    if os.path.isfile(dataset_name):
-        suffix = dataset_name.rsplit(".", 1)[-1].lower()
-        builder = {"jsonl": "json", "json": "json", "parquet": "parquet", "csv": "csv"}.get(suffix)
+    path = os.path.expanduser(str(dataset_name))
+    if looks_like_local_path(dataset_name) and not os.path.exists(path):
+        hint = (
+            f"; run {produced_by} first (it writes this file), or fix the path"
+            if produced_by
+            else f"; check the path (relative paths are read from the current directory, {os.getcwd()!r})"
+        )
+        raise FileNotFoundError(f"file not found: {dataset_name!r}{hint}.")
+    if os.path.isfile(path):
+        lowered = path.lower().removesuffix(".gz")
+        builder = next((b for s, b in LOCAL_SUFFIXES.items() if lowered.endswith(s)), None)
         if builder is None:
-            raise ValueError(f"{dataset_name!r}: unsupported file type; use .jsonl, .json, .parquet or .csv")
-        dataset = load_dataset(builder, data_files={split: dataset_name}, split=split)
+            raise ValueError(
+                f"{dataset_name!r}: unsupported file type; use .jsonl, .json, .parquet or .csv (optionally .gz)"
+            )
+        try:
+            dataset = load_dataset(builder, data_files={split: path}, split=split)
+        except Exception as err:  # malformed JSON lines, a truncated parquet file, ...
+            raise ValueError(
+                f"could not read {dataset_name!r} as {builder} rows ({type(err).__name__}: {err})."
+            ) from err
     else:
         try:
             dataset = load_dataset(dataset_name, name=dataset_config, split=split)

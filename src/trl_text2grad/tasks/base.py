@@ -24,6 +24,8 @@ class Task:
         default_split: The split annotation uses when none is given.
         dataset_name: The hub data set the task loads by default (``None``: packaged or user-given data).
         description: One line for ``--help`` texts and docs.
+        critic_factory: Builds the task's programmatic critic (no arguments), for tasks whose responses a program
+            can judge; ``None`` otherwise (the task is judged by an LLM critic with ``critic_template``).
     """
 
     name: str
@@ -32,3 +34,4 @@ class Task:
     default_split: str = "train"
     dataset_name: str | None = None
     description: str = ""
+    critic_factory: Callable[[], Any] | None = None

@@ -56,11 +56,20 @@ def load_humaneval(path: str | Path | None = None):
     """HumanEval as a ``datasets.Dataset`` with columns task_id, prompt, canonical_solution, test, entry_point."""
     from datasets import Dataset
 
-    path = Path(path) if path is not None else humaneval_path()
+    path = Path(path).expanduser() if path is not None else humaneval_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"file not found: '{path}'; pass a HumanEval-format .jsonl or .jsonl.gz file (one problem per line with "
+            "task_id, prompt, canonical_solution, test, entry_point), or leave it empty for the packaged problems."
+        )
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     columns = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
+    for number, row in enumerate(rows, 1):
+        missing = [c for c in columns if c not in row]
+        if missing:
+            raise ValueError(f"{path}: problem {number} lacks the HumanEval columns {missing}.")
     return Dataset.from_dict({c: [row[c] for row in rows] for c in columns})
 
 

@@ -17,7 +17,7 @@ class DemoConfig:
             checkpoint as an LLM critic, slow), ``openai`` (needs ``critic_model``/``critic_base_url``) or
             ``reward_model`` (needs ``reward_model_path``).
         steps: PPO rollouts (each one generation batch, then ``num_ppo_epochs`` optimisation epochs). ``0`` skips
-            training (before/after then measure the same policy).
+            training, and with it the pass@1 measurement after training (stage 4).
         output_dir: Where ``report.html``, ``metrics.json`` and the trainer's files go.
         train_problems: HumanEval train problems PPO samples prompts from.
         eval_problems: Held-out problems for pass@1 before/after (``0``: all held-out problems).

@@ -47,7 +47,7 @@ from .report import heatmap, honesty, html_report, plot_curves
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_demo", "StageClock"]
+__all__ = ["run_demo", "DemoRun", "StageClock"]
 
 
 class StageClock:
@@ -69,56 +69,92 @@ class StageClock:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run the main job described in the module docstring; returns the summary written to ``metrics.json``."""
-    started = time.time()
-    clock = StageClock()
-    use_color = config.color and sys.stdout.isatty()
-    threads = _choose_threads(config.num_threads)
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-    set_seed(config.seed)
-    random.seed(config.seed)
-    out_dir = Path(config.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    skipped: dict[str, str] = {}
-    metrics: dict[str, Any] = {}
-    samples: list[dict] = []
+    return DemoRun(config).run()
 
-    # -- model and data ----------------------------------------------------------------------------------------
-    clock.stage("Setup: policy and HumanEval split by problem")
-    model_path = resolve_model_path(config.model)
-    tokenizer = load_tokenizer(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    split = split_by_problem(load_humaneval(), test_fraction=config.test_fraction, seed=config.split_seed)
-    train = humaneval_rows(split["train"].select(range(min(config.train_problems, len(split["train"])))))
-    n_eval = len(split["test"]) if config.eval_problems <= 0 else min(config.eval_problems, len(split["test"]))
-    held_out = humaneval_rows(split["test"].select(range(n_eval)))
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"policy: {model_path} ({n_params / 1e6:.0f}M parameters); {len(train)} train problems, {n_eval} held-out "
-        f"problems (no problem in both); critic: {config.critic}"
-    )
-    metrics.update({"train_problems": len(train), "held_out_problems": n_eval})
 
-    # -- reward function ---------------------------------------------------------------------------------------
-    reward_fn = None
-    try:
-        if config.critic == "unit_tests":
-            reward_fn = UnitTestReward(UnitTestCritic(timeout=config.sandbox_timeout))
+class DemoRun:
+    """One run of the demo: the stages of the module docstring as methods sharing the policy, data and results."""
+
+    def __init__(self, config: DemoConfig) -> None:
+        self.config = config
+        self.started = time.time()
+        self.clock = StageClock()
+        self.use_color = config.color and sys.stdout.isatty()
+        self.out_dir = Path(config.output_dir)
+        self.skipped: dict[str, str] = {}
+        self.metrics: dict[str, Any] = {}
+        self.samples: list[dict] = []
+        self.log_history: list[dict] = []
+        self.reward_fn = None
+
+    def run(self) -> dict[str, Any]:
+        config = self.config
+        threads = _choose_threads(config.num_threads)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        set_seed(config.seed)
+        random.seed(config.seed)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.setup()
+        self.build_reward()
+        self.annotate_stage()
+        self.clock.stage("Stage 2/5: pass@1 on held-out problems BEFORE training (greedy, sandboxed tests)")
+        before_passed = self.pass_at_1_stage("before", self.model)
+        trained_model = self.train_stage()
+        self.clock.stage("Stage 4/5: pass@1 on the same held-out problems AFTER training")
+        if trained_model is None:
+            self.skipped.setdefault("pass@1 after", "no trained policy (stage 3 skipped)")
+            print(f"!! stage 4 skipped: {self.skipped['pass@1 after']}")
+            after_passed: list[bool] = []
         else:
-            reward_fn = build_reward_function(
-                config.critic,
-                "humaneval",
-                critic_model=config.critic_model or (model_path if config.critic == "transformers" else None),
-                critic_base_url=config.critic_base_url,
-                reward_model_path=config.reward_model_path,
-            )
-    except Exception as err:
-        skipped["critic"] = f"could not build the {config.critic} critic: {type(err).__name__}: {err}"
-        print(f"!! {skipped['critic']}")
+            after_passed = self.pass_at_1_stage("after", trained_model)
+        return self.report_stage(before_passed, after_passed, trained=trained_model is not None)
 
-    def score(rows, responses) -> tuple[list, list[list[tuple]], list[bool | None]]:
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load the policy and split HumanEval by problem into train and held-out rows."""
+        config = self.config
+        self.clock.stage("Setup: policy and HumanEval split by problem")
+        self.model_path = resolve_model_path(config.model)
+        self.tokenizer = load_tokenizer(self.model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
+        self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
+        split = split_by_problem(load_humaneval(), test_fraction=config.test_fraction, seed=config.split_seed)
+        self.train_rows = humaneval_rows(split["train"].select(range(min(config.train_problems, len(split["train"])))))
+        self.n_eval = (
+            len(split["test"]) if config.eval_problems <= 0 else min(config.eval_problems, len(split["test"]))
+        )
+        self.held_out_problems = split["test"].select(range(self.n_eval))
+        self.held_out = humaneval_rows(self.held_out_problems)
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+        print(
+            f"policy: {self.model_path} ({self.n_params / 1e6:.0f}M parameters); {len(self.train_rows)} train "
+            f"problems, {self.n_eval} held-out problems (no problem in both); critic: {config.critic}"
+        )
+        self.metrics.update({"train_problems": len(self.train_rows), "held_out_problems": self.n_eval})
+
+    def build_reward(self) -> None:
+        """The reward function of ``config.critic`` (a failure to build it is recorded as skipped)."""
+        config = self.config
+        try:
+            if config.critic == "unit_tests":
+                self.reward_fn = UnitTestReward(UnitTestCritic(timeout=config.sandbox_timeout))
+            else:
+                self.reward_fn = build_reward_function(
+                    config.critic,
+                    "humaneval",
+                    critic_model=config.critic_model or (self.model_path if config.critic == "transformers" else None),
+                    critic_base_url=config.critic_base_url,
+                    reward_model_path=config.reward_model_path,
+                )
+        except Exception as err:
+            self.skipped["critic"] = f"could not build the {config.critic} critic: {type(err).__name__}: {err}"
+            print(f"!! {self.skipped['critic']}")
+
+    # -- scoring and heatmaps ------------------------------------------------------------------------------------
+    def score(self, rows, responses) -> tuple[list, list[list[tuple]], list[bool | None]]:
         """Critiques, spans and pass/fail (unit tests) of ``responses`` to ``rows``."""
+        reward_fn = self.reward_fn
         if reward_fn is None:
             return [None] * len(responses), [[] for _ in responses], [None] * len(responses)
         context = {k: list(rows[k]) for k in ("problem", "test", "entry_point")}
@@ -135,11 +171,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 spans.append(list(item) if isinstance(item, list) else [])
         return critiques, spans, [None] * len(responses)
 
-    def record(stage: str, rows, responses, critiques, spans, passed, limit: int, show: bool) -> None:
+    def record(self, stage: str, rows, responses, critiques, spans, passed, limit: int, show: bool) -> None:
+        """Keep heatmaps of the first ``limit`` answers for the report (and print them when ``show``)."""
         for i in range(min(limit, len(responses))):
-            terminal, html_block, rewards = heatmap(tokenizer, responses[i], spans[i], use_color)
+            terminal, html_block, rewards = heatmap(self.tokenizer, responses[i], spans[i], self.use_color)
             critique = critiques[i].text if critiques[i] is not None else "(no critique)"
-            samples.append(
+            self.samples.append(
                 {
                     "stage": stage,
                     "task_id": rows["task_id"][i],
@@ -153,149 +190,141 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 print(f"\n--- {rows['task_id'][i]} · {critique}")
                 print(terminal)
 
-    # -- stage 1: generate + annotate --------------------------------------------------------------------------
-    clock.stage("Stage 1/5: generate answers to train problems and annotate them with the critic")
-    try:
-        annotate_rows = train.select(range(min(config.annotate_problems, len(train))))
-        if len(annotate_rows):
-            responses = generate_completions(
-                model,
-                tokenizer,
-                annotate_rows["prompt"],
-                max_new_tokens=config.eval_max_new_tokens,
-                batch_size=config.generation_batch_size,
-                do_sample=True,
-                temperature=config.temperature,
-                desc="stage 1: sampling",
-            )
-            critiques, spans, passed = score(annotate_rows, responses)
-            record("annotated train answer", annotate_rows, responses, critiques, spans, passed, len(responses), True)
-            metrics["stage1_annotated_answers"] = len(responses)
-            metrics["stage1_answers_with_spans"] = sum(1 for s in spans if s)
-    except Exception as err:
-        skipped["annotation"] = f"{type(err).__name__}: {err}"
-        print(f"!! stage 1 failed, continuing: {skipped['annotation']}")
-        logger.debug(traceback.format_exc())
+    # -- stages --------------------------------------------------------------------------------------------------
+    def annotate_stage(self) -> None:
+        """Stage 1: sample answers to a few train problems and show the critic's token rewards."""
+        config = self.config
+        self.clock.stage("Stage 1/5: generate answers to train problems and annotate them with the critic")
+        try:
+            rows = self.train_rows.select(range(min(config.annotate_problems, len(self.train_rows))))
+            if len(rows):
+                responses = generate_completions(
+                    self.model,
+                    self.tokenizer,
+                    rows["prompt"],
+                    max_new_tokens=config.eval_max_new_tokens,
+                    batch_size=config.generation_batch_size,
+                    do_sample=True,
+                    temperature=config.temperature,
+                    desc="stage 1: sampling",
+                )
+                critiques, spans, passed = self.score(rows, responses)
+                self.record("annotated train answer", rows, responses, critiques, spans, passed, len(responses), True)
+                self.metrics["stage1_annotated_answers"] = len(responses)
+                self.metrics["stage1_answers_with_spans"] = sum(1 for s in spans if s)
+        except Exception as err:
+            self.skipped["annotation"] = f"{type(err).__name__}: {err}"
+            print(f"!! stage 1 failed, continuing: {self.skipped['annotation']}")
+            logger.debug(traceback.format_exc())
 
-    # -- stage 2: pass@1 before --------------------------------------------------------------------------------
-    def evaluate(stage: str, policy) -> tuple[float | None, list[bool]]:
+    def evaluate(self, stage: str, policy) -> tuple[float | None, list[bool]]:
+        """Greedy answers of ``policy`` to the held-out problems, run against their unit tests."""
+        config = self.config
         responses = generate_completions(
             policy,
-            tokenizer,
-            held_out["prompt"],
+            self.tokenizer,
+            self.held_out["prompt"],
             max_new_tokens=config.eval_max_new_tokens,
             batch_size=config.generation_batch_size,
             desc=f"{stage}: greedy answers",
         )
-        problems = split["test"].select(range(n_eval))
-        results = evaluate_completions(problems, responses, timeout=config.sandbox_timeout)
+        results = evaluate_completions(self.held_out_problems, responses, timeout=config.sandbox_timeout)
         passed = [r.passed for r in results]
-        if reward_fn is not None and isinstance(reward_fn, UnitTestReward):  # heatmaps of the first 3 answers
-            shown = held_out.select(range(min(3, len(responses))))
-            critiques, spans, _ = score(shown, responses[: len(shown)])
-            record(stage, shown, responses, critiques, spans, passed, len(shown), False)
+        if isinstance(self.reward_fn, UnitTestReward):  # heatmaps of the first 3 answers
+            shown = self.held_out.select(range(min(3, len(responses))))
+            critiques, spans, _ = self.score(shown, responses[: len(shown)])
+            self.record(stage, shown, responses, critiques, spans, passed, len(shown), False)
         return (sum(passed) / len(passed) if passed else None), passed
 
-    clock.stage("Stage 2/5: pass@1 on held-out problems BEFORE training (greedy, sandboxed tests)")
-    before, before_passed = None, []
-    try:
-        before, before_passed = evaluate("held-out, before PPO", model)
-        metrics["pass@1 before"] = before
-        print(f"pass@1 before: {before:.3f} ({sum(before_passed)}/{len(before_passed)})")
-    except Exception as err:
-        skipped["pass@1 before"] = f"{type(err).__name__}: {err}"
-        print(f"!! stage 2 failed, continuing: {skipped['pass@1 before']}")
-
-    # -- stage 3: span PPO --------------------------------------------------------------------------------------
-    clock.stage(f"Stage 3/5: span PPO with LoRA for {config.steps} rollout(s)")
-    log_history: list[dict] = []
-    trained_model = None
-    if config.steps == 0:
-        skipped["span PPO"] = "--steps 0"
-    elif reward_fn is None:
-        skipped["span PPO"] = "no critic (see above)"
-    else:
+    def pass_at_1_stage(self, when: str, policy) -> list[bool]:
+        """Stages 2 and 4: pass@1 on the held-out problems ``before`` / ``after`` training."""
+        key = f"pass@1 {when}"
         try:
-            if isinstance(reward_fn, UnitTestReward):  # count only the PPO rollouts
-                reward_fn.num_passed = reward_fn.num_scored = 0
-            trained_model, log_history, rollout_samples = _train_ppo(
-                config, model, tokenizer, train, reward_fn, out_dir
-            )
-            samples.extend(rollout_samples)
-            final = [r for r in log_history if "train_runtime" in r]
-            if final:
-                metrics["ppo_train_runtime_s"] = round(final[-1]["train_runtime"], 1)
-            metrics["ppo_rollouts"] = config.steps
-            metrics["ppo_sampled_answers"] = config.steps * config.batch_size
-            if isinstance(reward_fn, UnitTestReward) and reward_fn.num_scored:
-                metrics["ppo_rollout_answers_passing"] = f"{reward_fn.num_passed}/{reward_fn.num_scored}"
-        except ImportError as err:
-            skipped["span PPO"] = f"SpanPPOTrainer is not available ({err})"
+            value, passed = self.evaluate(f"held-out, {when} PPO", policy)
+            self.metrics[key] = value
+            print(f"{key}: {value:.3f} ({sum(passed)}/{len(passed)})")
+            return passed
         except Exception as err:
-            skipped["span PPO"] = f"{type(err).__name__}: {err}"
-            traceback.print_exc()
-        if "span PPO" in skipped:
-            print(f"!! stage 3 skipped, continuing: {skipped['span PPO']}")
+            self.skipped[key] = f"{type(err).__name__}: {err}"
+            print(f"!! {key} failed, continuing: {self.skipped[key]}")
+            return []
 
-    # -- stage 4: pass@1 after ---------------------------------------------------------------------------------
-    clock.stage("Stage 4/5: pass@1 on the same held-out problems AFTER training")
-    after, after_passed = None, []
-    if trained_model is None:
-        skipped.setdefault("pass@1 after", "no trained policy (stage 3 skipped)")
-        print(f"!! stage 4 skipped: {skipped['pass@1 after']}")
-    else:
-        try:
-            after, after_passed = evaluate("held-out, after PPO", trained_model)
-            metrics["pass@1 after"] = after
-            print(f"pass@1 after: {after:.3f} ({sum(after_passed)}/{len(after_passed)})")
-        except Exception as err:
-            skipped["pass@1 after"] = f"{type(err).__name__}: {err}"
-            print(f"!! stage 4 failed: {skipped['pass@1 after']}")
+    def train_stage(self):
+        """Stage 3: span PPO with LoRA; returns the trained policy, or ``None`` when the stage was skipped."""
+        config, reward_fn = self.config, self.reward_fn
+        self.clock.stage(f"Stage 3/5: span PPO with LoRA for {config.steps} rollout(s)")
+        trained_model = None
+        if config.steps == 0:
+            self.skipped["span PPO"] = "--steps 0"
+        elif reward_fn is None:
+            self.skipped["span PPO"] = "no critic (see above)"
+        else:
+            try:
+                if isinstance(reward_fn, UnitTestReward):  # count only the PPO rollouts
+                    reward_fn.num_passed = reward_fn.num_scored = 0
+                trained_model, self.log_history, rollout_samples = _train_ppo(
+                    config, self.model, self.tokenizer, self.train_rows, reward_fn, self.out_dir
+                )
+                self.samples.extend(rollout_samples)
+                final = [r for r in self.log_history if "train_runtime" in r]
+                if final:
+                    self.metrics["ppo_train_runtime_s"] = round(final[-1]["train_runtime"], 1)
+                self.metrics["ppo_rollouts"] = config.steps
+                self.metrics["ppo_sampled_answers"] = config.steps * config.batch_size
+                if isinstance(reward_fn, UnitTestReward) and reward_fn.num_scored:
+                    self.metrics["ppo_rollout_answers_passing"] = f"{reward_fn.num_passed}/{reward_fn.num_scored}"
+            except Exception as err:
+                self.skipped["span PPO"] = f"{type(err).__name__}: {err}"
+                traceback.print_exc()
+        if "span PPO" in self.skipped:
+            print(f"!! stage 3 skipped, continuing: {self.skipped['span PPO']}")
+        return trained_model
 
-    # -- stage 5: report ---------------------------------------------------------------------------------------
-    clock.stage("Stage 5/5: report")
-    runtime = time.time() - started
-    metrics["runtime_s"] = round(runtime, 1)
-    metrics["cpu_time_s"] = round(_cpu_seconds(), 1)
-    clock.stage("done", show=False)
-    metrics["stage times (wall s / cpu s)"] = ", ".join(
-        f"{name}: {wall:.0f}/{cpu:.0f}" for name, (wall, cpu) in clock.times.items() if name != "done"
-    )
-    curves = plot_curves(log_history, out_dir / "training_curves.png")
-    problems_table = [
-        {
-            "task_id": held_out["task_id"][i],
-            "before": before_passed[i] if i < len(before_passed) else False,
-            "after": after_passed[i] if i < len(after_passed) else None,
-        }
-        for i in range(n_eval if before_passed else 0)
-    ]
-    summary = {
-        "model": model_path,
-        "critic": config.critic,
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "runtime_s": runtime,
-        "metrics": metrics,
-        "skipped": skipped,
-        "honesty": honesty(config, n_params, len(train), n_eval, trained_model is not None),
-        "config": asdict(config),
-    }
-    report = out_dir / "report.html"
-    report.write_text(html_report(summary, samples, curves, problems_table), encoding="utf-8")
-    plain = {k: v for k, v in summary.items()}
-    plain["log_history"] = log_history
-    (out_dir / "metrics.json").write_text(json.dumps(plain, indent=2, default=str), encoding="utf-8")
-    print(
-        "\n"
-        + "\n".join(
-            f"  {key:<28} {value:.3f}" if isinstance(value, float) else f"  {key:<28} {value}"
-            for key, value in metrics.items()
+    def report_stage(self, before_passed: list[bool], after_passed: list[bool], trained: bool) -> dict[str, Any]:
+        """Stage 5: ``report.html`` and ``metrics.json``; returns the summary."""
+        config, metrics = self.config, self.metrics
+        self.clock.stage("Stage 5/5: report")
+        runtime = time.time() - self.started
+        metrics["runtime_s"] = round(runtime, 1)
+        metrics["cpu_time_s"] = round(_cpu_seconds(), 1)
+        self.clock.stage("done", show=False)
+        metrics["stage times (wall s / cpu s)"] = ", ".join(
+            f"{name}: {wall:.0f}/{cpu:.0f}" for name, (wall, cpu) in self.clock.times.items() if name != "done"
         )
-    )
-    if skipped:
-        print("skipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    print(f"\n{summary['honesty']}\n\nreport: {report.resolve()}")
-    return summary
+        curves = plot_curves(self.log_history, self.out_dir / "training_curves.png")
+        problems_table = [
+            {
+                "task_id": self.held_out["task_id"][i],
+                "before": before_passed[i] if i < len(before_passed) else False,
+                "after": after_passed[i] if i < len(after_passed) else None,
+            }
+            for i in range(self.n_eval if before_passed else 0)
+        ]
+        summary = {
+            "model": self.model_path,
+            "critic": config.critic,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "runtime_s": runtime,
+            "metrics": metrics,
+            "skipped": self.skipped,
+            "honesty": honesty(config, self.n_params, len(self.train_rows), self.n_eval, trained),
+            "config": asdict(config),
+        }
+        report = self.out_dir / "report.html"
+        report.write_text(html_report(summary, self.samples, curves, problems_table), encoding="utf-8")
+        plain = {**summary, "log_history": self.log_history}
+        (self.out_dir / "metrics.json").write_text(json.dumps(plain, indent=2, default=str), encoding="utf-8")
+        print(
+            "\n"
+            + "\n".join(
+                f"  {key:<28} {value:.3f}" if isinstance(value, float) else f"  {key:<28} {value}"
+                for key, value in metrics.items()
+            )
+        )
+        if self.skipped:
+            print("skipped: " + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()))
+        print(f"\n{summary['honesty']}\n\nreport: {report.resolve()}")
+        return summary
 
 
 def _train_ppo(config: DemoConfig, model, tokenizer, train_rows, reward_fn, out_dir: Path):
