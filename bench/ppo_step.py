@@ -113,6 +113,7 @@ def run_span_ppo(
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
+    from trl_text2grad.ppo.parity import Trl112ParityConfig
     from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
     from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
 
@@ -160,7 +161,9 @@ def run_span_ppo(
         num_sample_generations=0,
     )
     config_kwargs.update(extra_config)
-    config = SpanPPOConfig(**config_kwargs)
+    # TRL 1.12 reproduction switches (trl112_*) live in the parity config, not in the documented SpanPPOConfig
+    config_class = Trl112ParityConfig if any(k.startswith("trl112_") for k in config_kwargs) else SpanPPOConfig
+    config = config_class(**config_kwargs)
     recorder = _Recorder(steps_per_update)
     trainer = SpanPPOTrainer(
         args=config,

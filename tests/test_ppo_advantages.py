@@ -62,6 +62,22 @@ def test_logprobs_and_entropy_from_logits():
         logprobs_from_logits(logits, torch.tensor([[1]]), temperature=0.0)
 
 
+def test_logprobs_are_trls_selective_log_softmax_in_float32_bit_for_bit():
+    """The wrapper over TRL's helper gives exactly the former gather - logsumexp of the float32 logits / T."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(3, 5, 97, generator=generator)).to(torch.bfloat16)
+    tokens = torch.randint(0, 97, (3, 5), generator=generator)
+    for temperature in (1.0, 0.7 + 1e-7):
+        scaled = logits.float() / temperature if temperature != 1.0 else logits.float()
+        expected = torch.gather(scaled, -1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+        got = logprobs_from_logits(logits, tokens, temperature)
+        assert got.dtype == torch.float32 and torch.equal(got, expected)
+    # entropy (TRL's entropy_from_logits) equals logsumexp(z) - sum(softmax(z) * z) to float32 precision
+    z = logits.float()
+    expected_entropy = torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)
+    torch.testing.assert_close(entropy_from_logits(z), expected_entropy, rtol=1e-5, atol=1e-5)
+
+
 def test_kl_estimators():
     logprobs = torch.tensor([math.log(0.5)])
     ref = torch.tensor([math.log(0.25)])

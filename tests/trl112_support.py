@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
+from trl_text2grad.ppo.parity import Trl112ParityConfig
 from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
 from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
 
@@ -84,7 +85,9 @@ def run_span_ppo(
         str(models_dir / "reward"), num_labels=1, dtype=torch.float32
     )
     dataset = Dataset.from_dict({"input_ids": [tokenizer(p)["input_ids"] for p in make_prompts(num_prompts)]})
-    config = SpanPPOConfig(
+    # TRL 1.12 reproduction switches (trl112_*) live in the parity config, not in the documented SpanPPOConfig
+    config_class = Trl112ParityConfig if any(k.startswith("trl112_") for k in extra_config) else SpanPPOConfig
+    config = config_class(
         output_dir=str(output_dir),
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,

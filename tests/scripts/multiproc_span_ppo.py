@@ -39,6 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--updates", type=int, default=2)
+    parser.add_argument("--checkpoint-dir", default=None, help="shared output_dir; a checkpoint after every step")
+    parser.add_argument("--resume", action="store_true", help="resume_from_checkpoint=True (needs --checkpoint-dir)")
     cli = parser.parse_args()
 
     from accelerate import PartialState
@@ -61,7 +63,7 @@ def main() -> None:
     per_device, world = 2, state.num_processes
     dataset = Dataset.from_dict({"prompt": [f"Question {i}: name a number." for i in range(8)]})
     args = SpanPPOConfig(
-        output_dir=tempfile.mkdtemp(prefix=f"multiproc_rank{state.process_index}_"),
+        output_dir=cli.checkpoint_dir or tempfile.mkdtemp(prefix=f"multiproc_rank{state.process_index}_"),
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=1,
         num_ppo_epochs=1,
@@ -73,7 +75,8 @@ def main() -> None:
         report_to=[],
         bf16=False,
         gradient_checkpointing=False,
-        save_strategy="no",
+        save_strategy="steps" if cli.checkpoint_dir else "no",
+        save_steps=1,
         disable_tqdm=True,
         use_cpu=True,
         seed=0,
@@ -89,7 +92,7 @@ def main() -> None:
         return original_rollout(rows)
 
     trainer.rollout = recording_rollout
-    trainer.train()
+    trainer.train(resume_from_checkpoint=True if cli.resume else None)
     after = fingerprint(trainer.model)
     backend = str(state.backend) if torch.distributed.is_initialized() else None
     result = {

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, set_seed
 
+from ..checkpoints import parse_resume_argument
 from ..critics import OpenAICompatibleCritic, TransformersCritic, UnitTestCritic
 from ..models import default_model_path
 from ..reward import SpanRewardModel
@@ -251,8 +252,12 @@ def build_reward_function(
 def train_and_save(trainer, training_args, evaluate: bool, done_message: str):
     """The end of every training script: train (resuming if asked), save to ``output_dir``, run a final
     ``evaluate()`` when there is an evaluation set (metrics logged and saved as ``eval_results.json``), and print
-    ``done_message`` on the main process. Returns the trainer."""
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    ``done_message`` on the main process. Returns the trainer.
+
+    ``--resume_from_checkpoint true`` (or ``latest``) resumes from the newest *complete* checkpoint in ``output_dir``
+    (newer incomplete ones are skipped with a warning); any other value is the path of a checkpoint folder, which
+    must be complete; ``false``/``none`` (or leaving it out) starts afresh."""
+    trainer.train(resume_from_checkpoint=parse_resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model(training_args.output_dir)
     if evaluate:
         metrics = trainer.evaluate()
@@ -270,5 +275,6 @@ def main_from_argv(make_parser: Callable, run: Callable, argv=None) -> int:
         args=list(argv) if argv is not None else None
     )
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    set_seed(training_args.seed)  # before the script loads any model (the same seed gives the same run)
     run(script_args, training_args, model_args)
     return 0

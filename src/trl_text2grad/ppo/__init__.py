@@ -1,5 +1,9 @@
 """Component 3: span-level PPO (``SpanPPOConfig``, ``SpanPPOTrainer``) and its pure maths (``advantages``).
 
+Modules: ``span_ppo_config`` (settings and every derived size), ``span_ppo_trainer`` (the loop), ``advantages``
+(maths), ``modeling`` (policy + value), ``sampler``, ``completions`` (sample tables), ``heatmaps``, ``parity`` (TRL
+1.12 reproduction switches).
+
 Imports are lazy so that ``trl_text2grad.ppo.advantages`` can be used without loading ``transformers.Trainer``.
 """
 

@@ -6,8 +6,10 @@ tokens after the stop token, or otherwise excluded (0). The trainer (:mod:`trl_t
 orchestrates: every number that enters the loss is computed by one of these functions, which have unit tests against
 hand-computed values in ``tests/test_ppo_advantages.py``.
 
-Conventions follow TRL 1.12's ``PPOTrainer`` (``trl/experimental/ppo``) so that scalar-mode runs can be compared
-numerically; the places where we deliberately differ are listed in ``docs/ppo.md``.
+Log-probabilities and entropies come from TRL's ``selective_log_softmax`` and ``entropy_from_logits``
+(``trl.trainer.utils``; ``entropy_from_logits`` is re-exported here). Conventions follow TRL 1.12's ``PPOTrainer``
+(``trl/experimental/ppo``) so that scalar-mode runs can be compared numerically; the places where we deliberately
+differ are listed in ``docs/ppo.md``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 __all__ = [
     "masked_mean",
@@ -81,7 +83,10 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probability of each chosen token under ``softmax(logits / temperature)``.
+    """Log-probability of each chosen token under ``softmax(logits / temperature)``, in float32.
+
+    ``log p(x_t) = z_t[x_t] / T - logsumexp(z_t / T)``, computed by TRL's ``selective_log_softmax`` on the logits
+    cast to float32 (so bf16 logits give float32 log-probabilities, as TRL 1.12 did).
 
     Args:
         logits: ``[batch, length, vocab]`` logits *predicting* ``tokens`` (already shifted: ``logits[:, t]`` is the
@@ -95,24 +100,7 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature
     """
     if temperature <= 0:
         raise ValueError(f"logprobs_from_logits: temperature must be > 0, got {temperature}.")
-    logits = logits.float()  # no copy when already float32
-    if temperature != 1.0:  # avoid a full-vocabulary copy in the common already-scaled case
-        logits = logits / temperature
-    chosen = torch.gather(logits, dim=-1, index=tokens.long().unsqueeze(-1)).squeeze(-1)
-    return chosen - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy ``H = logsumexp(z) - sum(softmax(z) * z)`` of the categorical distribution given by ``logits``.
-
-    Returns a tensor with the last (vocabulary) dimension reduced.
-    """
-    logits = logits.float()
-    if logits.dim() > 2 and not torch.is_grad_enabled():
-        # Row by row keeps the softmax temporaries at one sequence's size (this is only ever a logged statistic).
-        return torch.stack([entropy_from_logits(row) for row in logits])
-    probs = F.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
+    return selective_log_softmax(logits.float(), tokens.long(), temperature)
 
 
 def kl_per_token(

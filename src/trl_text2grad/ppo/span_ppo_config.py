@@ -1,9 +1,18 @@
-"""Configuration of :class:`~trl_text2grad.ppo.span_ppo_trainer.SpanPPOTrainer`."""
+"""Configuration of :class:`~trl_text2grad.ppo.span_ppo_trainer.SpanPPOTrainer`.
+
+The config validates the settings and computes every derived batch size and step count once, in
+``__post_init__`` (as TRL's ``GRPOConfig`` does); the trainer only reads them.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
+
+import torch
 
 try:  # TRL's common base (TRL-wide defaults, argparse-safe help strings)
     from trl.trainer.base_config import _BaseConfig as _ConfigBase
@@ -13,43 +22,56 @@ except ImportError:  # pragma: no cover - older/newer TRL layouts
 __all__ = ["SpanPPOConfig"]
 
 
+def _exact_div(a: int, b: int, message: str) -> int:
+    if b <= 0 or a % b != 0:
+        raise ValueError(f"{message}: {a} is not divisible by {b}.")
+    return a // b
+
+
 @dataclass
 class SpanPPOConfig(_ConfigBase):
     r"""
     Configuration class for [`SpanPPOTrainer`]: PPO with token-level (span) rewards, built on the `transformers`
     `Trainer`.
 
-    Every field of TRL 1.12's `PPOConfig` (and its former `OnPolicyConfig` parent) is kept with the same name,
-    default and meaning; the Text2Grad fields follow. For the full list of training arguments see
-    [`~transformers.TrainingArguments`]. Batch vocabulary (as in TRL 1.12): one *rollout* per rank has
-    `local_batch_size = per_device_train_batch_size * gradient_accumulation_steps` prompts; it is split into
-    `num_mini_batches` mini-batches, each one optimizer step made of micro-batches of `per_device_train_batch_size`
-    rows; this is repeated `num_ppo_epochs` times with a fresh `np.random.permutation` per epoch. A rollout therefore
-    gives `num_ppo_epochs * num_mini_batches` optimizer steps (`global_step`s of the `Trainer`).
+    Every field of TRL 1.12's `PPOConfig` (and its former `OnPolicyConfig` parent) is accepted with the same name,
+    default and meaning; the Text2Grad fields are grouped with them by purpose. For the full list of training
+    arguments see [`~transformers.TrainingArguments`].
+
+    Batch vocabulary (as in TRL 1.12): one *rollout* per process has `local_batch_size =
+    per_device_train_batch_size * rollout_accumulation_steps` prompts (`rollout_accumulation_steps` is the
+    `gradient_accumulation_steps` you pass, TRL 1.12's meaning); it is split into `num_mini_batches` mini-batches,
+    each one optimizer step made of micro-batches of `per_device_train_batch_size` rows; this is repeated
+    `num_ppo_epochs` times with a fresh `np.random.permutation` per epoch. A rollout therefore gives `steps_per_rollout
+    = num_ppo_epochs * num_mini_batches` optimizer steps (`global_step`s of the `Trainer`). After construction
+    `gradient_accumulation_steps` holds what the `Trainer` accumulates per optimizer step: the micro-batches of one
+    mini-batch, `local_mini_batch_size / per_device_train_batch_size`.
 
     Parameters:
-        > TRL 1.12 `PPOConfig` / `OnPolicyConfig` parameters
+        > Rollout and batch sizes
 
-        exp_name (`str`, *optional*, defaults to `"span_ppo"`):
-            Name of this experiment (kept from TRL's `OnPolicyConfig`; used as default run name for trackers).
-        dataset_num_proc (`int`, *optional*):
-            Number of processes to use for processing the dataset.
         num_mini_batches (`int`, *optional*, defaults to `1`):
             Number of minibatches to split a batch into.
         total_episodes (`int`, *optional*):
             Total number of episodes (prompts rolled out, across all processes). Defaults to
-            `num_train_epochs * len(train_dataset)`. Ignored when `max_steps > 0`.
+            `num_train_epochs * len(train_dataset)` (computed by the trainer, which knows the data set). Ignored when
+            `max_steps > 0`.
+        rollout_accumulation_steps (`int`, *optional*):
+            Micro-batches of `per_device_train_batch_size` prompts in one rollout per process. Leave it unset: it
+            takes the `gradient_accumulation_steps` you pass (TRL 1.12's meaning), after which
+            `gradient_accumulation_steps` is replaced by the `Trainer`'s value. Set by re-created configs.
         local_rollout_forward_batch_size (`int`, *optional*, defaults to `64`):
             Per rank no grad forward pass in the rollout phase (generation and the reference/value forwards are
             chunked by this many rows).
-        num_sample_generations (`int`, *optional*, defaults to `10`):
-            Number of debugging sample generations (tables of completions) throughout training, as in TRL 1.12:
-            after update `N` with `(N - 1) % max(1, num_total_batches // num_sample_generations) == 0` (updates 1,
-            1 + f, 1 + 2f, ...), the first batch of `eval_dataset` (`per_device_eval_batch_size` prompts per process)
-            is generated near-greedily (temperature 0.01), scored with the reward model, printed on the main process
-            and written to `<output_dir>/completions/update_<N>.jsonl`. `0` disables it; nothing happens without an
-            `eval_dataset`. Metrics over the whole eval set come from `trainer.evaluate()` or `eval_strategy`; see
-            also `heatmap_every_n_steps`.
+        max_prompt_length (`int`, *optional*):
+            Prompts longer than this many tokens are truncated from the left (the end, next to the response, is kept)
+            and counted in `rollout/prompts_truncated`. `None` keeps prompts whole.
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Keep only the `prompt` and `input_ids` columns. Every other column is passed to a reward function as
+            context, so keep this `False` unless the reward function needs none.
+
+        > Generation
+
         response_length (`int`, *optional*, defaults to `53`):
             Length of the response (maximum number of new tokens).
         stop_token (`str`, *optional*):
@@ -59,59 +81,11 @@ class SpanPPOConfig(_ConfigBase):
             ID of the stop token. Tokens after the first stop token are masked out (not trained on, not rewarded).
         temperature (`float`, *optional*, defaults to `0.7`):
             Sampling temperature; log-probabilities are computed from `logits / (temperature + 1e-7)`.
-        missing_eos_penalty (`float`, *optional*):
-            Penalty subtracted from the score of responses that contain no EOS token. Must be positive.
-        sft_model_path (`str`, *optional*, defaults to `"EleutherAI/pythia-160m"`):
-            Path to the SFT model (used by scripts only).
-        world_size (`int`, *optional*):
-            Number of processes; set by the trainer.
-        num_total_batches (`int`, *optional*):
-            Number of rollouts to train on; set by the trainer.
-        micro_batch_size (`int`, *optional*):
-            `per_device_train_batch_size * world_size`; set by the trainer.
-        local_batch_size (`int`, *optional*):
-            `per_device_train_batch_size * gradient_accumulation_steps` (the rollout per rank); set by the trainer.
-        batch_size (`int`, *optional*):
-            `local_batch_size * world_size`; set by the trainer.
-        local_mini_batch_size (`int`, *optional*):
-            Mini batch size per rank (`local_batch_size / num_mini_batches`); set by the trainer.
-        mini_batch_size (`int`, *optional*):
-            Mini batch size across ranks; set by the trainer.
-        push_to_hub (`bool`, *optional*, defaults to `False`):
-            Whether to push the model to the Hub after training.
-        reward_model_path (`str`, *optional*, defaults to `"EleutherAI/pythia-160m"`):
-            Path to the reward model (used by scripts only).
-        model_adapter_name (`str`, *optional*):
-            Name of the train target PEFT adapter, when using LoRA with multiple adapters. The trainer makes it the
-            active (and only trainable) adapter at start-up; a name the policy does not have raises a `ValueError`.
-            `None` trains the adapter that is active when the trainer is built.
-        ref_adapter_name (`str`, *optional*):
-            Name of the reference PEFT adapter, when using LoRA with multiple adapters (must exist in the policy and
-            differ from `model_adapter_name`). `None`: the reference is the policy with its adapters disabled.
-        num_ppo_epochs (`int`, *optional*, defaults to `4`):
-            Number of optimisation epochs over each rollout.
-        whiten_rewards (`bool`, *optional*, defaults to `False`):
-            Whether to whiten the per-token rewards (scale only) before GAE.
-        kl_coef (`float`, *optional*, defaults to `0.05`):
-            KL coefficient (initial value when `adaptive_kl=True`).
-        kl_estimator (`Literal["k1", "k3"]`, *optional*, defaults to `"k1"`):
-            KL estimator from [Approximating KL Divergence](http://joschu.net/blog/kl-approx.html): `"k1"`
-            (`-log r`) or `"k3"` (`(r - 1) - log r`, lower variance).
-        cliprange (`float`, *optional*, defaults to `0.2`):
-            Clip range of the policy ratio.
-        vf_coef (`float`, *optional*, defaults to `0.1`):
-            Value function coefficient.
-        cliprange_value (`float`, *optional*, defaults to `0.2`):
-            Clip range for the value function.
-        gamma (`float`, *optional*, defaults to `1.0`):
-            Discount factor.
-        lam (`float`, *optional*, defaults to `0.95`):
-            Lambda value for GAE.
         ds3_gather_for_generation (`bool`, *optional*, defaults to `True`):
             DeepSpeed ZeRO-3 only: gather the policy weights for generation (faster); disable for models that do
             not fit on one device.
 
-        > Text2Grad parameters
+        > Rewards
 
         reward_mode (`str`, *optional*, defaults to `"span"`):
             `"span"`: Text2Grad token rewards from located spans (plain float rewards go on the last token);
@@ -134,9 +108,43 @@ class SpanPPOConfig(_ConfigBase):
             First response token index whose span reward is decayed.
         span_length_decay_scale (`float`, *optional*, defaults to `16.0`):
             Width (in tokens) of the sigmoid decay.
+        fuzzy_threshold (`float`, *optional*, defaults to `90.0`):
+            Minimum `rapidfuzz` score (0–100) for a critic quote to be located fuzzily in the response.
+        missing_eos_penalty (`float`, *optional*):
+            Penalty subtracted from the score of responses that contain no EOS token. Must be positive.
+        whiten_rewards (`bool`, *optional*, defaults to `False`):
+            Whether to whiten the per-token rewards (scale only) before GAE.
+        on_critic_error (`str`, *optional*, defaults to `"neutral"`):
+            What to do with a sample whose reward is unusable (the reward function raised, returned `None`, NaN or
+            malformed spans): `"neutral"` gives it a zero task reward (it still gets the KL penalty and is trained
+            on); `"skip"` removes it from the PPO loss. Always counted in `span/critic_failures`; a rollout in which
+            every sample failed is skipped with a warning.
+
+        > PPO
+
+        num_ppo_epochs (`int`, *optional*, defaults to `4`):
+            Number of optimisation epochs over each rollout.
+        cliprange (`float`, *optional*, defaults to `0.2`):
+            Clip range of the policy ratio.
+        vf_coef (`float`, *optional*, defaults to `0.1`):
+            Value function coefficient.
+        cliprange_value (`float`, *optional*, defaults to `0.2`):
+            Clip range for the value function.
+        gamma (`float`, *optional*, defaults to `1.0`):
+            Discount factor.
+        lam (`float`, *optional*, defaults to `0.95`):
+            Lambda value for GAE.
         gae_reset_on_masked (`bool`, *optional*, defaults to `True`):
             GAE: a masked position between valid tokens ends the segment (`True`) or is skipped over (`False`).
             Identical for ordinary responses (valid tokens then padding).
+
+        > KL penalty
+
+        kl_coef (`float`, *optional*, defaults to `0.05`):
+            KL coefficient (initial value when `adaptive_kl=True`).
+        kl_estimator (`Literal["k1", "k3"]`, *optional*, defaults to `"k1"`):
+            KL estimator from [Approximating KL Divergence](http://joschu.net/blog/kl-approx.html): `"k1"`
+            (`-log r`) or `"k3"` (`(r - 1) - log r`, lower variance).
         adaptive_kl (`bool`, *optional*, defaults to `False`):
             Adapt `kl_coef` after every rollout with the proportional controller of Ziegler et al. (2019):
             `kl_coef *= 1 + clip(KL / kl_target - 1, -0.2, 0.2) * batch_size / kl_horizon`.
@@ -144,23 +152,65 @@ class SpanPPOConfig(_ConfigBase):
             Target KL (sum over the response, mean over samples) of the adaptive controller.
         kl_horizon (`int`, *optional*, defaults to `10000`):
             Horizon (in episodes) of the adaptive controller.
-        on_critic_error (`str`, *optional*, defaults to `"neutral"`):
-            What to do with a sample whose reward is unusable (the reward function raised, returned `None`, NaN or
-            malformed spans): `"neutral"` gives it a zero task reward (it still gets the KL penalty and is trained
-            on); `"skip"` removes it from the PPO loss. Always counted in `span/critic_failures`; a rollout in which
-            every sample failed is skipped with a warning.
+
+        > Models and adapters
+
+        reward_model_path (`str`, *optional*, defaults to `"EleutherAI/pythia-160m"`):
+            Path to the reward model (read by the `trl-text2grad ppo` script for `critic: reward_model`).
+        model_adapter_name (`str`, *optional*):
+            Name of the train target PEFT adapter, when using LoRA with multiple adapters. The trainer makes it the
+            active (and only trainable) adapter at start-up; a name the policy does not have raises a `ValueError`.
+            `None` trains the adapter that is active when the trainer is built.
+        ref_adapter_name (`str`, *optional*):
+            Name of the reference PEFT adapter, when using LoRA with multiple adapters (must exist in the policy and
+            differ from `model_adapter_name`). `None`: the reference is the policy with its adapters disabled.
+
+        > Logging
+
+        num_sample_generations (`int`, *optional*, defaults to `10`):
+            Number of debugging sample generations (tables of completions) throughout training, as in TRL 1.12:
+            after update `N` with `(N - 1) % max(1, num_total_batches // num_sample_generations) == 0` (updates 1,
+            1 + f, 1 + 2f, ...), the first batch of `eval_dataset` (`per_device_eval_batch_size` prompts per process)
+            is generated near-greedily (temperature 0.01), scored with the reward model, printed on the main process
+            and written to `<output_dir>/completions/update_<N>.jsonl`. `0` disables it; nothing happens without an
+            `eval_dataset`. Metrics over the whole eval set come from `trainer.evaluate()` or `eval_strategy`; see
+            also `heatmap_every_n_steps`.
         heatmap_every_n_steps (`int`, *optional*, defaults to `0`):
             Every this many rollouts, render up to 4 sampled completions as token-reward heatmaps: an HTML file in
             `<output_dir>/heatmaps/` and, when `report_to` is empty, a terminal rendering. `0` disables it.
-        fuzzy_threshold (`float`, *optional*, defaults to `90.0`):
-            Minimum `rapidfuzz` score (0–100) for a critic quote to be located fuzzily in the response.
-        max_prompt_length (`int`, *optional*):
-            Prompts longer than this many tokens are truncated from the left (the end, next to the response, is kept)
-            and counted in `rollout/prompts_truncated`. `None` keeps prompts whole.
-        trl112_score_placement (`bool`, *optional*, defaults to `False`):
-            Reproduce TRL 1.12's placement of the scalar score one position *after* the last response token (with
-            that extra position kept for the value loss) instead of on the last token. Only for numerical
-            comparisons with TRL 1.12; see `docs/ppo.md`.
+
+        > Accepted for compatibility with TRL 1.12 (not read)
+
+        exp_name (`str`, *optional*, defaults to `"span_ppo"`):
+            TRL 1.12's experiment name; accepted, not read (use `run_name`).
+        sft_model_path (`str`, *optional*, defaults to `"EleutherAI/pythia-160m"`):
+            TRL 1.12's SFT model path; accepted, not read (pass the policy to the trainer).
+        dataset_num_proc (`int`, *optional*):
+            TRL 1.12's dataset processing parallelism; accepted, not read (prompts are encoded at rollout time).
+
+        > Computed in `__post_init__` (read-only; not constructor arguments)
+
+        local_batch_size (`int`):
+            `per_device_train_batch_size * rollout_accumulation_steps`: prompts per rollout per process.
+        micro_batch_size (`int`):
+            `per_device_train_batch_size * world_size`.
+        batch_size (`int`):
+            `local_batch_size * world_size`: prompts per rollout across processes.
+        local_mini_batch_size (`int`):
+            `local_batch_size / num_mini_batches`.
+        mini_batch_size (`int`):
+            `batch_size / num_mini_batches`.
+        steps_per_rollout (`int`):
+            `num_ppo_epochs * num_mini_batches`: optimizer steps per rollout.
+        micro_steps_per_rollout (`int`):
+            `num_ppo_epochs * rollout_accumulation_steps`: micro-batches (Trainer micro-steps) per rollout.
+        num_total_batches (`int` or `None`):
+            Number of rollouts: `ceil(max_steps / steps_per_rollout)` when `max_steps > 0`, else
+            `ceil(total_episodes / batch_size)`; `None` when neither is set (the trainer then derives it from the
+            data set size, as `SpanPPOTrainer.num_total_batches`, without changing the config).
+        The `Trainer`'s `gradient_accumulation_steps` (`local_mini_batch_size / per_device_train_batch_size`) and,
+        when `total_episodes` is set, its `max_steps` (`num_total_batches * steps_per_rollout`) are computed here
+        too. `world_size` is `TrainingArguments.world_size` (the number of processes).
 
         > Critic failure budget
 
@@ -183,27 +233,35 @@ class SpanPPOConfig(_ConfigBase):
 
     # Parameters whose default values are overridden from TrainingArguments
     learning_rate: float = field(default=3e-6, metadata={"help": "The initial learning rate for AdamW."})
-
-    # ---- TRL 1.12 PPOConfig / OnPolicyConfig fields -------------------------------------------------------------
-    exp_name: str = field(default="span_ppo", metadata={"help": "Name of this experiment."})
-    dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "Number of processes to use for processing the dataset."}
+    remove_unused_columns: bool | None = field(
+        default=False,
+        metadata={
+            "help": "Keep only the 'prompt' and 'input_ids' columns; other columns reach the reward function as "
+            "context, so keep False unless it needs none."
+        },
     )
+
+    # ---- Rollout and batch sizes ---------------------------------------------------------------------------------
     num_mini_batches: int = field(default=1, metadata={"help": "Number of minibatches to split a batch into."})
     total_episodes: int | None = field(
         default=None,
         metadata={"help": "Total number of episodes (default: num_train_epochs * len(train_dataset))."},
     )
+    rollout_accumulation_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Micro-batches per rollout per process; default: the gradient_accumulation_steps you pass (TRL "
+            "1.12's meaning), which then becomes the Trainer's micro-batches per optimizer step."
+        },
+    )
     local_rollout_forward_batch_size: int = field(
         default=64, metadata={"help": "Per rank no grad forward pass in the rollout phase."}
     )
-    num_sample_generations: int = field(
-        default=10,
-        metadata={
-            "help": "Number of debugging sample generations (tables of scored completions for the first eval batch, "
-            "written to output_dir/completions/) throughout training; 0 disables them."
-        },
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Left-truncate prompts longer than this many tokens (None = keep)."}
     )
+
+    # ---- Generation ----------------------------------------------------------------------------------------------
     response_length: int = field(default=53, metadata={"help": "Length of the response."})
     stop_token: Literal["eos"] | None = field(
         default=None,
@@ -214,59 +272,12 @@ class SpanPPOConfig(_ConfigBase):
         metadata={"help": "ID of the stop token; mutually exclusive with `stop_token`."},
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
-    missing_eos_penalty: float | None = field(
-        default=None,
-        metadata={"help": "Penalty subtracted from the score when the response has no EOS token (positive)."},
-    )
-    sft_model_path: str = field(default="EleutherAI/pythia-160m", metadata={"help": "Path to the SFT model."})
-    world_size: int | None = field(default=None, metadata={"help": "Number of processes (set by the trainer)."})
-    num_total_batches: int | None = field(
-        default=None, metadata={"help": "Number of rollouts to train on (set by the trainer)."}
-    )
-    micro_batch_size: int | None = field(
-        default=None, metadata={"help": "per_device_train_batch_size * world_size (set by the trainer)."}
-    )
-    local_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "per_device_train_batch_size * gradient_accumulation_steps (set by the trainer)."},
-    )
-    batch_size: int | None = field(
-        default=None, metadata={"help": "local_batch_size * world_size (set by the trainer)."}
-    )
-    local_mini_batch_size: int | None = field(
-        default=None, metadata={"help": "Mini batch size per rank (set by the trainer)."}
-    )
-    mini_batch_size: int | None = field(
-        default=None, metadata={"help": "Mini batch size across ranks (set by the trainer)."}
-    )
-    push_to_hub: bool = field(default=False, metadata={"help": "Whether to push the model to the Hub after training."})
-    reward_model_path: str = field(default="EleutherAI/pythia-160m", metadata={"help": "Path to the reward model."})
-    model_adapter_name: str | None = field(
-        default=None,
-        metadata={"help": "Name of the PEFT adapter to train (made active at start-up; multiple adapters)."},
-    )
-    ref_adapter_name: str | None = field(
-        default=None,
-        metadata={"help": "Name of the reference PEFT adapter (multiple adapters; None = adapters disabled)."},
-    )
-    num_ppo_epochs: int = field(default=4, metadata={"help": "Number of optimisation epochs over each rollout."})
-    whiten_rewards: bool = field(default=False, metadata={"help": "Whether to whiten the rewards."})
-    kl_coef: float = field(default=0.05, metadata={"help": "KL coefficient."})
-    kl_estimator: Literal["k1", "k3"] = field(
-        default="k1",
-        metadata={"help": "KL estimator: 'k1' (-log r) or 'k3' ((r - 1) - log r, lower variance)."},
-    )
-    cliprange: float = field(default=0.2, metadata={"help": "Clip range."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Value function coefficient."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range for the value function."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "Lambda value for GAE."})
     ds3_gather_for_generation: bool = field(
         default=True,
         metadata={"help": "DeepSpeed ZeRO-3: gather the policy weights for generation."},
     )
 
-    # ---- Text2Grad fields ----------------------------------------------------------------------------------------
+    # ---- Rewards -------------------------------------------------------------------------------------------------
     reward_mode: Literal["span", "scalar", "hybrid"] = field(
         default="span",
         metadata={"help": "'span' (token rewards), 'scalar' (score on the last token) or 'hybrid' (both)."},
@@ -281,28 +292,76 @@ class SpanPPOConfig(_ConfigBase):
     )
     span_length_decay_start: int = field(default=48, metadata={"help": "First decayed response token index."})
     span_length_decay_scale: float = field(default=16.0, metadata={"help": "Width in tokens of the sigmoid decay."})
-    gae_reset_on_masked: bool = field(
-        default=True, metadata={"help": "GAE: masked positions between valid tokens end the segment."}
+    fuzzy_threshold: float = field(
+        default=90.0, metadata={"help": "Minimum rapidfuzz score (0-100) to locate a quote fuzzily."}
     )
-    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards kl_target after each rollout."})
-    kl_target: float = field(default=6.0, metadata={"help": "Target KL of the adaptive KL controller."})
-    kl_horizon: int = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive KL controller."})
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Penalty subtracted from the score when the response has no EOS token (positive)."},
+    )
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whether to whiten the rewards."})
     on_critic_error: Literal["neutral", "skip"] = field(
         default="neutral",
         metadata={"help": "Unusable reward for a sample: 'neutral' (zero task reward) or 'skip' (drop it)."},
     )
+
+    # ---- PPO -----------------------------------------------------------------------------------------------------
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Number of optimisation epochs over each rollout."})
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Value function coefficient."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range for the value function."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda value for GAE."})
+    gae_reset_on_masked: bool = field(
+        default=True, metadata={"help": "GAE: masked positions between valid tokens end the segment."}
+    )
+
+    # ---- KL penalty ----------------------------------------------------------------------------------------------
+    kl_coef: float = field(default=0.05, metadata={"help": "KL coefficient."})
+    kl_estimator: Literal["k1", "k3"] = field(
+        default="k1",
+        metadata={"help": "KL estimator: 'k1' (-log r) or 'k3' ((r - 1) - log r, lower variance)."},
+    )
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards kl_target after each rollout."})
+    kl_target: float = field(default=6.0, metadata={"help": "Target KL of the adaptive KL controller."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive KL controller."})
+
+    # ---- Models and adapters -------------------------------------------------------------------------------------
+    reward_model_path: str = field(
+        default="EleutherAI/pythia-160m",
+        metadata={"help": "Path to the reward model (read by the ppo script for `critic: reward_model`)."},
+    )
+    model_adapter_name: str | None = field(
+        default=None,
+        metadata={"help": "Name of the PEFT adapter to train (made active at start-up; multiple adapters)."},
+    )
+    ref_adapter_name: str | None = field(
+        default=None,
+        metadata={"help": "Name of the reference PEFT adapter (multiple adapters; None = adapters disabled)."},
+    )
+
+    # ---- Logging -------------------------------------------------------------------------------------------------
+    num_sample_generations: int = field(
+        default=10,
+        metadata={
+            "help": "Number of debugging sample generations (tables of scored completions for the first eval batch, "
+            "written to output_dir/completions/) throughout training; 0 disables them."
+        },
+    )
     heatmap_every_n_steps: int = field(
         default=0, metadata={"help": "Render token-reward heatmaps every N rollouts (0 = off)."}
     )
-    fuzzy_threshold: float = field(
-        default=90.0, metadata={"help": "Minimum rapidfuzz score (0-100) to locate a quote fuzzily."}
+
+    # ---- Accepted for compatibility with TRL 1.12 (not read) -----------------------------------------------------
+    exp_name: str = field(
+        default="span_ppo", metadata={"help": "Accepted for compatibility with TRL 1.12; not read (use run_name)."}
     )
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Left-truncate prompts longer than this many tokens (None = keep)."}
+    sft_model_path: str = field(
+        default="EleutherAI/pythia-160m",
+        metadata={"help": "Accepted for compatibility with TRL 1.12; not read (pass the policy to the trainer)."},
     )
-    trl112_score_placement: bool = field(
-        default=False,
-        metadata={"help": "Place the scalar score one token after the response, as TRL 1.12 did (parity only)."},
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Accepted for compatibility with TRL 1.12; not read."}
     )
 
     # ---- Critic failure budget -----------------------------------------------------------------------------------
@@ -315,16 +374,29 @@ class SpanPPOConfig(_ConfigBase):
         metadata={"help": "Stop training after this many failed rollouts in a row (0 = never stop)."},
     )
 
+    # ---- Computed in __post_init__ (not constructor arguments) ---------------------------------------------------
+    local_batch_size: int = field(default=0, init=False, repr=False)
+    micro_batch_size: int = field(default=0, init=False, repr=False)
+    batch_size: int = field(default=0, init=False, repr=False)
+    local_mini_batch_size: int = field(default=0, init=False, repr=False)
+    mini_batch_size: int = field(default=0, init=False, repr=False)
+    steps_per_rollout: int = field(default=0, init=False, repr=False)
+    micro_steps_per_rollout: int = field(default=0, init=False, repr=False)
+    num_total_batches: int | None = field(default=None, init=False, repr=False)
+
     def __post_init__(self):
         if self.bf16 is None and not self.fp16 and not self.use_cpu:
             # TRL's default is bf16 unless fp16 is set; on a machine without a bf16-capable accelerator that default
             # would make TrainingArguments raise, so it becomes fp32 there.
-            import torch
-
             self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         elif self.bf16 is None and self.use_cpu:
             self.bf16 = False
         super().__post_init__()
+        self._validate()
+        self._compute_sizes()
+
+    def _validate(self) -> None:
+        """Reject invalid or conflicting settings (each message names the field)."""
         if self.reward_mode not in ("span", "scalar", "hybrid"):
             raise ValueError(f"reward_mode must be 'span', 'scalar' or 'hybrid', got {self.reward_mode!r}.")
         if self.kl_estimator not in ("k1", "k3"):
@@ -352,3 +424,67 @@ class SpanPPOConfig(_ConfigBase):
             raise ValueError("num_ppo_epochs and num_mini_batches must be >= 1.")
         if self.num_sample_generations < 0:
             raise ValueError(f"num_sample_generations must be >= 0, got {self.num_sample_generations}.")
+        if self.total_episodes is not None and self.total_episodes < 1:
+            raise ValueError(f"total_episodes must be >= 1 (or None), got {self.total_episodes}.")
+        if self.local_rollout_forward_batch_size < 1:
+            raise ValueError(
+                f"local_rollout_forward_batch_size must be >= 1, got {self.local_rollout_forward_batch_size}."
+            )
+        if self.load_best_model_at_end:
+            raise ValueError(
+                "load_best_model_at_end is not supported by SpanPPOTrainer; set it to False (checkpoints can still be "
+                "kept by an evaluation metric with save_strategy='best' and e.g. metric_for_best_model='score')."
+            )
+
+    def _compute_sizes(self) -> None:
+        """Derive the batch sizes and step counts (TRL 1.12 names) from the user's settings and the world size."""
+        world_size = self.world_size
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > world_size:
+            raise ValueError(
+                f"launched with WORLD_SIZE={launched} but the distributed state has {world_size} process(es); on a "
+                "machine without GPUs set `use_cpu=True` in SpanPPOConfig (or ACCELERATE_USE_CPU=1) so that the "
+                "processes join one gloo group."
+            )
+        per_device = self.per_device_train_batch_size
+        if self.rollout_accumulation_steps is None:
+            self.rollout_accumulation_steps = self.gradient_accumulation_steps
+        elif self.rollout_accumulation_steps < 1:
+            raise ValueError(f"rollout_accumulation_steps must be >= 1, got {self.rollout_accumulation_steps}.")
+        self.local_batch_size = per_device * self.rollout_accumulation_steps
+        self.micro_batch_size = per_device * world_size
+        self.batch_size = self.local_batch_size * world_size
+        self.mini_batch_size = _exact_div(
+            self.batch_size, self.num_mini_batches, "`batch_size` must be a multiple of `num_mini_batches`"
+        )
+        self.local_mini_batch_size = _exact_div(
+            self.local_batch_size, self.num_mini_batches, "`local_batch_size` must be a multiple of `num_mini_batches`"
+        )
+        micro_per_mini = _exact_div(
+            self.local_mini_batch_size,
+            per_device,
+            "`local_mini_batch_size` (per_device_train_batch_size * gradient_accumulation_steps / num_mini_batches) "
+            "must be a multiple of `per_device_train_batch_size`",
+        )
+        if self.gradient_accumulation_steps not in (1, self.rollout_accumulation_steps, micro_per_mini):
+            raise ValueError(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} conflicts with "
+                f"rollout_accumulation_steps={self.rollout_accumulation_steps}: set only gradient_accumulation_steps "
+                "(the rollout size, as in TRL 1.12)."
+            )
+        self.gradient_accumulation_steps = micro_per_mini  # the Trainer's: micro-batches per optimizer step
+        self.steps_per_rollout = self.num_ppo_epochs * self.num_mini_batches
+        self.micro_steps_per_rollout = self.num_ppo_epochs * self.rollout_accumulation_steps
+        if self.max_steps is not None and self.max_steps > 0:
+            self.num_total_batches = math.ceil(self.max_steps / self.steps_per_rollout)
+        elif self.total_episodes is not None:
+            self.num_total_batches = math.ceil(self.total_episodes / self.batch_size)
+            self.max_steps = self.num_total_batches * self.steps_per_rollout
+        else:
+            self.num_total_batches = None  # needs the data set size: SpanPPOTrainer.num_total_batches
+        if self.whiten_rewards and self.local_mini_batch_size < 8:
+            warnings.warn(
+                f"whiten_rewards with a per-rank mini-batch of {self.local_mini_batch_size} (< 8) gives noisy "
+                "statistics.",
+                stacklevel=3,
+            )

@@ -11,10 +11,14 @@ The loop reads top-down and each stage is a method:
 ``compute_loss()``        clipped policy and value losses on one micro-batch (called by ``Trainer.training_step``).
 
 As in TRL 1.16's online trainers, a rollout is produced in ``_prepare_inputs`` from a *generation batch* (the
-dataloader yields the same ``local_batch_size`` prompts ``num_ppo_epochs * gradient_accumulation_steps`` times) and
-reused for ``num_ppo_epochs * num_mini_batches`` optimizer steps; checkpointing, logging, callbacks, gradient
-accumulation and distributed training come from ``transformers``. The maths lives in
-:mod:`trl_text2grad.ppo.advantages`.
+dataloader yields the same ``local_batch_size`` prompts ``micro_steps_per_rollout`` times) and reused for
+``steps_per_rollout`` optimizer steps; checkpointing, logging, callbacks, gradient accumulation and distributed
+training come from ``transformers``. Every batch size and step count is computed by :class:`SpanPPOConfig`; the
+trainer never writes to its arguments. The rollout state (buffer, PPO-epoch permutation, micro-step, KL coefficient)
+is saved with each checkpoint and restored with the optimizer; checkpoints are atomic
+(:mod:`trl_text2grad.checkpoints`). The maths lives in :mod:`trl_text2grad.ppo.advantages`, the sampler in
+:mod:`~trl_text2grad.ppo.sampler`, the completion tables in :mod:`~trl_text2grad.ppo.completions` and the heatmaps
+in :mod:`~trl_text2grad.ppo.heatmaps`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-import json
 import logging
 import math
 import os
@@ -34,11 +37,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForCausalLM,
     GenerationConfig,
@@ -46,19 +50,19 @@ from transformers import (
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
+    set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, speed_metrics
+from transformers.trainer_utils import enable_full_determinism, speed_metrics
+
+# Imported here, not lazily: importing trl.models.utils draws from Python's `random`, which must not happen after
+# the Trainer restored the RNG state of a checkpoint.
+from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
+from trl.trainer.utils import disable_dropout_in_model, pad
 
 from ..alignment import token_char_offsets, token_rewards_from_offsets
-from ..collator import pad_sequences
+from ..checkpoints import AtomicCheckpointMixin, IncompleteCheckpointError, checkpoint_problem
 from ..rewards import CriticFailureError, count_failures, describe_critic, normalize_reward_output
 from ..spans import CriticFailure
-from ..visualize import (
-    heatmap_legend_html,
-    heatmap_legend_text,
-    render_token_rewards_html,
-    render_token_rewards_terminal,
-)
 from .advantages import (
     combine_rewards,
     compute_gae,
@@ -72,7 +76,10 @@ from .advantages import (
     ppo_policy_loss,
     ppo_value_loss,
 )
+from .completions import print_completions_table, write_completions_table
+from .heatmaps import write_rollout_heatmaps
 from .modeling import VALUE_HEAD_FILE, VALUE_MODEL_DIR, PolicyWithValue
+from .sampler import RolloutSampler
 from .span_ppo_config import SpanPPOConfig
 
 __all__ = ["SpanPPOTrainer", "ScoredRollout"]
@@ -80,11 +87,6 @@ __all__ = ["SpanPPOTrainer", "ScoredRollout"]
 logger = logging.getLogger(__name__)
 
 _STATE_FILE = "span_ppo_state_rank{rank}.pt"
-#: What the rollout heatmaps show (their legend).
-_HEATMAP_QUANTITY = (
-    "per-token task reward of the sampled response (span rewards, plus any scalar reward on its last token), "
-    "before the KL penalty"
-)
 _EPS_TEMPERATURE = 1e-7  # TRL 1.12 samples and scores with `temperature + 1e-7`
 _EVAL_TEMPERATURE = 0.01  # TRL 1.12's near-greedy sampling for sample generations (`generate_completions`)
 
@@ -92,67 +94,8 @@ _EVAL_TEMPERATURE = 0.01  # TRL 1.12's near-greedy sampling for sample generatio
 # ----------------------------------------------------------------------------------------------------------------
 # Small pure helpers
 # ----------------------------------------------------------------------------------------------------------------
-class _RolloutSampler(Sampler[int]):
-    """Yields each global rollout chunk of ``rollout_size`` indices ``repeat`` times (one per micro-step).
-
-    The permutation depends only on ``seed`` and the epoch set by ``set_epoch``, so a resumed run sees the same order.
-    """
-
-    def __init__(self, num_rows: int, rollout_size: int, repeat: int, shuffle: bool, seed: int) -> None:
-        self.num_rows, self.rollout_size, self.repeat = num_rows, rollout_size, repeat
-        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.num_rows, generator=generator).tolist()
-        else:
-            order = list(range(self.num_rows))
-        for start in range(0, self.num_rows - self.rollout_size + 1, self.rollout_size):
-            chunk = order[start : start + self.rollout_size]
-            for _ in range(self.repeat):
-                yield from chunk
-
-    def __len__(self) -> int:
-        return (self.num_rows // self.rollout_size) * self.rollout_size * self.repeat
-
-
 def _identity_collator(rows: list[dict]) -> list[dict]:
     return rows
-
-
-def _table_cell(value: Any) -> str:
-    if value is None:
-        return "failed"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _print_completions(table: list[dict[str, Any]], title: str) -> None:
-    """Print a completions table with ``rich`` when it is installed, as plain text otherwise."""
-    if not table:
-        return
-    columns = list(table[0])
-    try:
-        from rich.console import Console
-        from rich.table import Table
-        from rich.text import Text
-    except ImportError:
-        print(title)
-        print(" | ".join(columns))
-        for entry in table:
-            print(" | ".join(_table_cell(entry.get(c)).replace("\n", "\\n") for c in columns))
-        return
-    rich_table = Table(title=title, show_lines=True)
-    for column in columns:
-        rich_table.add_column(column)
-    for entry in table:
-        rich_table.add_row(*(Text(_table_cell(entry.get(c))) for c in columns))  # Text: no markup parsing
-    Console().print(rich_table)
 
 
 class _SampleGenerationsCallback(TrainerCallback):
@@ -165,12 +108,6 @@ class _SampleGenerationsCallback(TrainerCallback):
         trainer = self._trainer()
         if trainer is not None:
             trainer._maybe_generate_completions()
-
-
-def _exact_div(a: int, b: int, message: str) -> int:
-    if b <= 0 or a % b != 0:
-        raise ValueError(f"{message}: {a} is not divisible by {b}.")
-    return a // b
 
 
 @contextlib.contextmanager
@@ -204,7 +141,7 @@ class ScoredRollout:
 # ----------------------------------------------------------------------------------------------------------------
 # The trainer
 # ----------------------------------------------------------------------------------------------------------------
-class SpanPPOTrainer(Trainer):
+class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
     """PPO trainer with Text2Grad span-level rewards; constructor compatible with TRL 1.12's ``PPOTrainer``.
 
     Args:
@@ -261,8 +198,6 @@ class SpanPPOTrainer(Trainer):
             raise ValueError(
                 "`reward_model` is required: a reward function, a span reward model or a sequence classifier."
             )
-        if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model)
         if ref_model is not None and ref_model is model:
             raise ValueError(
                 "`model` and `ref_model` cannot be the same object; pass a copy, or None to let the trainer make one "
@@ -279,10 +214,10 @@ class SpanPPOTrainer(Trainer):
                     f"eval_strategy={str(args.eval_strategy)!r} needs an `eval_dataset` (prompts to generate for); pass "
                     "one, or set eval_strategy='no' and call `trainer.evaluate(eval_dataset)` yourself."
                 )
-        if getattr(args, "load_best_model_at_end", False):
+        if len(train_dataset) < args.batch_size:
             raise ValueError(
-                "load_best_model_at_end is not supported by SpanPPOTrainer; set it to False (checkpoints can still be "
-                "kept by an evaluation metric with save_strategy='best' and e.g. metric_for_best_model='score')."
+                f"train_dataset has {len(train_dataset)} rows but one rollout needs batch_size={args.batch_size} "
+                "(per_device_train_batch_size * gradient_accumulation_steps * world_size); lower the batch size."
             )
         if data_collator is not None:
             warnings.warn(
@@ -290,6 +225,13 @@ class SpanPPOTrainer(Trainer):
                 "data_collator is ignored.",
                 stacklevel=2,
             )
+
+        # Seed before anything random is created (a model loaded by name, LoRA adapters, the value head), so that
+        # the same config and seed give the same run; the Trainer seeds again in its __init__.
+        enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
+
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model)
 
         # Stop token (as TRL 1.12)
         if args.stop_token == "eos":
@@ -345,62 +287,15 @@ class SpanPPOTrainer(Trainer):
         self.reward_model = reward_model
         for module in (model, ref_model, value_model, reward_model):
             if isinstance(module, nn.Module):
-                for sub in module.modules():
-                    if isinstance(sub, nn.Dropout):
-                        sub.p = 0.0
+                disable_dropout_in_model(module)
 
-        # Batch sizes (TRL 1.12 names). One optimizer step = one mini-batch.
-        from accelerate import PartialState
-
-        _ = args.device  # let TrainingArguments set up the distributed state
-        world_size = PartialState().num_processes
-        launched = int(os.environ.get("WORLD_SIZE", "1"))
-        if launched > world_size:
-            raise ValueError(
-                f"launched with WORLD_SIZE={launched} but the distributed state has {world_size} process(es); on a "
-                "machine without GPUs set `use_cpu=True` in SpanPPOConfig (or ACCELERATE_USE_CPU=1) so that the "
-                "processes join one gloo group."
-            )
-        user_ga = getattr(args, "_span_ppo_rollout_ga", None) or args.gradient_accumulation_steps
-        args._span_ppo_rollout_ga = user_ga  # idempotent when the same args object is reused
-        args.world_size = world_size
-        args.local_batch_size = args.per_device_train_batch_size * user_ga
-        args.micro_batch_size = args.per_device_train_batch_size * world_size
-        args.batch_size = args.local_batch_size * world_size
-        args.mini_batch_size = _exact_div(
-            args.batch_size, args.num_mini_batches, "`batch_size` must be a multiple of `num_mini_batches`"
-        )
-        args.local_mini_batch_size = _exact_div(
-            args.local_batch_size, args.num_mini_batches, "`local_batch_size` must be a multiple of `num_mini_batches`"
-        )
-        micro_per_mini = _exact_div(
-            args.local_mini_batch_size,
-            args.per_device_train_batch_size,
-            "`local_mini_batch_size` (per_device_train_batch_size * gradient_accumulation_steps / num_mini_batches) "
-            "must be a multiple of `per_device_train_batch_size`",
-        )
-        if args.whiten_rewards and args.local_mini_batch_size < 8:
-            warnings.warn(
-                f"whiten_rewards with a per-rank mini-batch of {args.local_mini_batch_size} (< 8) gives noisy "
-                "statistics.",
-                stacklevel=2,
-            )
-        if len(train_dataset) < args.batch_size:
-            raise ValueError(
-                f"train_dataset has {len(train_dataset)} rows but one rollout needs batch_size={args.batch_size} "
-                "(per_device_train_batch_size * gradient_accumulation_steps * world_size); lower the batch size."
-            )
-        if args.total_episodes is None:
-            args.total_episodes = int(args.num_train_epochs * len(train_dataset))
-        args.num_total_batches = math.ceil(args.total_episodes / args.batch_size)
-        self.steps_per_rollout = args.num_ppo_epochs * args.num_mini_batches
-        self.micro_steps_per_rollout = args.num_ppo_epochs * user_ga
-        args.gradient_accumulation_steps = micro_per_mini  # the Trainer's accumulation = micro-batches per mini-batch
-        if getattr(args, "_span_ppo_auto_max_steps", False) or args.max_steps is None or args.max_steps <= 0:
-            args.max_steps = args.num_total_batches * self.steps_per_rollout
-            args._span_ppo_auto_max_steps = True
-        else:
-            args.num_total_batches = math.ceil(args.max_steps / self.steps_per_rollout)
+        # Batch sizes and step counts come from the config; only the default rollout budget needs the data set
+        self.steps_per_rollout = args.steps_per_rollout
+        self.micro_steps_per_rollout = args.micro_steps_per_rollout
+        if args.num_total_batches is not None:
+            self.num_total_batches = args.num_total_batches
+        else:  # total_episodes defaults to num_train_epochs * len(train_dataset), as in TRL 1.12
+            self.num_total_batches = math.ceil(int(args.num_train_epochs * len(train_dataset)) / args.batch_size)
 
         wrapper = PolicyWithValue(model, value_model)
         super().__init__(
@@ -416,20 +311,17 @@ class SpanPPOTrainer(Trainer):
         self.kl_coef = float(args.kl_coef)
         self._generation_temperature: float | None = None  # set by evaluation_sampling()
         self.sample_generations_freq = (
-            max(1, args.num_total_batches // args.num_sample_generations) if args.num_sample_generations > 0 else 0
+            max(1, self.num_total_batches // args.num_sample_generations) if args.num_sample_generations > 0 else 0
         )
         self.add_callback(_SampleGenerationsCallback(self))
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._buffer: dict[str, Any] | None = None
         self._micro_step: int | None = None
         self._permutation: np.ndarray | None = None
-        self._resume_state: dict | None = None
         self.last_rollout: dict[str, Any] | None = None  # the latest scored rollout (for tests and inspection)
 
         device = self.accelerator.device
         if self.is_deepspeed_enabled:
-            from trl.models.utils import prepare_deepspeed
-
             if self.ref_model is not None:
                 self.ref_model = prepare_deepspeed(self.ref_model, self.accelerator)
             if self.reward_kind == "classifier":
@@ -477,19 +369,25 @@ class SpanPPOTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Data
     # ------------------------------------------------------------------------------------------------------------
-    def _remove_unused_columns(self, dataset, description: str | None = None):
-        return dataset  # every column may be context for the reward function
+    # The model's forward signature names no data set column: with remove_unused_columns=True keep the prompts.
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt", "input_ids"]
 
+    # One generation batch (a rollout per process) per micro-step, repeated for every PPO epoch and micro-batch.
     def get_train_dataloader(self) -> DataLoader:
-        sampler = _RolloutSampler(
-            len(self.train_dataset),
+        dataset = self.train_dataset
+        if isinstance(dataset, datasets.Dataset):
+            dataset = self._remove_unused_columns(dataset, description="training")
+        sampler = RolloutSampler(
+            len(dataset),
             self.args.batch_size,
             repeat=self.micro_steps_per_rollout,
             shuffle=True,
             seed=self.args.seed,
         )
         dataloader = DataLoader(
-            self.train_dataset,
+            dataset,
             batch_size=self.args.local_batch_size,
             sampler=sampler,
             collate_fn=_identity_collator,
@@ -546,8 +444,12 @@ class SpanPPOTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------------------
     def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pad prompt token ids for generation: ``(input_ids, attention_mask)`` on the accelerator's device."""
-        ids = pad_sequences(sequences, self.processing_class.pad_token_id, side="left")
-        mask = pad_sequences([[1] * len(s) for s in sequences], 0, side="left")
+        ids = pad(
+            [torch.tensor(s, dtype=torch.long) for s in sequences],
+            padding_value=self.processing_class.pad_token_id,
+            padding_side="left",
+        )
+        mask = pad([torch.ones(len(s), dtype=torch.long) for s in sequences], padding_value=0, padding_side="left")
         return ids.to(self.accelerator.device), mask.to(self.accelerator.device)
 
     def generation_config(self) -> GenerationConfig:
@@ -626,8 +528,6 @@ class SpanPPOTrainer(Trainer):
         (``rows``, ``prompts``, ``prompt_ids``, ``prompt_mask``, ``responses``, ``response_mask``,
         ``prompts_truncated``) is what :meth:`score` needs.
         """
-        from trl.models.utils import unwrap_model_for_generation
-
         prompt_lists, prompts, truncated = self._encode_rows(rows)
         prompt_ids, prompt_mask = self._left_pad(prompt_lists)
         was_training = self.model.training
@@ -888,7 +788,7 @@ class SpanPPOTrainer(Trainer):
         kl = kl_per_token(rollout["logprobs"], rollout["ref_logprobs"], args.kl_estimator) * mask
         score_positions = None
         value_mask = mask
-        if args.trl112_score_placement:
+        if getattr(args, "trl112_score_placement", False):  # Trl112ParityConfig only
             last = last_token_positions(mask)
             score_positions = torch.clamp(last + 1, max=length - 1)
             positions = torch.arange(length, device=mask.device).unsqueeze(0)
@@ -1000,20 +900,24 @@ class SpanPPOTrainer(Trainer):
                 counts=counts,
             )
 
+    # A rollout is generated, scored and turned into advantages on the first micro-step of each generation batch.
     def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
         if not self.model.training:
             raise NotImplementedError(
                 "SpanPPOTrainer has no loss-based prediction loop; use `trainer.evaluate()` (generates for the eval "
                 "prompts and scores them with the reward model)."
             )
-        if self._micro_step is None:
-            self._micro_step = self.state.global_step * self.args.gradient_accumulation_steps
+        expected_step = self.state.global_step * self.args.gradient_accumulation_steps
+        if self._micro_step is None or not expected_step <= self._micro_step < expected_step + max(
+            1, self.args.gradient_accumulation_steps
+        ):  # a new train() call (or a state that does not belong to this step): start from the Trainer's step
+            self._micro_step, self._buffer, self._permutation = expected_step, None, None
         index = self._micro_step % self.micro_steps_per_rollout
         if index == 0 or self._buffer is None:
             if index != 0:
                 logger.warning("no stored rollout for a resumed mid-rollout step; generating a fresh one.")
             self._buffer = self._make_rollout(list(generation_batch))
-        per_epoch = self.args._span_ppo_rollout_ga  # micro-batches per PPO epoch
+        per_epoch = self.args.rollout_accumulation_steps  # micro-batches per PPO epoch
         within = index % per_epoch
         if within == 0 or self._permutation is None:
             self._permutation = np.random.permutation(self.args.local_batch_size)
@@ -1026,6 +930,7 @@ class SpanPPOTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Update
     # ------------------------------------------------------------------------------------------------------------
+    # The clipped PPO policy + value loss of one micro-batch of the stored rollout.
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise ValueError("SpanPPOTrainer.compute_loss does not return outputs.")
@@ -1101,6 +1006,7 @@ class SpanPPOTrainer(Trainer):
             table.append(entry)
         return stats, table
 
+    # Evaluation generates for the eval prompts and scores them with the reward model (there is no eval loss).
     def evaluate(
         self,
         eval_dataset=None,
@@ -1231,14 +1137,8 @@ class SpanPPOTrainer(Trainer):
             table.extend(self.accelerator.gather_for_metrics(entries, use_gather_object=True))
         update = math.ceil(self.state.global_step / self.steps_per_rollout)
         if self.accelerator.is_main_process:
-            _print_completions(
-                table, title=f"Sample completions after update {update} (step {self.state.global_step})"
-            )
-            directory = os.path.join(self.args.output_dir, "completions")
-            os.makedirs(directory, exist_ok=True)
-            with open(os.path.join(directory, f"update_{update}.jsonl"), "w") as f:
-                for entry in table:
-                    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            print_completions_table(table, update, self.state.global_step)
+            write_completions_table(table, self.args.output_dir, update)
         return table
 
     def _maybe_generate_completions(self) -> None:
@@ -1308,31 +1208,19 @@ class SpanPPOTrainer(Trainer):
         rollout_index = self._micro_step // self.micro_steps_per_rollout
         if rollout_index % every != 0:
             return
-        task = (extra["rewards"] - extra["non_score_reward"]).cpu()
-        update = rollout_index + 1  # 1-based, as the logs and completions/update_<N>.jsonl count updates
-        shown = min(4, len(scored.texts))
-        scale = float(task[:shown].abs().max()) if shown else 0.0
-        parts = ["<html><body>", heatmap_legend_html(_HEATMAP_QUANTITY, scale or None)]
-        for row in range(shown):
-            text, offsets = scored.texts[row], scored.offsets[row]
-            ids = rollout["responses"][row][rollout["response_mask"][row].bool()].tolist()
-            pieces = [
-                text[s:e] if e > s else self.processing_class.convert_ids_to_tokens(i)
-                for (s, e), i in zip(offsets, ids)
-            ]
-            rewards = task[row, : len(pieces)].tolist()
-            title = f"update {update} sample {row}: {str(rollout['prompts'][row])[-200:]}"
-            parts.append(render_token_rewards_html(pieces, rewards, max_abs=scale or None, title=title))
-            if not self.args.report_to or self.args.report_to == ["none"] or self.args.report_to == "none":
-                if row == 0:
-                    print(heatmap_legend_text(_HEATMAP_QUANTITY))
-                print(title)
-                print(render_token_rewards_terminal(pieces, rewards))
-        parts.append("</body></html>")
-        directory = os.path.join(self.args.output_dir, "heatmaps")
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, f"update_{update:06d}.html"), "w") as f:
-            f.write("\n".join(parts))
+        report_to = self.args.report_to
+        write_rollout_heatmaps(
+            self.processing_class,
+            rollout["prompts"],
+            rollout["responses"],
+            rollout["response_mask"],
+            scored.texts,
+            scored.offsets,
+            extra["rewards"] - extra["non_score_reward"],
+            rollout_index + 1,  # 1-based, as the logs and completions/update_<N>.jsonl count updates
+            self.args.output_dir,
+            to_terminal=not report_to or report_to in (["none"], "none"),
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model is not None and self.model.training:
@@ -1351,6 +1239,7 @@ class SpanPPOTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Saving and resuming
     # ------------------------------------------------------------------------------------------------------------
+    # The policy+value wrapper is not a PreTrainedModel: save the policy (or adapter) in its own format, value next to it.
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
@@ -1374,44 +1263,56 @@ class SpanPPOTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
+    # Weights are read back from the layout `_save` writes (policy or adapter, value head or value model).
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        self._check_complete(resume_from_checkpoint)
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         target.load_checkpoint(resume_from_checkpoint)
 
-    def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        run_dir = self._get_output_dir(trial=trial)
-        checkpoint = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        if not os.path.isdir(checkpoint):
-            return
+    def checkpoint_required_files(self) -> list[str]:
+        """A PPO checkpoint is complete only with this process's rollout state (and the Trainer's state)."""
+        return ["trainer_state.json", _STATE_FILE.format(rank=self.accelerator.process_index)]
+
+    def _check_complete(self, checkpoint: str) -> None:
+        problem = checkpoint_problem(checkpoint, self.checkpoint_required_files())
+        if problem is not None:
+            raise IncompleteCheckpointError(
+                f"cannot resume from {checkpoint}: it is incomplete ({problem[1]}; missing or damaged file: "
+                f"{problem[0]})."
+            )
+
+    def save_checkpoint_extra_state(self, checkpoint_dir: str) -> None:
+        """Save this process's rollout state: buffer, PPO-epoch permutation, micro-step and KL coefficient."""
         state = {
             "buffer": None if self._buffer is None else {k: v.cpu() for k, v in self._buffer.items()},
             "permutation": self._permutation,
             "micro_step": self._micro_step,
             "kl_coef": self.kl_coef,
         }
-        torch.save(state, os.path.join(checkpoint, _STATE_FILE.format(rank=self.accelerator.process_index)))
+        torch.save(state, os.path.join(checkpoint_dir, _STATE_FILE.format(rank=self.accelerator.process_index)))
 
-    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, **kwargs):
-        """``Trainer.train``; resuming also restores the current rollout, PPO-epoch permutation and KL coefficient."""
-        self._micro_step = None
-        self._buffer = None
-        self._permutation = None
-        if resume_from_checkpoint:
-            path = resume_from_checkpoint
-            if isinstance(path, bool):
-                path = get_last_checkpoint(self.args.output_dir)
-                if path is None:
-                    raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir!r} to resume from.")
-            state_file = os.path.join(path, _STATE_FILE.format(rank=self.accelerator.process_index))
-            if os.path.exists(state_file):
-                state = torch.load(state_file, weights_only=False)
-                device = self.accelerator.device
-                self._buffer = (
-                    None if state["buffer"] is None else {k: v.to(device) for k, v in state["buffer"].items()}
-                )
-                self._permutation = state["permutation"]
-                self._micro_step = state["micro_step"]
-                self.kl_coef = state["kl_coef"]
-            resume_from_checkpoint = path
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+    # The rollout state is restored with the optimizer (as GRPOTrainer restores its extra state), before the RNG.
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        self._check_complete(checkpoint)
+        state_file = os.path.join(checkpoint, _STATE_FILE.format(rank=self.accelerator.process_index))
+        state = torch.load(state_file, weights_only=False)
+        device = self.accelerator.device
+        self._buffer = None if state["buffer"] is None else {k: v.to(device) for k, v in state["buffer"].items()}
+        self._permutation = state["permutation"]
+        self._micro_step = state["micro_step"]
+        self.kl_coef = state["kl_coef"]
+
+    # The PPO step budget counts rollouts (total_episodes or the data set size), not dataloader epochs.
+    def set_initial_training_values(self, args, dataloader):
+        values = list(super().set_initial_training_values(args, dataloader))
+        if args.max_steps > 0:  # the config computed the budget from max_steps or total_episodes
+            return tuple(values)
+        num_update_steps_per_epoch, total_train_batch_size = values[1], values[4]
+        max_steps = self.num_total_batches * self.steps_per_rollout
+        values[0] = math.ceil(max_steps / num_update_steps_per_epoch)  # num_train_epochs
+        values[3] = max_steps * total_train_batch_size  # num_train_samples
+        values[6] = max_steps
+        return tuple(values)

@@ -24,6 +24,7 @@ from trl import RewardTrainer
 from trl.data_utils import get_dataset_column_names
 from trl.trainer.utils import create_model_from_path, get_config_model_id
 
+from ..checkpoints import AtomicCheckpointMixin
 from ..collator import SpanAnnotationCollator, encode_prompt_response
 from ..spans import locate_critique
 from .collators import COUNTER_KEYS, GenerativeCollator, TokenHeadCollator
@@ -179,7 +180,7 @@ def _without_parent_warning(prefix: str | None) -> Iterator[None]:
             parent_logger.removeFilter(message_filter)
 
 
-class SpanRewardTrainer(RewardTrainer):
+class SpanRewardTrainer(AtomicCheckpointMixin, RewardTrainer):
     """A ``trl.RewardTrainer`` for Text2Grad span reward models, that still trains TRL's reward models.
 
     Three forms (``SpanRewardConfig.model_form``; by default from the model):
@@ -653,12 +654,12 @@ class SpanRewardTrainer(RewardTrainer):
 
             set_peft_model_state_dict(model.backbone, load_peft_weights(str(path)))
         else:
-            from transformers.modeling_utils import load_sharded_checkpoint
-
             if (path / "model.safetensors").is_file():
                 from safetensors.torch import load_file
 
                 model.backbone.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
             else:
+                from transformers.trainer_utils import load_sharded_checkpoint  # (not in modeling_utils in v5)
+
                 load_sharded_checkpoint(model.backbone, str(path), strict=False)
         model.load_head(path)
