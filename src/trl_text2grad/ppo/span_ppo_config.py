@@ -31,7 +31,7 @@ class SpanPPOConfig(_ConfigBase):
         > TRL 1.12 `PPOConfig` / `OnPolicyConfig` parameters
 
         exp_name (`str`, *optional*, defaults to `"span_ppo"`):
-            Name of this experiment (kept from TRL's `OnPolicyConfig`; used as default run name for trackers).
+            Name of this experiment (not a TRL 1.12 field; informational only).
         dataset_num_proc (`int`, *optional*):
             Number of processes to use for processing the dataset.
         num_mini_batches (`int`, *optional*, defaults to `1`):
@@ -111,12 +111,32 @@ class SpanPPOConfig(_ConfigBase):
             DeepSpeed ZeRO-3 only: gather the policy weights for generation (faster); disable for models that do
             not fit on one device.
 
-        > Text2Grad parameters
+        > Drop-in behaviour (reward mode, clipping, logging cadence, device)
 
-        reward_mode (`str`, *optional*, defaults to `"span"`):
+        reward_mode (`str` or `None`, *optional*, defaults to `None`):
             `"span"`: Text2Grad token rewards from located spans (plain float rewards go on the last token);
             `"scalar"`: classic RLHF, one score on the last response token; `"hybrid"`:
-            `span_reward_weight * span rewards + scalar_reward_weight * score`.
+            `span_reward_weight * span rewards + scalar_reward_weight * score`. `None` (default): what the reward
+            model can give, chosen by the trainer and logged once: `"scalar"` for a sequence-classification reward
+            model (as TRL 1.12's `PPOTrainer`), `"span"` for a reward function or span reward model. `"span"` or
+            `"hybrid"` with a sequence-classification reward model is an error (it gives no spans).
+        max_grad_norm (`float`, *optional*, defaults to `0.0`):
+            Gradient clipping norm; `0` (default): no clipping, as TRL 1.12's `PPOTrainer` (which never clipped
+            gradients, whatever `max_grad_norm` said), in every `reward_mode`. Set e.g. `1.0` to clip (the
+            `Trainer`'s usual default); `grad_norm` is then logged too.
+        log_every_update (`bool`, *optional*, defaults to `True`):
+            With `logging_strategy="steps"`: one log line per PPO update (rollout), after its last optimizer step,
+            as TRL 1.12 did (which ignored `logging_steps`); the line averages the update's optimizer steps and
+            reports the exact `episode` count. `False`: the `Trainer`'s cadence, every `logging_steps` *optimizer*
+            steps (an update is `num_ppo_epochs * num_mini_batches` optimizer steps). `save_steps` and `eval_steps`
+            always count optimizer steps, and checkpoints are named `checkpoint-<optimizer step>`.
+        use_cpu (`bool`, *optional*, defaults to `False`):
+            Train on the CPU. Set automatically when no accelerator (CUDA, MPS, XPU, NPU, HPU, TPU...) is present and
+            DeepSpeed is not in use, so that `accelerate launch --num_processes N` on a machine without GPUs forms one
+            `N`-process gloo group.
+
+        > Text2Grad parameters
+
         good_span_reward (`float`, *optional*, defaults to `1.0`):
             Reward of every token in a span the critic quoted as good.
         poor_span_reward (`float`, *optional*, defaults to `-1.0`):
@@ -253,11 +273,24 @@ class SpanPPOConfig(_ConfigBase):
         metadata={"help": "DeepSpeed ZeRO-3: gather the policy weights for generation."},
     )
 
-    # ---- Text2Grad fields ----------------------------------------------------------------------------------------
-    reward_mode: Literal["span", "scalar", "hybrid"] = field(
-        default="span",
-        metadata={"help": "'span' (token rewards), 'scalar' (score on the last token) or 'hybrid' (both)."},
+    # ---- Drop-in behaviour: reward mode, clipping, logging cadence (device: see __post_init__) ----------------------
+    reward_mode: Literal["span", "scalar", "hybrid"] | None = field(
+        default=None,
+        metadata={
+            "help": "'span' (token rewards), 'scalar' (score on the last token) or 'hybrid' (both). Default: "
+            "'scalar' for a sequence-classification reward model, 'span' otherwise."
+        },
     )
+    max_grad_norm: float = field(
+        default=0.0,
+        metadata={"help": "Gradient clipping norm; 0 (default) = no clipping, as TRL 1.12's PPOTrainer."},
+    )
+    log_every_update: bool = field(
+        default=True,
+        metadata={"help": "One log line per PPO update (as TRL 1.12); False: every logging_steps optimizer steps."},
+    )
+
+    # ---- Text2Grad fields ----------------------------------------------------------------------------------------
     good_span_reward: float = field(default=1.0, metadata={"help": "Reward of tokens in good spans."})
     poor_span_reward: float = field(default=-1.0, metadata={"help": "Reward of tokens in poor spans."})
     neutral_span_reward: float = field(default=0.0, metadata={"help": "Reward of response tokens outside spans."})
@@ -293,6 +326,11 @@ class SpanPPOConfig(_ConfigBase):
     )
 
     def __post_init__(self):
+        if not self.use_cpu and _no_accelerator() and not _deepspeed_requested(self):
+            # Without this, `accelerate launch --num_processes N` (torchrun) on a machine without GPUs gives N separate
+            # 1-process states instead of one gloo group: TrainingArguments only asks accelerate for a CPU group
+            # when use_cpu is set.
+            self.use_cpu = True
         if self.bf16 is None and not self.fp16 and not self.use_cpu:
             # TRL's default is bf16 unless fp16 is set; on a machine without a bf16-capable accelerator that default
             # would make TrainingArguments raise, so it becomes fp32 there.
@@ -302,8 +340,15 @@ class SpanPPOConfig(_ConfigBase):
         elif self.bf16 is None and self.use_cpu:
             self.bf16 = False
         super().__post_init__()
-        if self.reward_mode not in ("span", "scalar", "hybrid"):
-            raise ValueError(f"reward_mode must be 'span', 'scalar' or 'hybrid', got {self.reward_mode!r}.")
+        if self.reward_mode not in (None, "span", "scalar", "hybrid"):
+            raise ValueError(
+                f"reward_mode must be 'span', 'scalar', 'hybrid' or None (chosen from the reward model), got "
+                f"{self.reward_mode!r}."
+            )
+        if self.max_grad_norm is None:  # "no clipping" spelt the other way
+            self.max_grad_norm = 0.0
+        if self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}.")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
         if self.on_critic_error not in ("neutral", "skip"):
@@ -322,3 +367,28 @@ class SpanPPOConfig(_ConfigBase):
             raise ValueError("num_ppo_epochs and num_mini_batches must be >= 1.")
         if self.num_sample_generations < 0:
             raise ValueError(f"num_sample_generations must be >= 0, got {self.num_sample_generations}.")
+
+
+def _no_accelerator() -> bool:
+    """True when torch sees no accelerator (CUDA, ROCm, MPS, XPU, NPU, HPU... or an XLA device)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and accelerator.is_available():
+        return False
+    from transformers.utils import is_torch_xla_available
+
+    return not is_torch_xla_available()
+
+
+def _deepspeed_requested(args) -> bool:
+    """DeepSpeed through `accelerate launch` (env) or `TrainingArguments.deepspeed`: it picks its own accelerator."""
+    import os
+
+    return bool(getattr(args, "deepspeed", None)) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
