@@ -123,7 +123,7 @@ class SpanPPOConfig(_ConfigBase):
         max_grad_norm (`float`, *optional*, defaults to `0.0`):
             Gradient clipping norm; `0` (default): no clipping, as TRL 1.12's `PPOTrainer` (which never clipped
             gradients, whatever `max_grad_norm` said), in every `reward_mode`. Set e.g. `1.0` to clip (the
-            `Trainer`'s usual default); `grad_norm` is then logged too.
+            `Trainer`'s usual default). The `Trainer` logs the (unclipped) `grad_norm` either way.
         log_every_update (`bool`, *optional*, defaults to `True`):
             With `logging_strategy="steps"`: one log line per PPO update (rollout), after its last optimizer step,
             as TRL 1.12 did (which ignored `logging_steps`); the line averages the update's optimizer steps and

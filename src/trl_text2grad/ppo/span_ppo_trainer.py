@@ -1345,14 +1345,14 @@ class SpanPPOTrainer(Trainer):
             "objective/non_score_reward": non_score.sum(1).mean(),
             "objective/rlhf_reward": (non_score.sum(1) + extra["task_reward"]).mean(),
             "objective/scores": extra["task_reward"].mean(),
-            "span/frac_tokens_rewarded": rewarded.sum() / mask.sum().clamp(min=1),
-            "span/good_tokens": ((scored.span_rewards > 0).float() * mask).sum(1).mean(),
-            "span/poor_tokens": ((scored.span_rewards < 0).float() * mask).sum(1).mean(),
         }
+        if self.reward_kind != "classifier":  # a sequence classifier gives no spans: no always-zero span metrics
+            metrics["span/frac_tokens_rewarded"] = rewarded.sum() / mask.sum().clamp(min=1)
+            metrics["span/good_tokens"] = ((scored.span_rewards > 0).float() * mask).sum(1).mean()
+            metrics["span/poor_tokens"] = ((scored.span_rewards < 0).float() * mask).sum(1).mean()
         for key, value in metrics.items():
             self._metrics[key].append(self._gather_mean(value))
         sums = {
-            "span/quotes_unlocated": scored.quotes_unlocated,
             "span/critic_failures": scored.failures,
             "val/num_eos_tokens": (rollout["responses"] == self.processing_class.eos_token_id)
             .logical_and(mask.bool())
@@ -1360,6 +1360,8 @@ class SpanPPOTrainer(Trainer):
             "rollout/prompts_truncated": rollout["prompts_truncated"],
             "rollout/skipped": float(skipped),
         }
+        if self.reward_kind != "classifier":
+            sums["span/quotes_unlocated"] = scored.quotes_unlocated
         for key, value in sums.items():
             self._metrics[key].append(self._gather_sum(value))
         self._metrics["objective/kl_coef"].append(self.kl_coef)
