@@ -48,7 +48,11 @@ def main() -> None:
     from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
     from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
 
-    state = PartialState(cpu=True)  # without cpu=True accelerate reports 1 process on a machine without GPUs
+    # No use_cpu anywhere: on a machine without an accelerator SpanPPOConfig selects the CPU itself, and the
+    # PartialState created by its __post_init__ is the 2-process gloo group that PartialState() returns below.
+    probe = SpanPPOConfig(output_dir=tempfile.mkdtemp(prefix="multiproc_probe_"), report_to=[])
+    assert probe.use_cpu, "SpanPPOConfig did not select the CPU on a machine without an accelerator"
+    state = PartialState()
     torch.set_num_threads(1)
     tokenizer = load_tokenizer()
     torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts them)
@@ -75,7 +79,6 @@ def main() -> None:
         gradient_checkpointing=False,
         save_strategy="no",
         disable_tqdm=True,
-        use_cpu=True,
         seed=0,
         reward_mode="span",
     )

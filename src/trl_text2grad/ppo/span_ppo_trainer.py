@@ -216,6 +216,19 @@ def _is_quantized(model: Any) -> bool:
     return any(bool(getattr(base, name, False)) for name in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"))
 
 
+def _keep_kbit_layers_trainable(model: nn.Module) -> None:
+    """Keep bitsandbytes 4-bit layers in the layout that gradients flow through.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.49, 0.50) repacks a 4-bit weight for its inference kernel on the first
+    eval-mode, no-grad forward (our rollout) and from then on always uses that kernel, which has no backward: the
+    LoRA adapters before the layer would get no gradient. The policy is trained between rollouts, so the repacking is
+    switched off (generation then dequantizes, a little slower).
+    """
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+
+
 def _exact_div(a: int, b: int, message: str) -> int:
     if b <= 0 or a % b != 0:
         raise ValueError(f"{message}: {a} is not divisible by {b}.")
@@ -364,6 +377,8 @@ class SpanPPOTrainer(Trainer):
                 )
             model = get_peft_model(model, peft_config)
         self.is_peft_model = hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+        if _is_quantized(model):
+            _keep_kbit_layers_trainable(model)
         if _is_quantized(model) and not self.is_peft_model:
             raise ValueError(
                 f"the policy {type(model).__name__} is quantized (4-bit/8-bit), and quantized weights cannot be "
