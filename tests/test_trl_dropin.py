@@ -162,7 +162,12 @@ def test_gradient_clipping_is_off_by_default_and_on_when_asked(tmp_path, smollm2
         )  # fmt: skip
         max_norms = []  # the Trainer also calls clip_grad_norm_(..., inf) just to measure grad_norm
         original = trainer.accelerator.clip_grad_norm_
-        trainer.accelerator.clip_grad_norm_ = lambda p, n, *a, **k: max_norms.append(n) or original(p, n, *a, **k)
+
+        def recording(parameters, max_norm, *args, _seen=max_norms, _clip=original, **kwargs):
+            _seen.append(max_norm)
+            return _clip(parameters, max_norm, *args, **kwargs)
+
+        trainer.accelerator.clip_grad_norm_ = recording
         trainer.train()
         assert any(n != float("inf") for n in max_norms) is clipped
 

@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import ModelConfig, ScriptArguments, get_peft_config, get_quantization_config
 
 # TRL 1.12: from trl.experimental.ppo import PPOConfig, PPOTrainer
-from trl_text2grad import SpanPPOConfig as PPOConfig, SpanPPOTrainer as PPOTrainer
+from trl_text2grad import SpanPPOConfig as PPOConfig
+from trl_text2grad import SpanPPOTrainer as PPOTrainer
 
 EVAL_ROWS = 8
 
