@@ -39,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--updates", type=int, default=2)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     cli = parser.parse_args()
 
     from accelerate import PartialState
@@ -51,7 +52,8 @@ def main() -> None:
     # No use_cpu anywhere: on a machine without an accelerator SpanPPOConfig selects the CPU itself, and the
     # PartialState created by its __post_init__ is the 2-process gloo group that PartialState() returns below.
     probe = SpanPPOConfig(output_dir=tempfile.mkdtemp(prefix="multiproc_probe_"), report_to=[])
-    assert probe.use_cpu, "SpanPPOConfig did not select the CPU on a machine without an accelerator"
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    assert probe.use_cpu != deepspeed, "use_cpu must be automatic without an accelerator, and off under DeepSpeed"
     state = PartialState()
     torch.set_num_threads(1)
     tokenizer = load_tokenizer()
@@ -67,11 +69,11 @@ def main() -> None:
     args = SpanPPOConfig(
         output_dir=tempfile.mkdtemp(prefix=f"multiproc_rank{state.process_index}_"),
         per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=cli.gradient_accumulation_steps,
         num_ppo_epochs=1,
         num_mini_batches=1,
         response_length=6,
-        total_episodes=cli.updates * per_device * world,
+        total_episodes=cli.updates * per_device * cli.gradient_accumulation_steps * world,
         learning_rate=1e-3,
         logging_steps=1,
         report_to=[],
@@ -108,6 +110,18 @@ def main() -> None:
         "params_before": before,
         "params_after": after,
     }
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:  # the DeepSpeed config accelerate generated (its "auto" values filled in by the Trainer)
+        config = plugin.deepspeed_config
+        result["deepspeed"] = {
+            "zero_stage": config["zero_optimization"]["stage"],
+            "train_batch_size": config["train_batch_size"],
+            "train_micro_batch_size_per_gpu": config["train_micro_batch_size_per_gpu"],
+            "gradient_accumulation_steps": config["gradient_accumulation_steps"],
+            "gradient_clipping": config.get("gradient_clipping"),
+            "engine_world_size": trainer.model_wrapped.world_size,
+            "engine_train_batch_size": trainer.model_wrapped.train_batch_size(),
+        }
     os.makedirs(cli.out, exist_ok=True)
     with open(os.path.join(cli.out, f"rank{state.process_index}.json"), "w") as f:
         json.dump(result, f)

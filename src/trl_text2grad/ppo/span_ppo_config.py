@@ -331,6 +331,10 @@ class SpanPPOConfig(_ConfigBase):
             # 1-process states instead of one gloo group: TrainingArguments only asks accelerate for a CPU group
             # when use_cpu is set.
             self.use_cpu = True
+        if self.ddp_backend is None and _no_accelerator() and _deepspeed_requested(self):
+            # DeepSpeed's CPU accelerator talks gloo, but accelerate only learns the backend from this field: without
+            # it, its state records no backend and every process believes it is process 0 of 1.
+            self.ddp_backend = "gloo"
         if self.bf16 is None and not self.fp16 and not self.use_cpu:
             # TRL's default is bf16 unless fp16 is set; on a machine without a bf16-capable accelerator that default
             # would make TrainingArguments raise, so it becomes fp32 there.
