@@ -19,8 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
-    """A tiny random Llama (+ tokenizer) whose linear layers are at least 64 wide: bitsandbytes' CPU 4-bit inference
-    kernel packs the weights in blocks of 64 input features."""
+    """A tiny random Llama (+ tokenizer) whose linear layers are at least 64 wide, so that bitsandbytes' CPU
+    inference repacking of 4-bit weights (which blocks gradients; the trainer switches it off) would apply here."""
     from conftest import build_tiny_llama
 
     path = tmp_path_factory.mktemp("tiny_policy_4bit")
