@@ -291,6 +291,7 @@ def _check_run(proc: subprocess.CompletedProcess, out: Path, per_update: int) ->
         assert not any(key.startswith("span/frac") for key in entry)  # classifier reward: scalar mode
     assert (out / "config.json").exists() and (out / "value_model" / "config.json").exists()
     assert "5 of 8" in proc.stdout  # the final generate_completions() printed a sample of the 8 eval prompts
+    assert (proc.stdout + proc.stderr).count("reward_mode not set: using reward_mode='scalar'") == 1  # said once
 
 
 def test_trl112_example_script_one_process(tmp_path, trl_style_assets):

@@ -117,7 +117,7 @@ class SpanPPOConfig(_ConfigBase):
             `"span"`: Text2Grad token rewards from located spans (plain float rewards go on the last token);
             `"scalar"`: classic RLHF, one score on the last response token; `"hybrid"`:
             `span_reward_weight * span rewards + scalar_reward_weight * score`. `None` (default): what the reward
-            model can give, chosen by the trainer and logged once: `"scalar"` for a sequence-classification reward
+            model can give, chosen by the trainer and said once in a warning: `"scalar"` for a sequence-classification reward
             model (as TRL 1.12's `PPOTrainer`), `"span"` for a reward function or span reward model. `"span"` or
             `"hybrid"` with a sequence-classification reward model is an error (it gives no spans).
         max_grad_norm (`float`, *optional*, defaults to `0.0`):

@@ -537,7 +537,11 @@ class SpanPPOTrainer(Trainer):
 
         if requested is None and PartialState().is_main_process:
             source = "a sequence-classification reward model" if mode == "scalar" else f"a {self.reward_kind} reward"
-            logger.info("reward_mode not set: using reward_mode=%r for %s.", mode, source)
+            logger.warning(
+                "reward_mode not set: using reward_mode=%r for %s (set reward_mode to choose and silence this).",
+                mode,
+                source,
+            )
         return mode
 
     def _select_adapters(self, model: nn.Module, args: SpanPPOConfig) -> None:
