@@ -202,7 +202,7 @@ class _UpdateLoggingCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         trainer = self._trainer()
-        if trainer is None or not args.log_every_update or args.logging_strategy != "steps":
+        if trainer is None or not getattr(args, "log_every_update", True) or args.logging_strategy != "steps":
             return control
         step = state.global_step
         end_of_update = step % trainer.steps_per_rollout == 0 or step >= state.max_steps
