@@ -1438,8 +1438,8 @@ class SpanPPOTrainer(Trainer):
                     logs["eps"] = int((logs["episode"] - episodes_before) / max(time.time() - started, 1e-9))
             if "policy/entropy_avg" in self._metrics or "val/ratio" in self._metrics:
                 ratios = self._metrics.get("val/ratio", [])
-                if len(ratios) > 1:
-                    logs["val/ratio_var"] = float(np.var(ratios, ddof=1))
+                if ratios:  # sample variance over the micro-batches; undefined (nan) for one, as in TRL 1.12
+                    logs["val/ratio_var"] = float(np.var(ratios, ddof=1)) if len(ratios) > 1 else float("nan")
             if "learning_rate" in logs:
                 logs["lr"] = logs["learning_rate"]
             self._metrics.clear()
