@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=2)
     parser.add_argument("--checkpoint-dir", default=None, help="shared output_dir; a checkpoint after every step")
     parser.add_argument("--resume", action="store_true", help="resume_from_checkpoint=True (needs --checkpoint-dir)")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     cli = parser.parse_args()
 
     from accelerate import PartialState
@@ -50,7 +51,12 @@ def main() -> None:
     from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
     from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
 
-    state = PartialState(cpu=True)  # without cpu=True accelerate reports 1 process on a machine without GPUs
+    # No use_cpu anywhere: on a machine without an accelerator SpanPPOConfig selects the CPU itself, and the
+    # PartialState created by its __post_init__ is the 2-process gloo group that PartialState() returns below.
+    probe = SpanPPOConfig(output_dir=tempfile.mkdtemp(prefix="multiproc_probe_"), report_to=[])
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    assert probe.use_cpu != deepspeed, "use_cpu must be automatic without an accelerator, and off under DeepSpeed"
+    state = PartialState()
     torch.set_num_threads(1)
     tokenizer = load_tokenizer()
     torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts them)
@@ -65,11 +71,11 @@ def main() -> None:
     args = SpanPPOConfig(
         output_dir=cli.checkpoint_dir or tempfile.mkdtemp(prefix=f"multiproc_rank{state.process_index}_"),
         per_device_train_batch_size=per_device,
-        gradient_accumulation_steps=1,
+        gradient_accumulation_steps=cli.gradient_accumulation_steps,
         num_ppo_epochs=1,
         num_mini_batches=1,
         response_length=6,
-        total_episodes=cli.updates * per_device * world,
+        total_episodes=cli.updates * per_device * cli.gradient_accumulation_steps * world,
         learning_rate=1e-3,
         logging_steps=1,
         report_to=[],
@@ -78,7 +84,6 @@ def main() -> None:
         save_strategy="steps" if cli.checkpoint_dir else "no",
         save_steps=1,
         disable_tqdm=True,
-        use_cpu=True,
         seed=0,
         reward_mode="span",
     )
@@ -108,6 +113,18 @@ def main() -> None:
         "params_before": before,
         "params_after": after,
     }
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:  # the DeepSpeed config accelerate generated (its "auto" values filled in by the Trainer)
+        config = plugin.deepspeed_config
+        result["deepspeed"] = {
+            "zero_stage": config["zero_optimization"]["stage"],
+            "train_batch_size": config["train_batch_size"],
+            "train_micro_batch_size_per_gpu": config["train_micro_batch_size_per_gpu"],
+            "gradient_accumulation_steps": config["gradient_accumulation_steps"],
+            "gradient_clipping": config.get("gradient_clipping"),
+            "engine_world_size": trainer.model_wrapped.world_size,
+            "engine_train_batch_size": trainer.model_wrapped.train_batch_size(),
+        }
     os.makedirs(cli.out, exist_ok=True)
     with open(os.path.join(cli.out, f"rank{state.process_index}.json"), "w") as f:
         json.dump(result, f)

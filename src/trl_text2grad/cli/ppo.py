@@ -120,8 +120,26 @@ def _dtype(name):
     return getattr(torch, str(name))
 
 
+def _kbit_device_map() -> dict[str, str | int]:
+    """Where each process loads a 4-bit/8-bit policy: its own accelerator (``cuda:<local rank>``...) or the CPU."""
+    device = PartialState().device
+    return {"": "cpu"} if device.type == "cpu" else {"": str(device)}
+
+
 def load_policy(model_args, training_args):
-    """Policy model and tokenizer from a :class:`trl.ModelConfig` (``default`` = packaged SmolLM2)."""
+    """Policy model and tokenizer from a :class:`trl.ModelConfig` (``default`` = packaged SmolLM2).
+
+    ``--load_in_4bit`` (nf4 by default, compute dtype ``--dtype``) or ``--load_in_8bit`` loads the policy quantized
+    with bitsandbytes on each process's device (the CPU included); quantized weights cannot be trained, so this needs
+    ``--use_peft`` (QLoRA: LoRA adapters on the frozen quantized base; the reference policy is the same model with
+    its adapters disabled, so no second copy is loaded).
+    """
+    quantized = bool(getattr(model_args, "load_in_4bit", False) or getattr(model_args, "load_in_8bit", False))
+    if quantized and not getattr(model_args, "use_peft", False):
+        raise ValueError(
+            "--load_in_4bit/--load_in_8bit need --use_peft: quantized weights cannot be trained, only LoRA adapters "
+            "on them (QLoRA). Add --use_peft (and e.g. --lora_target_modules all-linear)."
+        )
     path = resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(
         path, revision=model_args.model_revision, trust_remote_code=getattr(training_args, "trust_remote_code", False)
@@ -134,7 +152,13 @@ def load_policy(model_args, training_args):
         trust_remote_code=getattr(training_args, "trust_remote_code", False),
     )
     if quantization_config is not None:
-        kwargs.update(quantization_config=quantization_config, device_map={"": PartialState().local_process_index})
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as error:
+            raise ImportError(
+                "--load_in_4bit/--load_in_8bit need bitsandbytes: pip install 'trl-text2grad[quantization]'."
+            ) from error
+        kwargs.update(quantization_config=quantization_config, device_map=_kbit_device_map())
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id

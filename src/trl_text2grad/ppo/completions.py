@@ -17,15 +17,20 @@ def _score(value: Any) -> float:
     return math.nan if value is None else float(value)  # None: the reward was unusable
 
 
-def print_completions_table(table: list[dict[str, Any]], update: int, step: int) -> None:
+def print_completions_table(table: list[dict[str, Any]], update: int, step: int, total: int | None = None) -> None:
     """Print ``table`` (rows with ``query``, ``response``, ``score`` and optional span counts) on the console.
+
+    ``total``: the number of rows of the whole table when ``table`` is the first part of it (the title says so).
 
     Uses TRL's ``print_prompt_completions_sample`` (``rich``) when ``rich`` is installed, plain text otherwise; an
     unusable score is shown as ``nan``.
     """
     if not table:
         return
-    print(f"Sample completions after update {update} (step {step})")
+    title = f"Sample completions after update {update} (step {step})"
+    if total is not None and total > len(table):
+        title += f": {len(table)} of {total}, all in completions/update_{update}.jsonl"
+    print(title)
     extra_columns = [key for key in table[0] if key not in ("query", "response", "score")]
     if is_rich_available():
         print_prompt_completions_sample(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from transformers.utils import is_torch_xla_available
 
 try:  # TRL's common base (TRL-wide defaults, argparse-safe help strings)
     from trl.trainer.base_config import _BaseConfig as _ConfigBase
@@ -87,10 +88,13 @@ class SpanPPOConfig(_ConfigBase):
 
         > Rewards
 
-        reward_mode (`str`, *optional*, defaults to `"span"`):
+        reward_mode (`str` or `None`, *optional*, defaults to `None`):
             `"span"`: Text2Grad token rewards from located spans (plain float rewards go on the last token);
             `"scalar"`: classic RLHF, one score on the last response token; `"hybrid"`:
-            `span_reward_weight * span rewards + scalar_reward_weight * score`.
+            `span_reward_weight * span rewards + scalar_reward_weight * score`. `None` (default): what the reward
+            model can give, chosen by the trainer and said once in a warning: `"scalar"` for a sequence-classification
+            reward model (as TRL 1.12's `PPOTrainer`), `"span"` for a reward function or span reward model. `"span"`
+            or `"hybrid"` with a sequence-classification reward model is an error (it gives no spans).
         good_span_reward (`float`, *optional*, defaults to `1.0`):
             Reward of every token in a span the critic quoted as good.
         poor_span_reward (`float`, *optional*, defaults to `-1.0`):
@@ -165,8 +169,22 @@ class SpanPPOConfig(_ConfigBase):
             Name of the reference PEFT adapter, when using LoRA with multiple adapters (must exist in the policy and
             differ from `model_adapter_name`). `None`: the reference is the policy with its adapters disabled.
 
-        > Logging
+        > Logging, clipping and device (drop-in behaviour)
 
+        log_every_update (`bool`, *optional*, defaults to `True`):
+            With `logging_strategy="steps"`: one log line per PPO update (rollout), after its last optimizer step,
+            as TRL 1.12 did (which ignored `logging_steps`); the line averages the update's optimizer steps and
+            reports the exact `episode` count. `False`: the `Trainer`'s cadence, every `logging_steps` *optimizer*
+            steps (an update is `num_ppo_epochs * num_mini_batches` optimizer steps). `save_steps` and `eval_steps`
+            always count optimizer steps, and checkpoints are named `checkpoint-<optimizer step>`.
+        max_grad_norm (`float`, *optional*, defaults to `0.0`):
+            Gradient clipping norm; `0` (default): no clipping, as TRL 1.12's `PPOTrainer` (which never clipped
+            gradients, whatever `max_grad_norm` said), in every `reward_mode`. Set e.g. `1.0` to clip (the
+            `Trainer`'s usual default). The `Trainer` logs the (unclipped) `grad_norm` either way.
+        use_cpu (`bool`, *optional*, defaults to `False`):
+            Train on the CPU. Set automatically when no accelerator (CUDA, MPS, XPU, NPU, HPU, TPU...) is present and
+            DeepSpeed is not in use, so that `accelerate launch --num_processes N` on a machine without GPUs forms one
+            `N`-process gloo group. Under DeepSpeed without an accelerator, `ddp_backend` becomes `"gloo"`.
         num_sample_generations (`int`, *optional*, defaults to `10`):
             Number of debugging sample generations (tables of completions) throughout training, as in TRL 1.12:
             after update `N` with `(N - 1) % max(1, num_total_batches // num_sample_generations) == 0` (updates 1,
@@ -278,9 +296,12 @@ class SpanPPOConfig(_ConfigBase):
     )
 
     # ---- Rewards -------------------------------------------------------------------------------------------------
-    reward_mode: Literal["span", "scalar", "hybrid"] = field(
-        default="span",
-        metadata={"help": "'span' (token rewards), 'scalar' (score on the last token) or 'hybrid' (both)."},
+    reward_mode: Literal["span", "scalar", "hybrid"] | None = field(
+        default=None,
+        metadata={
+            "help": "'span' (token rewards), 'scalar' (score on the last token) or 'hybrid' (both). Default: "
+            "'scalar' for a sequence-classification reward model, 'span' otherwise."
+        },
     )
     good_span_reward: float = field(default=1.0, metadata={"help": "Reward of tokens in good spans."})
     poor_span_reward: float = field(default=-1.0, metadata={"help": "Reward of tokens in poor spans."})
@@ -351,6 +372,14 @@ class SpanPPOConfig(_ConfigBase):
     heatmap_every_n_steps: int = field(
         default=0, metadata={"help": "Render token-reward heatmaps every N rollouts (0 = off)."}
     )
+    log_every_update: bool = field(
+        default=True,
+        metadata={"help": "One log line per PPO update (as TRL 1.12); False: every logging_steps optimizer steps."},
+    )
+    max_grad_norm: float = field(
+        default=0.0,
+        metadata={"help": "Gradient clipping norm; 0 (default) = no clipping, as TRL 1.12's PPOTrainer."},
+    )
 
     # ---- Accepted for compatibility with TRL 1.12 (not read) -----------------------------------------------------
     exp_name: str = field(
@@ -385,6 +414,17 @@ class SpanPPOConfig(_ConfigBase):
     num_total_batches: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
+        if not self.use_cpu and _no_accelerator() and not _deepspeed_requested(self):
+            # Without this, `accelerate launch --num_processes N` (torchrun) on a machine without GPUs gives N separate
+            # 1-process states instead of one gloo group: TrainingArguments only asks accelerate for a CPU group
+            # when use_cpu is set.
+            self.use_cpu = True
+        if self.ddp_backend is None and _no_accelerator() and _deepspeed_requested(self):
+            # DeepSpeed's CPU accelerator talks gloo, but accelerate only learns the backend from this field: without
+            # it, its state records no backend and every process believes it is process 0 of 1.
+            self.ddp_backend = "gloo"
+        if self.max_grad_norm is None:  # "no clipping" spelt the other way
+            self.max_grad_norm = 0.0
         if self.bf16 is None and not self.fp16 and not self.use_cpu:
             # TRL's default is bf16 unless fp16 is set; on a machine without a bf16-capable accelerator that default
             # would make TrainingArguments raise, so it becomes fp32 there.
@@ -397,8 +437,13 @@ class SpanPPOConfig(_ConfigBase):
 
     def _validate(self) -> None:
         """Reject invalid or conflicting settings (each message names the field)."""
-        if self.reward_mode not in ("span", "scalar", "hybrid"):
-            raise ValueError(f"reward_mode must be 'span', 'scalar' or 'hybrid', got {self.reward_mode!r}.")
+        if self.reward_mode not in (None, "span", "scalar", "hybrid"):
+            raise ValueError(
+                f"reward_mode must be 'span', 'scalar', 'hybrid' or None (chosen from the reward model), got "
+                f"{self.reward_mode!r}."
+            )
+        if self.max_grad_norm < 0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0 = no clipping), got {self.max_grad_norm}.")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}.")
         if self.on_critic_error not in ("neutral", "skip"):
@@ -488,3 +533,22 @@ class SpanPPOConfig(_ConfigBase):
                 "statistics.",
                 stacklevel=3,
             )
+
+
+def _no_accelerator() -> bool:
+    """True when torch sees no accelerator (CUDA, ROCm, MPS, XPU, NPU, HPU... or an XLA device)."""
+    if torch.cuda.is_available():
+        return False
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and accelerator.is_available():
+        return False
+    return not is_torch_xla_available()
+
+
+def _deepspeed_requested(args) -> bool:
+    """DeepSpeed through `accelerate launch` (env) or `TrainingArguments.deepspeed`: it picks its own accelerator."""
+    return bool(getattr(args, "deepspeed", None)) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )

@@ -40,6 +40,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -89,6 +90,7 @@ logger = logging.getLogger(__name__)
 _STATE_FILE = "span_ppo_state_rank{rank}.pt"
 _EPS_TEMPERATURE = 1e-7  # TRL 1.12 samples and scores with `temperature + 1e-7`
 _EVAL_TEMPERATURE = 0.01  # TRL 1.12's near-greedy sampling for sample generations (`generate_completions`)
+_PRINTED_COMPLETIONS = 5  # rows of a completions table printed (TRL 1.12 printed the first 5); all are saved
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -108,6 +110,78 @@ class _SampleGenerationsCallback(TrainerCallback):
         trainer = self._trainer()
         if trainer is not None:
             trainer._maybe_generate_completions()
+
+
+def _embedding_rows(module: Any) -> int | None:
+    """Number of rows of a model's input embedding (``None`` when it has none we can find)."""
+    module = getattr(module, "module", module)  # DeepSpeed engine / DDP wrapper
+    get_embeddings = getattr(module, "get_input_embeddings", None)
+    if get_embeddings is None:
+        return None
+    try:
+        embeddings = get_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    rows = getattr(embeddings, "num_embeddings", None)
+    return int(rows) if rows is not None else None
+
+
+def substitute_pad_token_id(pad_token_id: int, eos_token_id: int | None, embedding_rows: int | None) -> int:
+    """The id written into padded positions of model inputs.
+
+    ``pad_token_id`` itself when it is a row of the embedding; otherwise (a pad token added to the tokenizer without
+    ``resize_token_embeddings``, as TRL's example scripts do) ``eos_token_id`` when that is a row, else ``0``. Padded
+    positions are always excluded by the attention and response masks, so their id only has to be a valid row.
+    """
+    if embedding_rows is None or 0 <= pad_token_id < embedding_rows:
+        return pad_token_id
+    if eos_token_id is not None and 0 <= eos_token_id < embedding_rows:
+        return eos_token_id
+    return 0
+
+
+class _UpdateLoggingCallback(TrainerCallback):
+    """One log line per PPO update (``log_every_update``), and the clock of the ``eps`` metric.
+
+    Runs after the ``Trainer``'s ``DefaultFlowCallback`` (callbacks added later run later), so it can replace the
+    ``logging_steps`` decision with "the last optimizer step of an update" (or of training).
+    """
+
+    def __init__(self, trainer: SpanPPOTrainer) -> None:
+        self._trainer = weakref.ref(trainer)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        trainer = self._trainer()
+        if trainer is not None:
+            trainer._train_clock = (time.time(), trainer._episodes_done(state.global_step))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trainer = self._trainer()
+        if trainer is None or not getattr(args, "log_every_update", True) or args.logging_strategy != "steps":
+            return control
+        step = state.global_step
+        end_of_update = step % trainer.steps_per_rollout == 0 or step >= state.max_steps
+        control.should_log = end_of_update or (args.logging_first_step and step == 1)
+        return control
+
+
+def _is_quantized(model: Any) -> bool:
+    """A bitsandbytes 4-bit/8-bit (or other ``transformers``-quantized) model, possibly inside a PeftModel."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return any(bool(getattr(base, name, False)) for name in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"))
+
+
+def _keep_kbit_layers_trainable(model: nn.Module) -> None:
+    """Keep bitsandbytes 4-bit layers in the layout that gradients flow through.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.49, 0.50) repacks a 4-bit weight for its inference kernel on the first
+    eval-mode, no-grad forward (our rollout) and from then on always uses that kernel, which has no backward: the
+    LoRA adapters before the layer would get no gradient. The policy is trained between rollouts, so the repacking is
+    switched off (generation then dequantizes, a little slower).
+    """
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 @contextlib.contextmanager
@@ -241,8 +315,6 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
 
         # PEFT
         if peft_config is not None:
-            from peft import PeftConfig, PeftModel, get_peft_model
-
             if not isinstance(peft_config, PeftConfig):
                 raise TypeError(f"`peft_config` must be a peft.PeftConfig, got {type(peft_config).__name__}.")
             if isinstance(model, PeftModel):
@@ -250,8 +322,19 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
                     "You passed a PeftModel together with a peft_config; merge and unload the existing adapter first, "
                     "or pass the PeftModel without peft_config."
                 )
+            if _is_quantized(model):  # QLoRA: frozen k-bit base, input grads for checkpointing, fp32 norms
+                model = prepare_model_for_kbit_training(
+                    model, use_gradient_checkpointing=bool(args.gradient_checkpointing)
+                )
             model = get_peft_model(model, peft_config)
         self.is_peft_model = hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+        if _is_quantized(model):
+            _keep_kbit_layers_trainable(model)
+        if _is_quantized(model) and not self.is_peft_model:
+            raise ValueError(
+                f"the policy {type(model).__name__} is quantized (4-bit/8-bit), and quantized weights cannot be "
+                "trained: pass a `peft_config` (QLoRA: e.g. `--use_peft --load_in_4bit` in the scripts) or a PeftModel."
+            )
         self._select_adapters(model, args)
         self.policy_model = model
 
@@ -285,6 +368,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
                 "AutoModelForSequenceClassification."
             )
         self.reward_model = reward_model
+        self.reward_mode = self._resolve_reward_mode(args.reward_mode)
         for module in (model, ref_model, value_model, reward_model):
             if isinstance(module, nn.Module):
                 disable_dropout_in_model(module)
@@ -314,6 +398,8 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             max(1, self.num_total_batches // args.num_sample_generations) if args.num_sample_generations > 0 else 0
         )
         self.add_callback(_SampleGenerationsCallback(self))
+        self.add_callback(_UpdateLoggingCallback(self))
+        self._train_clock: tuple[float, int] | None = None  # (start time, episodes done then), for `eps`
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._buffer: dict[str, Any] | None = None
         self._micro_step: int | None = None
@@ -335,6 +421,29 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             gen_config = getattr(self.policy_model, "generation_config", None)
             if gen_config is not None:
                 gen_config.eos_token_id = self.stop_token_id
+
+    def _resolve_reward_mode(self, requested: str | None) -> str:
+        """``args.reward_mode``, or (``None``) what the reward model can give; said once on the main process."""
+        if self.reward_kind == "classifier":
+            if requested in ("span", "hybrid"):
+                raise ValueError(
+                    f"reward_mode={requested!r} needs span rewards, but the reward model "
+                    f"({type(self.reward_model).__name__}) is a sequence classifier that gives one score per response; "
+                    "use reward_mode='scalar' (or leave it unset), or pass a reward function / span reward model."
+                )
+            mode = "scalar"
+        else:
+            mode = requested or "span"
+        from accelerate import PartialState
+
+        if requested is None and PartialState().is_main_process:
+            source = "a sequence-classification reward model" if mode == "scalar" else f"a {self.reward_kind} reward"
+            logger.warning(
+                "reward_mode not set: using reward_mode=%r for %s (set reward_mode to choose and silence this).",
+                mode,
+                source,
+            )
+        return mode
 
     def _select_adapters(self, model: nn.Module, args: SpanPPOConfig) -> None:
         """Validate ``model_adapter_name``/``ref_adapter_name`` and make ``model_adapter_name`` the trained adapter."""
@@ -442,11 +551,62 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Rollout
     # ------------------------------------------------------------------------------------------------------------
+    def _embedding_limit(self) -> int | None:
+        """Fewest input-embedding rows among the models that read token ids (policy, reference, value, reward)."""
+        modules = [
+            self.policy_model,
+            self.ref_model,
+            getattr(self.accelerator.unwrap_model(self.model), "value_model", None),
+        ]
+        if self.reward_kind == "classifier":
+            modules.append(self.reward_model)
+        rows = [r for r in (_embedding_rows(m) for m in modules if m is not None) if r is not None]
+        return min(rows) if rows else None
+
+    @property
+    def model_pad_token_id(self) -> int:
+        """The id put into padded positions of every generate/forward input (see :func:`substitute_pad_token_id`).
+
+        TRL's example scripts add ``[PAD]`` as a new special token without resizing the embeddings; its id is then
+        not a row of the embedding matrix and would crash ``generate``. Like TRL 1.12 (which wrote ``0`` there before
+        every forward), padded positions get a valid id instead; the masks keep them out of attention and the loss.
+        """
+        cached = getattr(self, "_model_pad_token_id", None)
+        if cached is None:
+            tokenizer = self.processing_class
+            limit = self._embedding_limit()
+            cached = substitute_pad_token_id(tokenizer.pad_token_id, tokenizer.eos_token_id, limit)
+            if cached != tokenizer.pad_token_id and self.accelerator.is_main_process:
+                logger.info(
+                    "pad token id %d is not a row of the model's %d-row embedding (added without "
+                    "resize_token_embeddings); padded positions use id %d instead (masked out).",
+                    tokenizer.pad_token_id,
+                    limit,
+                    cached,
+                )
+            self._model_pad_token_id = cached
+        return cached
+
+    def _check_prompt_ids(self, prompt_ids: list[list[int]], rows: list[dict]) -> None:
+        """Every prompt token must be a row of the embedding: a clear error instead of an index error in a forward."""
+        limit = self._embedding_limit()
+        if limit is None:
+            return
+        for index, ids in enumerate(prompt_ids):
+            bad = [i for i in ids if not 0 <= i < limit]
+            if bad:
+                raise ValueError(
+                    f"prompt row {index} has token id(s) {sorted(set(bad))[:5]} outside the model's {limit}-row "
+                    "embedding (columns: "
+                    f"{sorted(rows[index])}); tokens added to the tokenizer need "
+                    "`model.resize_token_embeddings(len(tokenizer))`, or tokenize the prompts with the policy's tokenizer."
+                )
+
     def _left_pad(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pad prompt token ids for generation: ``(input_ids, attention_mask)`` on the accelerator's device."""
         ids = pad(
             [torch.tensor(s, dtype=torch.long) for s in sequences],
-            padding_value=self.processing_class.pad_token_id,
+            padding_value=self.model_pad_token_id,
             padding_side="left",
         )
         mask = pad([torch.ones(len(s), dtype=torch.long) for s in sequences], padding_value=0, padding_side="left")
@@ -468,7 +628,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             top_k=0,
             top_p=1.0,
             eos_token_id=self.stop_token_id,
-            pad_token_id=self.processing_class.pad_token_id,
+            pad_token_id=self.model_pad_token_id,
         )
 
     def generate_responses(
@@ -490,8 +650,8 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
                 )
                 chunks.append(out[:, prompt_ids.shape[1] :])
         width = max(c.shape[1] for c in chunks)
-        pad = self.processing_class.pad_token_id
-        return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks], dim=0)
+        pad_id = self.model_pad_token_id
+        return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks], dim=0)
 
     @contextlib.contextmanager
     def evaluation_sampling(self, temperature: float = _EVAL_TEMPERATURE):
@@ -529,6 +689,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         ``prompts_truncated``) is what :meth:`score` needs.
         """
         prompt_lists, prompts, truncated = self._encode_rows(rows)
+        self._check_prompt_ids(prompt_lists, rows)
         prompt_ids, prompt_mask = self._left_pad(prompt_lists)
         was_training = self.model.training
         self.model.eval()
@@ -550,7 +711,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             response_mask = (positions <= first_stop.unsqueeze(1)).long()
         else:
             response_mask = torch.ones_like(responses)
-        responses = responses.masked_fill(response_mask == 0, self.processing_class.pad_token_id)
+        responses = responses.masked_fill(response_mask == 0, self.model_pad_token_id)
         return {
             "rows": rows,
             "prompts": prompts,
@@ -730,7 +891,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         span_rewards = span_rewards * length_decay_weights(
             mask, args.span_length_decay_start, args.span_length_decay_scale, enabled=args.span_length_decay
         )
-        if args.reward_mode in ("scalar", "hybrid"):
+        if self.reward_mode in ("scalar", "hybrid"):
             # a sample with only spans gets the mean token reward as its sequence score
             derived = masked_mean(span_rewards, mask, dim=1)
             scores = torch.where(explicit, scores, derived)
@@ -769,7 +930,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             torch.zeros_like(mask),
             mask,
             0.0,
-            args.reward_mode,
+            self.reward_mode,
             scalar_weight=args.scalar_reward_weight,
             span_weight=args.span_reward_weight,
         )
@@ -800,7 +961,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             kl,
             mask,
             self.kl_coef,
-            args.reward_mode,
+            self.reward_mode,
             scalar_weight=args.scalar_reward_weight,
             span_weight=args.span_reward_weight,
             score_positions=score_positions,
@@ -1105,9 +1266,9 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
 
         Each row has `query`, `response`, `score` (the task reward as in `evaluate()`; `None` when the reward was
         unusable) and, unless the reward model is a classifier, `good_spans` / `poor_spans` (located spans with a
-        positive / negative score). The table is gathered across processes; the main process prints it (with `rich`
-        when installed) and writes it to `<output_dir>/completions/update_<N>.jsonl`, `N` being the number of
-        updates (rollouts) done so far.
+        positive / negative score). The table is gathered across processes; the main process prints its first 5 rows
+        (with `rich` when installed), as TRL 1.12 did, and writes all of it to
+        `<output_dir>/completions/update_<N>.jsonl`, `N` being the number of updates (rollouts) done so far.
 
         Args:
             sampling (`bool`, *optional*, defaults to `False`):
@@ -1137,7 +1298,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             table.extend(self.accelerator.gather_for_metrics(entries, use_gather_object=True))
         update = math.ceil(self.state.global_step / self.steps_per_rollout)
         if self.accelerator.is_main_process:
-            print_completions_table(table, update, self.state.global_step)
+            print_completions_table(table[:_PRINTED_COMPLETIONS], update, self.state.global_step, total=len(table))
             write_completions_table(table, self.args.output_dir, update)
         return table
 
@@ -1174,14 +1335,14 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             "objective/non_score_reward": non_score.sum(1).mean(),
             "objective/rlhf_reward": (non_score.sum(1) + extra["task_reward"]).mean(),
             "objective/scores": extra["task_reward"].mean(),
-            "span/frac_tokens_rewarded": rewarded.sum() / mask.sum().clamp(min=1),
-            "span/good_tokens": ((scored.span_rewards > 0).float() * mask).sum(1).mean(),
-            "span/poor_tokens": ((scored.span_rewards < 0).float() * mask).sum(1).mean(),
         }
+        if self.reward_kind != "classifier":  # a sequence classifier gives no spans: no always-zero span metrics
+            metrics["span/frac_tokens_rewarded"] = rewarded.sum() / mask.sum().clamp(min=1)
+            metrics["span/good_tokens"] = ((scored.span_rewards > 0).float() * mask).sum(1).mean()
+            metrics["span/poor_tokens"] = ((scored.span_rewards < 0).float() * mask).sum(1).mean()
         for key, value in metrics.items():
             self._metrics[key].append(self._gather_mean(value))
         sums = {
-            "span/quotes_unlocated": scored.quotes_unlocated,
             "span/critic_failures": scored.failures,
             "val/num_eos_tokens": (rollout["responses"] == self.processing_class.eos_token_id)
             .logical_and(mask.bool())
@@ -1189,10 +1350,16 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             "rollout/prompts_truncated": rollout["prompts_truncated"],
             "rollout/skipped": float(skipped),
         }
+        if self.reward_kind != "classifier":
+            sums["span/quotes_unlocated"] = scored.quotes_unlocated
         for key, value in sums.items():
             self._metrics[key].append(self._gather_sum(value))
         self._metrics["objective/kl_coef"].append(self.kl_coef)
         self._metrics["episode"].append(float(rollouts_done * self.args.batch_size))
+
+    def _episodes_done(self, global_step: int) -> int:
+        """Episodes (prompts rolled out, all processes) of the updates started by optimizer step ``global_step``."""
+        return math.ceil(global_step / self.steps_per_rollout) * self.args.batch_size
 
     def _update_kl_coef(self, extra) -> None:
         if not self.args.adaptive_kl:
@@ -1226,11 +1393,17 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         if self.model is not None and self.model.training:
             for key, values in self._metrics.items():
                 if values:
-                    logs[key] = float(np.mean(values))
+                    # counters are reported as of the latest rollout (as TRL 1.12), statistics averaged
+                    logs[key] = float(values[-1]) if key == "episode" else float(np.mean(values))
+            if "episode" in logs:
+                logs["episode"] = int(logs["episode"])
+                if self._train_clock is not None:  # episodes per second since train() started (TRL 1.12's `eps`)
+                    started, episodes_before = self._train_clock
+                    logs["eps"] = int((logs["episode"] - episodes_before) / max(time.time() - started, 1e-9))
             if "policy/entropy_avg" in self._metrics or "val/ratio" in self._metrics:
                 ratios = self._metrics.get("val/ratio", [])
-                if len(ratios) > 1:
-                    logs["val/ratio_var"] = float(np.var(ratios, ddof=1))
+                if ratios:  # sample variance over the micro-batches; undefined (nan) for one, as in TRL 1.12
+                    logs["val/ratio_var"] = float(np.var(ratios, ddof=1)) if len(ratios) > 1 else float("nan")
             if "learning_rate" in logs:
                 logs["lr"] = logs["learning_rate"]
             self._metrics.clear()
