@@ -7,7 +7,7 @@ attack could give (the secret token, the right sums without computing them), so 
 each run the host is checked: marker files absent, the victim file untouched, the helper process alive, no
 connection to the host services, no System V IPC object, no surviving process of the sandbox.
 
-CI runs this file as root and as an unprivileged uid (``.ci/run``); the heavy cases are also marked ``slow``.
+CI runs this file as root and, through ``tests/test_sandbox_unprivileged.py``, again as an unprivileged uid.
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ def test_nothing_survives_the_verdict(name, backend, host):
     _judge(host, SURVIVORS[name], timeout=3.0)
 
 
-# --- resource exhaustion (heavier: also marked slow) ---------------------------------------------------------------
+# --- resource exhaustion ---------------------------------------------------------------------------------------------
 
 RESOURCES = {
     "fork_bomb": "import os\ndef f(c):\n    while True:\n        try:\n            os.fork()\n        except OSError:\n"
@@ -360,7 +360,6 @@ RESOURCES = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RESOURCES))
 def test_resource_exhaustion_is_contained(name, backend, host):
     _judge(host, RESOURCES[name], timeout=4.0)
@@ -369,7 +368,6 @@ def test_resource_exhaustion_is_contained(name, backend, host):
 # --- cross-run interference ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_concurrent_runs_cannot_see_each_other(backend, host):
     """Run A leaves the secret in every writable place and waits; run B, started meanwhile, looks for it."""
     secret = host["secret"]
@@ -395,7 +393,6 @@ def test_concurrent_runs_cannot_see_each_other(backend, host):
     host["verify"]()
 
 
-@pytest.mark.slow
 def test_fork_bomb_does_not_starve_a_concurrent_run(backend, host):
     bomb = RESOURCES["fork_bomb"]
     threads = (
