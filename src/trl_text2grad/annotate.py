@@ -56,7 +56,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -524,6 +524,127 @@ def _required_columns(
     return groups
 
 
+def _check_columns(
+    rows: list, prompt_column: str, response_column: str, context_columns: Mapping[str, str] | None
+) -> Mapping[str, str]:
+    """Raise when no row has the prompt/response column or a context column; returns the context columns to use
+    (default: :data:`DEFAULT_CONTEXT_COLUMNS` present in the data)."""
+    objects = [r for r in rows if isinstance(r, dict)]
+    columns: set[str] = set().union(*(r.keys() for r in objects)) if objects else set()
+    for column, name in ((prompt_column, "prompt_column"), (response_column, "response_column")):
+        if objects and column not in columns:
+            raise ValueError(
+                f"annotate: rows have no '{column}' column (no row has it; columns: {sorted(columns)}); set {name}"
+            )
+    if context_columns is None:
+        context_columns = {c: k for c, k in DEFAULT_CONTEXT_COLUMNS.items() if c in columns}
+    missing = [c for c in context_columns if c not in columns]
+    if missing and objects:
+        raise ValueError(f"annotate: context columns {missing} are not in the data (columns: {sorted(columns)})")
+    return context_columns
+
+
+def _cached_records(
+    path: Path, rows: list, key_of: Callable[[int], str], retry_failed: bool
+) -> tuple[dict[int, dict], bool]:
+    """The records of a previous run in ``path`` that still hold, and whether some were dropped (to re-annotate).
+
+    Raises when the cache was written for other data.
+    """
+    records = _read_cache(path, repair=True)
+    superseded = False
+    for index, record in list(records.items()):
+        if index >= len(rows):
+            raise ValueError(
+                f"annotate: the cache '{path}' has row {index} but the data has {len(rows)} rows; it was written for "
+                "other data. Use another output_path or resume=False."
+            )
+        if record.get("_key") != key_of(index):
+            if _input_error_record(record) or isinstance(rows[index], _BadRow):
+                del records[index]  # a bad input row that was fixed (or broken) since: annotate it again
+                superseded = True
+                continue
+            raise ValueError(
+                f"annotate: row {index} of the cache '{path}' does not match the data (different prompt/response); "
+                "it was written for other data. Use another output_path or resume=False."
+            )
+        if retry_failed and _retryable(record):
+            del records[index]
+            superseded = True
+    return records, superseded
+
+
+@dataclass
+class _FailureTally:
+    """Row errors by kind, request-side failures in a row (the stop rule) and the last failure."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    consecutive: int = 0
+    last: CriticFailure | None = None
+
+    def add(self, kind: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+
+def _annotate_batch(
+    batch: list[int],
+    rows: list,
+    lines: list,
+    key_of: Callable[[int], str],
+    critic: Any,
+    tally: _FailureTally,
+    *,
+    prompt_column: str,
+    response_column: str,
+    context_columns: Mapping[str, str],
+    required: list[tuple[str, list[str]]],
+    row_check: Callable[[dict], str | None] | None,
+    keep_columns: bool,
+    locate_kwargs: dict[str, float],
+) -> list[dict]:
+    """One record per row of ``batch`` (input order): row errors for unusable rows, the critic's verdict for the rest."""
+    critic_name = describe_critic(critic)
+    out: list[dict] = []
+    usable = []
+    for index in batch:
+        row = rows[index]
+        base = _base_record(index, row, key_of(index), keep_columns, prompt_column, response_column)
+        problem = _input_error(row, prompt_column, response_column, required, critic_name)
+        if problem is None and row_check is not None:
+            message = row_check(row)
+            problem = None if message is None else ("missing_column", str(message))
+        if problem is not None:
+            kind, message = problem
+            logger.warning("annotate: row %d is a row error (%s): %s", index, kind, message)
+            out.append(_error_record(base, kind, message, lines[index]))
+            tally.add(kind)
+        else:
+            usable.append((index, base))
+    if usable:
+        prompts = [rows[i][prompt_column] for i, _ in usable]
+        responses = [rows[i][response_column] for i, _ in usable]
+        context = {key: [rows[i].get(col) for i, _ in usable] for col, key in context_columns.items()}
+        answers = _ask(critic, prompts, responses, context)
+        for (index, base), (value, legacy_error, exact) in zip(usable, answers):
+            critique, failure, note = _as_critique(value, legacy_error)
+            record = None
+            if failure is None:
+                try:
+                    record = _result_record(base, critique, note, exact, locate_kwargs)
+                except (TypeError, ValueError) as error:  # e.g. exact spans that are not spans
+                    failure = CriticFailure("critic_output", f"unusable critic output: {error}")
+            if failure is not None:
+                record = _error_record(base, failure.kind, failure.message, lines[index], critique)
+                tally.add(failure.kind)
+                tally.last = failure
+                tally.consecutive = tally.consecutive + 1 if failure.retryable else 0
+            else:
+                tally.consecutive = 0
+            out.append(record)
+    out.sort(key=lambda r: r["_row"])
+    return out
+
+
 def annotate(
     data: Any,
     critic: Any,
@@ -587,21 +708,7 @@ def annotate(
     rows, lines = _load(data)
     if max_rows is not None:
         rows, lines = rows[:max_rows], lines[:max_rows]
-    objects = [r for r in rows if isinstance(r, dict)]
-    columns: set[str] = set().union(*(r.keys() for r in objects)) if objects else set()
-    if objects and prompt_column not in columns:
-        raise ValueError(
-            f"annotate: rows have no '{prompt_column}' column (no row has it; columns: {sorted(columns)}); set prompt_column"
-        )
-    if objects and response_column not in columns:
-        raise ValueError(
-            f"annotate: rows have no '{response_column}' column (no row has it; columns: {sorted(columns)}); set response_column"
-        )
-    if context_columns is None:
-        context_columns = {c: k for c, k in DEFAULT_CONTEXT_COLUMNS.items() if c in columns}
-    missing = [c for c in context_columns if c not in columns]
-    if missing and objects:
-        raise ValueError(f"annotate: context columns {missing} are not in the data (columns: {sorted(columns)})")
+    context_columns = _check_columns(rows, prompt_column, response_column, context_columns)
     required = _required_columns(critic, required_columns, context_columns)
     critic_name = describe_critic(critic)
 
@@ -615,26 +722,7 @@ def annotate(
     path.parent.mkdir(parents=True, exist_ok=True)
     if not resume and path.exists():
         path.unlink()
-    records = _read_cache(path, repair=True)
-    superseded = False
-    for index, record in list(records.items()):
-        if index >= len(rows):
-            raise ValueError(
-                f"annotate: the cache '{path}' has row {index} but the data has {len(rows)} rows; it was written for "
-                "other data. Use another output_path or resume=False."
-            )
-        if record.get("_key") != key_of(index):
-            if _input_error_record(record) or isinstance(rows[index], _BadRow):
-                del records[index]  # a bad input row that was fixed (or broken) since: annotate it again
-                superseded = True
-                continue
-            raise ValueError(
-                f"annotate: row {index} of the cache '{path}' does not match the data (different prompt/response); "
-                "it was written for other data. Use another output_path or resume=False."
-            )
-        if retry_failed and _retryable(record):
-            del records[index]
-            superseded = True
+    records, superseded = _cached_records(path, rows, key_of, retry_failed)
     todo = [i for i in range(len(rows)) if i not in records]
     if records:
         logger.info("annotate: resuming %s: %d rows done, %d to go", path, len(records), len(todo))
@@ -645,67 +733,32 @@ def annotate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="annotate", unit="row")
-    counts: dict[str, int] = {}
-    consecutive = 0
-    last_failure: CriticFailure | None = None
+    tally = _FailureTally()
     try:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            out: list[dict] = []
-            usable = []
-            for index in batch:
-                row = rows[index]
-                base = _base_record(index, row, key_of(index), keep_columns, prompt_column, response_column)
-                problem = _input_error(row, prompt_column, response_column, required, critic_name)
-                if problem is None and row_check is not None:
-                    message = row_check(row)
-                    problem = None if message is None else ("missing_column", str(message))
-                if problem is not None:
-                    kind, message = problem
-                    logger.warning("annotate: row %d is a row error (%s): %s", index, kind, message)
-                    out.append(_error_record(base, kind, message, lines[index]))
-                    counts[kind] = counts.get(kind, 0) + 1
-                else:
-                    usable.append((index, base))
-            if usable:
-                prompts = [rows[i][prompt_column] for i, _ in usable]
-                responses = [rows[i][response_column] for i, _ in usable]
-                context = {key: [rows[i].get(col) for i, _ in usable] for col, key in context_columns.items()}
-                answers = _ask(critic, prompts, responses, context)
-                for (index, base), (value, legacy_error, exact) in zip(usable, answers):
-                    critique, failure, note = _as_critique(value, legacy_error)
-                    record = None
-                    if failure is None:
-                        try:
-                            record = _result_record(base, critique, note, exact, locate_kwargs)
-                        except (TypeError, ValueError) as error:  # e.g. exact spans that are not spans
-                            failure = CriticFailure("critic_output", f"unusable critic output: {error}")
-                    if failure is not None:
-                        record = _error_record(base, failure.kind, failure.message, lines[index], critique)
-                        counts[failure.kind] = counts.get(failure.kind, 0) + 1
-                        last_failure = failure
-                        consecutive = consecutive + 1 if failure.retryable else 0
-                    else:
-                        consecutive = 0
-                    out.append(record)
-            out.sort(key=lambda r: r["_row"])
+            out = _annotate_batch(
+                batch, rows, lines, key_of, critic, tally,
+                prompt_column=prompt_column, response_column=response_column, context_columns=context_columns,
+                required=required, row_check=row_check, keep_columns=keep_columns, locate_kwargs=locate_kwargs,
+            )  # fmt: skip
             _append(path, out)
             for record in out:
                 records[record["_row"]] = record
             if bar is not None:
                 bar.update(len(batch))
-                bar.set_postfix(errors=sum(counts.values()))
-            if max_consecutive_failures is not None and consecutive >= max_consecutive_failures:
+                bar.set_postfix(errors=sum(tally.counts.values()))
+            if max_consecutive_failures is not None and tally.consecutive >= max_consecutive_failures:
                 if superseded or _line_count(path) != len(records):
                     _compact(path, records)
                 raise CriticFailureError(
-                    f"annotate: the critic {critic_name} failed on the last {consecutive} rows in a row "
-                    f"(failures so far: {_format_counts(counts)}); last failure: {last_failure}. {len(records)} of "
+                    f"annotate: the critic {critic_name} failed on the last {tally.consecutive} rows in a row "
+                    f"(failures so far: {_format_counts(tally.counts)}); last failure: {tally.last}. {len(records)} of "
                     f"{len(rows)} rows are recorded in {path}; fix the critic (endpoint, key, ...) and run again: the "
                     "finished rows are kept and the failed ones are retried.",
                     critic=critic_name,
-                    failure=last_failure,
-                    counts=counts,
+                    failure=tally.last,
+                    counts=tally.counts,
                 )
     finally:
         if bar is not None:
