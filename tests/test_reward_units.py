@@ -224,3 +224,11 @@ def test_annotation_records_whose_critic_failed_are_skipped_and_counted():
     assert kept[0]["critique"] == "fine"
     with pytest.raises(ValueError, match="annotation failed"):
         clean_rows(Dataset.from_list([failed]), "train")
+
+
+def test_span_reward_config_uses_the_ppo_names_and_accepts_the_old_ones():
+    config = SpanRewardConfig(output_dir="unused", good_span_reward=2.0, poor_span_reward=-0.5, report_to=[])
+    assert (config.good_span_reward, config.poor_span_reward) == (2.0, -0.5)
+    with pytest.warns(FutureWarning, match="good_span_reward"):
+        old = SpanRewardConfig(output_dir="unused", good_score=3.0, poor_score=-2.0, report_to=[])
+    assert (old.good_span_reward, old.poor_span_reward, old.good_score) == (3.0, -2.0, None)

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..grpo import SpanGRPOConfig, SpanGRPOTrainer
-from .common import build_reward_function, load_task_dataset, main_from_argv, train_and_save
-from .ppo import PPOScriptArguments, load_policy
+from .common import main_from_argv, train_and_save
+from .ppo import PPOScriptArguments, load_policy, prompt_datasets, reward_source
 
 __all__ = ["OnlineScriptArguments", "make_parser", "run", "run_online", "main"]
 
@@ -54,39 +54,9 @@ def make_parser():
 
 def run_online(trainer_cls, script_args: OnlineScriptArguments, training_args, model_args, name: str):
     """Build the policy, the task's prompts and the reward source, train ``trainer_cls`` and save it."""
+    reward = reward_source(script_args, script_args.reward_model_path)  # fails before the policy loads
     model, tokenizer = load_policy(model_args, training_args)
-
-    def prompts(split: str, max_samples: int | None):
-        dataset = load_task_dataset(
-            script_args.task,
-            split,
-            dataset_name=script_args.dataset_name,
-            dataset_config=script_args.dataset_config,
-            max_samples=max_samples,
-            test_fraction=script_args.test_fraction,
-            split_seed=script_args.split_seed,
-        )
-        if "response" in dataset.column_names:  # the trainer samples its own completions
-            dataset = dataset.remove_columns("response")
-        return dataset
-
-    train_dataset = prompts(script_args.dataset_train_split, script_args.max_train_samples)
-    eval_dataset = None
-    wants_eval = str(getattr(training_args, "eval_strategy", "no")).lower() not in ("no", "intervalstrategy.no")
-    if script_args.max_eval_samples is not None and script_args.max_eval_samples < 0:
-        raise ValueError(f"max_eval_samples must be >= 0, got {script_args.max_eval_samples}.")
-    if (script_args.max_eval_samples or 0) > 0 or wants_eval:
-        eval_dataset = prompts(script_args.dataset_test_split, script_args.max_eval_samples)
-    reward = build_reward_function(
-        script_args.critic,
-        script_args.task,
-        critic_model=script_args.critic_model,
-        critic_base_url=script_args.critic_base_url,
-        critic_api_key_env=script_args.critic_api_key_env,
-        reward_model_path=script_args.reward_model_path,
-        sandbox_timeout=script_args.sandbox_timeout,
-        max_new_tokens=script_args.critic_max_new_tokens,
-    )
+    train_dataset, eval_dataset = prompt_datasets(script_args, training_args)
     trainer = trainer_cls(
         model=model,
         reward_funcs=reward,

@@ -37,7 +37,16 @@ from .common import (
     train_and_save,
 )
 
-__all__ = ["PPOScriptArguments", "make_parser", "given_reward_model_path", "run", "main"]
+__all__ = [
+    "PPOScriptArguments",
+    "make_parser",
+    "given_reward_model_path",
+    "load_policy",
+    "prompt_datasets",
+    "reward_source",
+    "run",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -173,24 +182,27 @@ def given_reward_model_path(training_args) -> str | None:
     return None if not value or value == default else value
 
 
-def run(script_args: PPOScriptArguments, training_args, model_args):
-    """Train as configured; returns the trainer (after ``train()`` and ``save_model()``)."""
+def reward_source(script_args: PPOScriptArguments, reward_model_path: str | None):
+    """The reward function a script's arguments name (``--reward_function`` wins over ``--critic``)."""
     if script_args.reward_function and script_args.critic != "unit_tests":
         logger.warning("reward_function %r is the reward source; critic %r is ignored.",
                        script_args.reward_function, script_args.critic)  # fmt: skip
-    # the reward source first: a wrong path fails before the policy is loaded
-    reward = build_reward_function(
+    return build_reward_function(
         script_args.critic,
         script_args.task,
         critic_model=script_args.critic_model,
         critic_base_url=script_args.critic_base_url,
         critic_api_key_env=script_args.critic_api_key_env,
-        reward_model_path=given_reward_model_path(training_args),
+        reward_model_path=reward_model_path,
         sandbox_timeout=script_args.sandbox_timeout,
         max_new_tokens=script_args.critic_max_new_tokens,
         reward_function=script_args.reward_function,
     )
-    model, tokenizer = load_policy(model_args, training_args)
+
+
+def prompt_datasets(script_args: PPOScriptArguments, training_args):
+    """``(train, eval or None)`` prompt rows of the task; an existing ``response`` column is dropped (the trainer
+    samples its own) and the eval split is loaded only when evaluation is asked for."""
 
     def prompts(split: str, max_samples: int | None):
         dataset = load_task_dataset(
@@ -202,17 +214,25 @@ def run(script_args: PPOScriptArguments, training_args, model_args):
             test_fraction=script_args.test_fraction,
             split_seed=script_args.split_seed,
         )
-        if "response" in dataset.column_names:  # PPO samples its own responses
+        if "response" in dataset.column_names:
             dataset = dataset.remove_columns("response")
         return dataset
 
     train_dataset = prompts(script_args.dataset_train_split, script_args.max_train_samples)
-    eval_dataset = None
     wants_eval = str(getattr(training_args, "eval_strategy", "no")).lower() not in ("no", "intervalstrategy.no")
     if script_args.max_eval_samples is not None and script_args.max_eval_samples < 0:
         raise ValueError(f"max_eval_samples must be >= 0, got {script_args.max_eval_samples}.")
+    eval_dataset = None
     if (script_args.max_eval_samples or 0) > 0 or wants_eval:
         eval_dataset = prompts(script_args.dataset_test_split, script_args.max_eval_samples)
+    return train_dataset, eval_dataset
+
+
+def run(script_args: PPOScriptArguments, training_args, model_args):
+    """Train as configured; returns the trainer (after ``train()`` and ``save_model()``)."""
+    reward = reward_source(script_args, given_reward_model_path(training_args))  # fails before the policy loads
+    model, tokenizer = load_policy(model_args, training_args)
+    train_dataset, eval_dataset = prompt_datasets(script_args, training_args)
     trainer = SpanPPOTrainer(
         args=training_args,
         processing_class=tokenizer,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 from trl import RewardConfig
@@ -65,10 +66,15 @@ class SpanRewardConfig(RewardConfig):
 
         > Parameters that control the span annotations
 
-        good_score (`float`, *optional*, defaults to `1.0`):
-            Score given to good spans (passed to the collator and written into scored Critiques' spans).
-        poor_score (`float`, *optional*, defaults to `-1.0`):
-            Score given to poor spans.
+        good_span_reward (`float`, *optional*, defaults to `1.0`):
+            Reward of good spans (passed to the collator and written into scored Critiques' spans); the same name as
+            in `SpanPPOConfig`.
+        poor_span_reward (`float`, *optional*, defaults to `-1.0`):
+            Reward of poor spans.
+        good_score (`float`, *optional*):
+            Deprecated spelling of `good_span_reward` (accepted with a `FutureWarning`).
+        poor_score (`float`, *optional*):
+            Deprecated spelling of `poor_span_reward` (accepted with a `FutureWarning`).
         fuzzy_threshold (`float`, *optional*, defaults to `90.0`):
             Minimum `rapidfuzz` partial-ratio score for a quote that is not found exactly to count as located.
             Quotes that cannot be located are counted and dropped from the span labels; the row is kept.
@@ -144,8 +150,10 @@ class SpanRewardConfig(RewardConfig):
         default=1.0,
         metadata={"help": "Token head only: weight of the Bradley-Terry loss of preference pairs."},
     )
-    good_score: float = field(default=1.0, metadata={"help": "Score of good spans."})
-    poor_score: float = field(default=-1.0, metadata={"help": "Score of poor spans."})
+    good_span_reward: float = field(default=1.0, metadata={"help": "Reward of good spans."})
+    poor_span_reward: float = field(default=-1.0, metadata={"help": "Reward of poor spans."})
+    good_score: float | None = field(default=None, metadata={"help": "Deprecated: use good_span_reward."})
+    poor_score: float | None = field(default=None, metadata={"help": "Deprecated: use poor_span_reward."})
     fuzzy_threshold: float = field(
         default=90.0,
         metadata={"help": "Minimum rapidfuzz partial-ratio score to accept a quote that is not found exactly."},
@@ -174,6 +182,12 @@ class SpanRewardConfig(RewardConfig):
     )
 
     def __post_init__(self):
+        for old, new in (("good_score", "good_span_reward"), ("poor_score", "poor_span_reward")):
+            value = getattr(self, old)
+            if value is not None:
+                warnings.warn(f"SpanRewardConfig.{old} is deprecated; use {new}.", FutureWarning, stacklevel=3)
+                setattr(self, new, float(value))
+                setattr(self, old, None)
         if self.bf16 is None and not self.fp16:
             # TRL turns bf16 on by default, which fails on CPU-only machines; use it only where CUDA supports it.
             import torch

@@ -369,8 +369,8 @@ class SpanRewardTrainer(AtomicCheckpointMixin, RewardTrainer):
         span_collator = SpanAnnotationCollator(
             tokenizer,
             max_length=args.max_length,
-            good_score=args.good_score,
-            poor_score=args.poor_score,
+            good_score=args.good_span_reward,
+            poor_score=args.poor_span_reward,
             fuzzy_threshold=args.fuzzy_threshold,
         )
         return TokenHeadCollator(
@@ -521,7 +521,7 @@ class SpanRewardTrainer(AtomicCheckpointMixin, RewardTrainer):
             sums += [float(outputs.critique_loss) if has_critique else 0.0, float(has_critique)]
         rewards = None
         if chosen_index.numel():
-            token_rewards = expected_token_rewards(outputs.span_logits, args.good_score, args.poor_score)
+            token_rewards = expected_token_rewards(outputs.span_logits, args.good_span_reward, args.poor_span_reward)
             rewards = sequence_rewards(token_rewards, head_mask)
             chosen, rejected = rewards[chosen_index], rewards[rejected_index]
             pair_loss = bradley_terry_loss(chosen, rejected, margin, args.center_rewards_coefficient)
