@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE / "trl112"))
 import tiny_setup  # noqa: E402
 
 TRL112_VENV = Path(os.environ.get("TRL112_VENV", Path.home() / ".cache" / "trl_text2grad" / "trl112-venv"))
-ROWS = ("trl112", "ours-scalar", "ours-span", "ours-span-vhead")
+ROWS = ("trl112", "ours-scalar", "ours-span", "ours-span-vhead", "ours-span-lora")
 
 
 def bench_span_reward(prompts, responses, **context):
@@ -86,6 +86,7 @@ def run_span_ppo(
     output_dir,
     reward_mode: str = "scalar",
     value_head: bool = False,
+    lora: bool = False,
     argmax_sampling: bool = False,
     dump_tokens: bool = False,
     num_prompts: int = 8,
@@ -121,7 +122,13 @@ def run_span_ppo(
     tok = tiny_setup.load_tokenizer(str(tokenizer))
     set_seed(seed)
     policy_model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
-    ref_model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+    # LoRA (the recommended configuration): the reference is the policy with its adapters disabled, no copy
+    ref_model = None if lora else AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
     value_model = None
     if not value_head:
         value_model = AutoModelForSequenceClassification.from_pretrained(str(value), num_labels=1, dtype=torch.float32)
@@ -174,6 +181,7 @@ def run_span_ppo(
         train_dataset=dataset,
         value_model=value_model,
         callbacks=[recorder.callback],
+        peft_config=peft_config,
     )
 
     rollouts: list[dict] = []
@@ -204,7 +212,9 @@ def run_span_ppo(
 
     updates = [log for log in trainer.state.log_history if "loss/policy_avg" in log]
     return {
-        "implementation": f"SpanPPOTrainer reward_mode={reward_mode}" + (" value_head" if value_head else ""),
+        "implementation": f"SpanPPOTrainer reward_mode={reward_mode}"
+        + (" value_head" if value_head else "")
+        + (" lora" if lora else ""),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "updates": updates,
@@ -243,7 +253,8 @@ def worker_main(args) -> int:
     with tempfile.TemporaryDirectory(prefix="ppo_step_") as tmp:
         result = run_span_ppo(
             policy=paths["policy"], value=paths["value"], reward=paths["reward"], tokenizer=paths["tokenizer"],
-            output_dir=tmp, reward_mode=args.reward_mode, value_head=args.value_head, argmax_sampling=False,
+            output_dir=tmp, reward_mode=args.reward_mode, value_head=args.value_head, lora=args.lora,
+            argmax_sampling=False,
             num_prompts=args.batch_size, num_updates=args.num_updates, batch_size=args.batch_size,
             num_ppo_epochs=args.num_ppo_epochs, response_length=args.response_length, temperature=0.7,
             learning_rate=3e-6, seed=args.seed, threads=args.threads,
@@ -287,8 +298,10 @@ def bench_main(args) -> int:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out),
                        "--paths", json.dumps(paths), "--reward-mode", "scalar" if row == "ours-scalar" else "span",
                        *common]  # fmt: skip
-                if row == "ours-span-vhead":
+                if row in ("ours-span-vhead", "ours-span-lora"):
                     cmd.append("--value-head")
+                if row == "ours-span-lora":
+                    cmd.append("--lora")
                 _run(cmd, env=env)
             result = json.loads(out.read_text())
             times = result["seconds_per_update"]
@@ -349,6 +362,7 @@ def parse_args(argv=None):
     p.add_argument("--paths", help=argparse.SUPPRESS)
     p.add_argument("--reward-mode", default="span", help=argparse.SUPPRESS)
     p.add_argument("--value-head", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
