@@ -77,8 +77,8 @@ def test_annotations_to_reward_model_to_span_ppo(tmp_path, tiny_llama, smollm2_t
         max_length=96,
         use_cpu=True,
         seed=0,
-        good_score=GOOD,
-        poor_score=POOR,
+        good_span_reward=GOOD,
+        poor_span_reward=POOR,
     )
     reward_trainer = SpanRewardTrainer(
         tiny_llama(seed=1), args=reward_args, train_dataset=Dataset.from_list(rows), processing_class=tok
