@@ -86,4 +86,12 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        # a gloo process group still alive at interpreter exit can abort it ("terminate called without an active
+        # exception") after a successful run: tear it down first
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
