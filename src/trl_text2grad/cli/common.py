@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoTokenizer, set_seed
 
 from ..checkpoints import parse_resume_argument
@@ -276,5 +277,10 @@ def main_from_argv(make_parser: Callable, run: Callable, argv=None) -> int:
     )
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)  # before the script loads any model (the same seed gives the same run)
-    run(script_args, training_args, model_args)
+    try:
+        run(script_args, training_args, model_args)
+    finally:
+        # a gloo process group still alive at interpreter exit can abort the process after a successful run
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
