@@ -80,6 +80,7 @@ from .advantages import (
 from .completions import print_completions_table, write_completions_table
 from .heatmaps import write_rollout_heatmaps
 from .modeling import VALUE_HEAD_FILE, VALUE_MODEL_DIR, PolicyWithValue
+from .prompts import drop_unusable_prompt_rows
 from .sampler import RolloutSampler
 from .span_ppo_config import SpanPPOConfig
 
@@ -288,6 +289,11 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
                     f"eval_strategy={str(args.eval_strategy)!r} needs an `eval_dataset` (prompts to generate for); pass "
                     "one, or set eval_strategy='no' and call `trainer.evaluate(eval_dataset)` yourself."
                 )
+        train_dataset = drop_unusable_prompt_rows(train_dataset, "train_dataset")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {k: drop_unusable_prompt_rows(v, f"eval_dataset[{k!r}]") for k, v in eval_dataset.items()}
+        elif eval_dataset is not None:
+            eval_dataset = drop_unusable_prompt_rows(eval_dataset, "eval_dataset")
         if len(train_dataset) < args.batch_size:
             raise ValueError(
                 f"train_dataset has {len(train_dataset)} rows but one rollout needs batch_size={args.batch_size} "
