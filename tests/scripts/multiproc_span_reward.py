@@ -75,12 +75,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        # a gloo process group still alive at interpreter exit can abort it ("terminate called without an active
-        # exception") after a successful run: tear it down first
-        import torch.distributed as dist
+    from process_group import run_and_tear_down
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    run_and_tear_down(main)
