@@ -39,7 +39,7 @@ ARMS = ("scalar", "span")
 def run_one(args) -> str:
     import torch
     from datasets import Dataset
-    from evidence_tasks import get_task
+    from learning_curves import get_task
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
