@@ -11,7 +11,7 @@ Summarise every run in ``OUT`` (mean ± std across seeds; Markdown to stdout)::
 Arms (equal compute: same policy, LoRA, prompts, completions per step, GRPO and KL settings):
 
 - ``scalar``: ``trl.GRPOTrainer``; the reward function returns the critic's judgement collapsed to one number
-  (``collapse_to_scalar`` of ``bench/evidence_tasks.py``: the normalised sum of span scores).
+  (``collapse_to_scalar`` of ``trl_text2grad.tasks.programmatic``: the normalised sum of span scores).
 - ``span``: ``SpanGRPOTrainer``; the reward function returns ``(the same scalar, the critic's spans)``, so the
   sequence advantage is the scalar arm's and the only difference is the span term ``w * r[i, t] / s``.
 
@@ -159,6 +159,98 @@ def summary(out: str) -> str:
     return "\n".join(lines)
 
 
+def _load_runs(out: str) -> dict[tuple[str, str], dict[int, list[dict]]]:
+    """``(task, arm) -> {seed: per-step rows}`` for every run file in ``out``."""
+    runs: dict[tuple[str, str], dict[int, list[dict]]] = {}
+    for path in sorted(Path(out).glob("*_seed*.jsonl")):
+        task, arm, seed = path.stem.split("_")
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        runs.setdefault((task, arm), {})[int(seed.removeprefix("seed"))] = [r for r in rows if "step" in r]
+    return runs
+
+
+def _last_third(rows: list[dict]) -> float:
+    third = max(1, len(rows) // 3)
+    return statistics.fmean(r["success"] for r in rows[-third:])
+
+
+def paired(out: str, resamples: int = 10000, seed: int = 0) -> str:
+    """Per seed: last-third success of ``span`` minus ``scalar`` (same seed = same prompts and first policy), their
+    mean, and a 95 % bootstrap interval of the mean over seeds (resampling seeds)."""
+    import random
+
+    runs = _load_runs(out)
+    rng = random.Random(seed)
+    lines = [
+        "| task | seeds | span − scalar per seed | mean | 95 % bootstrap CI | span ahead |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for task in sorted({t for t, _ in runs}):
+        span, scalar = runs.get((task, "span"), {}), runs.get((task, "scalar"), {})
+        seeds = sorted(set(span) & set(scalar))
+        if not seeds:
+            continue
+        diffs = [_last_third(span[s]) - _last_third(scalar[s]) for s in seeds]
+        means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+        low, high = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+        ahead = sum(d > 0 for d in diffs)
+        per_seed = ", ".join(f"{d:+.2f}" for d in diffs)
+        lines.append(
+            f"| {task} | {len(seeds)} | {per_seed} | {statistics.fmean(diffs):+.3f} | [{low:+.3f}, {high:+.3f}] "
+            f"| {ahead} of {len(seeds)} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(out: str, plot_dir: str) -> list[str]:
+    """One PNG per task: success rate (3-step moving average) and KL per GRPO step, mean ± std across seeds per arm,
+    with every seed as a thin line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = _load_runs(out)
+    written = []
+    for task in sorted({t for t, _ in runs}):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for arm, color in (("scalar", "tab:blue"), ("span", "tab:red")):
+            seeds = runs.get((task, arm), {})
+            for key, axis in (("success", axes[0]), ("kl", axes[1])):
+                curves = []
+                for rows in seeds.values():
+                    values = [float(r[key]) if r.get(key) is not None else float("nan") for r in rows]
+                    if key == "success":
+                        values = [statistics.fmean(values[max(0, i - 2) : i + 1]) for i in range(len(values))]
+                    curves.append(values)
+                    axis.plot(range(1, len(values) + 1), values, color=color, alpha=0.25, linewidth=0.8)
+                if not curves:
+                    continue
+                length = min(len(c) for c in curves)
+                mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+                std = [statistics.pstdev([c[i] for c in curves]) for i in range(length)]
+                steps = range(1, length + 1)
+                label = f"{arm} ({'SpanGRPOTrainer' if arm == 'span' else 'trl GRPOTrainer'}, {len(curves)} seeds)"
+                axis.plot(steps, mean, color=color, linewidth=2, label=label)
+                axis.fill_between(
+                    steps,
+                    [m - s for m, s in zip(mean, std)],
+                    [m + s for m, s in zip(mean, std)],
+                    color=color,
+                    alpha=0.15,
+                )
+        axes[0].set(title=f"{task}: success (3-step moving average)", xlabel="GRPO step", ylabel="success rate")
+        axes[1].set(title=f"{task}: KL to the reference (TRL's log)", xlabel="GRPO step", ylabel="KL")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        os.makedirs(plot_dir, exist_ok=True)
+        path = os.path.join(plot_dir, f"grpo_{task}_curves.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("text", "code"), default="text")
@@ -176,6 +268,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="docs/evidence/grpo")
     parser.add_argument("--work-dir", default="/tmp/grpo_evidence")
     parser.add_argument("--summary", action="store_true", help="Summarise the runs in --out and exit.")
+    parser.add_argument("--plot-dir", default=None, help="With --summary: also write one PNG per task here.")
     return parser.parse_args(argv)
 
 
@@ -183,5 +276,10 @@ if __name__ == "__main__":
     arguments = parse_args()
     if arguments.summary:
         print(summary(arguments.out))
+        print()
+        print(paired(arguments.out))
+        if arguments.plot_dir:
+            for written in plot(arguments.out, arguments.plot_dir):
+                print(f"wrote {written}")
     else:
         print(run_one(arguments))
