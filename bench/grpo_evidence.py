@@ -128,14 +128,10 @@ def run_one(args) -> str:
     return str(path)
 
 
-def summary(out: str) -> str:
-    runs: dict[tuple[str, str], list[list[dict]]] = {}
-    for path in sorted(Path(out).glob("*_seed*.jsonl")):
-        task, arm, _ = path.stem.split("_")
-        rows = [json.loads(line) for line in path.read_text().splitlines()]
-        runs.setdefault((task, arm), []).append([r for r in rows if "step" in r])
+def summary(out: str, max_steps: int | None = None) -> str:
+    runs = {key: list(seeds.values()) for key, seeds in _load_runs(out, max_steps).items()}
     lines = [
-        "| task | arm | seeds | success, first third | success, last third | mean scalar, last third | KL, last third |",
+        "| task | arm | seeds | success, first half | success, second half | mean scalar, second half | KL, second half |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
 
@@ -149,37 +145,39 @@ def summary(out: str) -> str:
     for (task, arm), seeds in sorted(runs.items()):
         first, last, scalar, kl = [], [], [], []
         for rows in seeds:
-            third = max(1, len(rows) // 3)
-            first.append(statistics.fmean(r["success"] for r in rows[:third]))
-            last.append(statistics.fmean(r["success"] for r in rows[-third:]))
-            scalar.append(statistics.fmean(r["scalar"] for r in rows[-third:]))
-            kls = [r["kl"] for r in rows[-third:] if r.get("kl") is not None]
+            half = max(1, len(rows) // 2)
+            first.append(statistics.fmean(r["success"] for r in rows[:half]))
+            last.append(statistics.fmean(r["success"] for r in rows[-half:]))
+            scalar.append(statistics.fmean(r["scalar"] for r in rows[-half:]))
+            kls = [r["kl"] for r in rows[-half:] if r.get("kl") is not None]
             kl.append(statistics.fmean(kls) if kls else float("nan"))
         lines.append(f"| {task} | {arm} | {len(seeds)} | {ms(first)} | {ms(last)} | {ms(scalar)} | {ms(kl)} |")
     return "\n".join(lines)
 
 
-def _load_runs(out: str) -> dict[tuple[str, str], dict[int, list[dict]]]:
-    """``(task, arm) -> {seed: per-step rows}`` for every run file in ``out``."""
+def _load_runs(out: str, max_steps: int | None = None) -> dict[tuple[str, str], dict[int, list[dict]]]:
+    """``(task, arm) -> {seed: per-step rows}`` for every run file in ``out`` (only the first ``max_steps`` steps of
+    each run when given, so that runs of different lengths are compared over the same steps)."""
     runs: dict[tuple[str, str], dict[int, list[dict]]] = {}
     for path in sorted(Path(out).glob("*_seed*.jsonl")):
         task, arm, seed = path.stem.split("_")
         rows = [json.loads(line) for line in path.read_text().splitlines()]
-        runs.setdefault((task, arm), {})[int(seed.removeprefix("seed"))] = [r for r in rows if "step" in r]
+        steps = [r for r in rows if "step" in r][:max_steps]
+        runs.setdefault((task, arm), {})[int(seed.removeprefix("seed"))] = steps
     return runs
 
 
-def _last_third(rows: list[dict]) -> float:
-    third = max(1, len(rows) // 3)
-    return statistics.fmean(r["success"] for r in rows[-third:])
+def _second_half(rows: list[dict]) -> float:
+    half = max(1, len(rows) // 2)
+    return statistics.fmean(r["success"] for r in rows[-half:])
 
 
-def paired(out: str, resamples: int = 10000, seed: int = 0) -> str:
-    """Per seed: last-third success of ``span`` minus ``scalar`` (same seed = same prompts and first policy), their
+def paired(out: str, max_steps: int | None = None, resamples: int = 10000, seed: int = 0) -> str:
+    """Per seed: second-half success of ``span`` minus ``scalar`` (same seed = same prompts and first policy), their
     mean, and a 95 % bootstrap interval of the mean over seeds (resampling seeds)."""
     import random
 
-    runs = _load_runs(out)
+    runs = _load_runs(out, max_steps)
     rng = random.Random(seed)
     lines = [
         "| task | seeds | span − scalar per seed | mean | 95 % bootstrap CI | span ahead |",
@@ -190,7 +188,7 @@ def paired(out: str, resamples: int = 10000, seed: int = 0) -> str:
         seeds = sorted(set(span) & set(scalar))
         if not seeds:
             continue
-        diffs = [_last_third(span[s]) - _last_third(scalar[s]) for s in seeds]
+        diffs = [_second_half(span[s]) - _second_half(scalar[s]) for s in seeds]
         means = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
         low, high = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
         ahead = sum(d > 0 for d in diffs)
@@ -202,7 +200,7 @@ def paired(out: str, resamples: int = 10000, seed: int = 0) -> str:
     return "\n".join(lines)
 
 
-def plot(out: str, plot_dir: str) -> list[str]:
+def plot(out: str, plot_dir: str, max_steps: int | None = None) -> list[str]:
     """One PNG per task: success rate (3-step moving average) and KL per GRPO step, mean ± std across seeds per arm,
     with every seed as a thin line."""
     import matplotlib
@@ -210,7 +208,7 @@ def plot(out: str, plot_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = _load_runs(out)
+    runs = _load_runs(out, max_steps)
     written = []
     for task in sorted({t for t, _ in runs}):
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -269,17 +267,20 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", default="/tmp/grpo_evidence")
     parser.add_argument("--summary", action="store_true", help="Summarise the runs in --out and exit.")
     parser.add_argument("--plot-dir", default=None, help="With --summary: also write one PNG per task here.")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="With --summary: compare only the first N steps of every run."
+    )
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     arguments = parse_args()
     if arguments.summary:
-        print(summary(arguments.out))
+        print(summary(arguments.out, arguments.max_steps))
         print()
-        print(paired(arguments.out))
+        print(paired(arguments.out, arguments.max_steps))
         if arguments.plot_dir:
-            for written in plot(arguments.out, arguments.plot_dir):
+            for written in plot(arguments.out, arguments.plot_dir, arguments.max_steps):
                 print(f"wrote {written}")
     else:
         print(run_one(arguments))
