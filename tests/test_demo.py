@@ -239,6 +239,27 @@ def test_demo_on_smollm2_small(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci_real_model
+def test_default_task_demo_on_smollm2_small(tmp_path):
+    """The default task on the packaged SmolLM2: real sampling, the programmatic critic's spans, two LoRA PPO
+    updates recorded on the learning curve, held-out topics before/after with intervals, report (about a minute)."""
+    from trl_text2grad.cli.demo.main import main
+
+    out = tmp_path / "demo_text"
+    args = ["--output_dir", str(out), "--steps", "2", "--batch_size", "4", "--num_ppo_epochs", "1"]
+    args += ["--eval_problems", "2", "--eval_samples", "2", "--annotate_problems", "2", "--color", "false"]
+    assert main(args) == 0
+    report, summary = _read(out)
+    assert summary["skipped"] == {}, summary["skipped"]
+    assert "smollm2" in summary["model"].lower() and summary["task"] == "constrained_text"
+    assert summary["curve"]["responses"] == [4, 4] and summary["curve"]["verdict"]["k"] == 1
+    assert summary["held_out"]["before"]["n"] == 4 and summary["held_out"]["after"]["n"] == 4
+    # SmolLM2 answers with real sentences: the critic found spans to reward in the annotated answers
+    assert summary["metrics"]["stage1_answers_with_spans"] >= 1
+    assert report.index("alt='learning curve'") < report.index("Token-reward heatmaps")
+
+
+@pytest.mark.slow
 def test_default_demo_command(tmp_path):
     """README command 1 with its defaults (takes minutes): report with real before/after pass@1."""
     exe = Path(sys.executable).with_name("trl-text2grad")

@@ -310,7 +310,7 @@ class DemoRun:
             self.skipped["span PPO"] = "no working critic (see above)"
         else:
             recorder = SuccessRecorder(reward_fn, self.task)
-            started = time.time()
+            started, cpu_started = time.time(), _cpu_seconds()
             try:
                 trained_model, self.log_history, rollout_samples = _train_ppo(
                     config, self.model, self.tokenizer, self.train_rows, recorder, self.out_dir
@@ -322,6 +322,10 @@ class DemoRun:
                 self.metrics["ppo_updates"] = config.steps
                 self.metrics["ppo_sampled_answers"] = config.steps * config.batch_size
                 self.metrics["seconds per update (wall)"] = round((time.time() - started) / max(config.steps, 1), 1)
+                # CPU seconds of all torch threads: on an idle machine with 1 thread, about the wall time per update
+                self.metrics["seconds per update (cpu)"] = round(
+                    (_cpu_seconds() - cpu_started) / max(config.steps, 1), 1
+                )
             except CriticFailureError as err:  # the failure budget stopped training: the critic is broken
                 self.critic_error = self.skipped["span PPO"] = str(err)
             except Exception as err:
