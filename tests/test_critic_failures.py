@@ -209,7 +209,7 @@ def test_demo_with_a_dead_critic_exits_non_zero(tiny_model_dir, tmp_path, monkey
     captured = capsys.readouterr()
     assert "failed on every one of the 2 stage-1 answers" in captured.err and "connection" in captured.err
     metrics = json.loads((out / "metrics.json").read_text())
-    assert "span PPO" in metrics["skipped"] and "ppo_rollouts" not in metrics["metrics"]
+    assert "span PPO" in metrics["skipped"] and "ppo_updates" not in metrics["metrics"]
     # without a key the critic cannot even be built: also exit status 1
     monkeypatch.delenv("OPENAI_API_KEY")
     argv[3] = str(tmp_path / "demo_nokey")

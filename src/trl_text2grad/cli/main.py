@@ -6,7 +6,7 @@ so the console script and the launcher accept exactly the same arguments:
 
 .. code-block:: bash
 
-    trl-text2grad demo                                     # offline main job (SmolLM2 x HumanEval)
+    trl-text2grad demo                                     # offline main job (SmolLM2, constrained text, learning curve)
     trl-text2grad annotate --config recipes/slf5k/annotate.yaml
     trl-text2grad reward --config recipes/slf5k/reward.yaml --learning_rate 5e-5
     accelerate launch --config_file recipes/accelerate/zero2.yaml -m trl_text2grad.cli.ppo \\
@@ -30,7 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "ppo": "Train a policy with span-level PPO (SpanPPOTrainer).",
     "grpo": "Train a policy with GRPO plus span-level credit (SpanGRPOTrainer, on trl.GRPOTrainer).",
     "rloo": "Train a policy with RLOO plus span-level credit (SpanRLOOTrainer, on trl.RLOOTrainer).",
-    "demo": "Offline end-to-end main job: SmolLM2 x HumanEval, unit-test critic, span PPO, report.html.",
+    "demo": "Offline main job: SmolLM2, span PPO on a programmatic critic, learning curve and report.html.",
 }
 
 

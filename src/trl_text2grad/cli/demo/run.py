@@ -1,17 +1,22 @@
-"""The offline main job: ``trl-text2grad demo`` (SmolLM2-135M-Instruct x HumanEval, unit-test critic, span PPO).
+"""The offline main job: ``trl-text2grad demo`` (SmolLM2-135M-Instruct, a programmatic critic, span PPO with LoRA).
 
-Stages (each prints a header and shows a progress bar):
+The default task is ``constrained_text`` (one-sentence descriptions under word constraints); ``--task humaneval``
+runs the HumanEval problems with their sandboxed unit tests instead. Stages (each prints a header and shows a
+progress bar):
 
-1. **Generate + annotate.** The policy answers a few HumanEval *train* problems; :class:`UnitTestCritic` runs every
-   answer against the problem's unit tests in the sandbox and quotes the failing line (poor) or the return line
-   of passing code (good). The quotes become token rewards, printed as heatmaps in the terminal.
-2. **pass@1 before.** Greedy answers to the *held-out* problems (no problem is in both splits), executed in the
-   sandbox.
-3. **Span PPO.** ``SpanPPOTrainer`` trains LoRA adapters of the policy for ``steps`` rollouts on the train problems,
-   with the unit-test critic as its span reward function.
-4. **pass@1 after.** Same held-out problems, same greedy decoding, trained policy.
-5. **Report.** ``<output_dir>/report.html``: metric table, training curves (PNG embedded), token-reward heatmaps and
-   a statement of how small the run is; ``metrics.json`` next to it.
+1. **Generate + annotate.** The policy answers a few *train* prompts; the critic marks good and poor spans of every
+   answer. The spans become token rewards, printed as heatmaps in the terminal.
+2. **Held-out success before.** Answers to the *held-out* prompts (no problem or topic is in both splits):
+   ``eval_samples`` sampled answers per prompt at the rollout temperature, or one greedy answer
+   (``eval_samples=0``, HumanEval's pass@1), judged by the task's metric; the rate with its 95 % Wilson interval.
+3. **Span PPO.** ``SpanPPOTrainer`` trains LoRA adapters of the policy for ``steps`` updates on the train prompts,
+   with the critic as its span reward function. The success of every rollout's sampled answers is recorded: the
+   learning curve, its moving average with a noise band, and a verdict (see :mod:`.stats`).
+4. **Held-out success after.** Same held-out prompts, same decoding, trained policy; the difference with its 95 %
+   Newcombe interval.
+5. **Report.** ``<output_dir>/report.html``: the learning curve first (PNG embedded), then before/after, then the
+   token-reward heatmaps, the other training curves and a statement of how small the run is; ``metrics.json`` next
+   to it.
 
 The defaults fit in about ten minutes on a 2-core CPU. A component that fails to import or run is reported as
 skipped (in the terminal and in the report) and the remaining stages still run.
@@ -31,19 +36,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, set_seed
 
-from ...critics import UnitTestCritic
 from ...ppo import SpanPPOConfig, SpanPPOTrainer
 from ...rewards import CriticFailureError, UnitTestReward, normalize_reward_output
 from ...spans import Critique, locate_critique
-from ...tasks.humaneval import evaluate_completions, humaneval_rows, load_humaneval, split_by_problem
 from ...visualize import render_token_rewards_html
 from ..common import build_reward_function, load_tokenizer, resolve_model_path
 from .config import DemoConfig
 from .generation import generate_completions
-from .report import heatmap, honesty, html_report, plot_curves
+from .report import curve_table, heatmap, honesty, html_report, plot_curves, plot_learning_curve
+from .stats import moving_average_band, newcombe_difference, proportion, rise_verdict, sparkline
+from .tasks import ProgrammaticReward, SuccessRecorder, demo_task
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +83,7 @@ class DemoRun:
 
     def __init__(self, config: DemoConfig) -> None:
         self.config = config
+        self.task = demo_task(config)
         self.started = time.time()
         self.clock = StageClock()
         self.use_color = config.color and sys.stdout.isatty()
@@ -85,65 +92,77 @@ class DemoRun:
         self.metrics: dict[str, Any] = {}
         self.samples: list[dict] = []
         self.log_history: list[dict] = []
+        self.curve: dict[str, Any] | None = None
         self.reward_fn = None
+        self.threads = 0
         self.critic_error: str | None = None  # the critic cannot be built or fails on every answer: exit 1
+
+    @property
+    def decoding(self) -> str:
+        """How held-out answers are drawn (stated in the terminal and the report)."""
+        config = self.config
+        if config.eval_samples > 0:
+            return (
+                f"{config.eval_samples} sampled answers per held-out {self.task.unit} at temperature "
+                f"{config.temperature:g}"
+            )
+        return f"one greedy answer per held-out {self.task.unit}"
 
     def run(self) -> dict[str, Any]:
         config = self.config
-        threads = _choose_threads(config.num_threads)
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
+        self.threads = _choose_threads(config.num_threads)
+        if self.threads != torch.get_num_threads():
+            torch.set_num_threads(self.threads)
         set_seed(config.seed)
         random.seed(config.seed)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.setup()
         self.build_reward()
         self.annotate_stage()
-        self.clock.stage("Stage 2/5: pass@1 on held-out problems BEFORE training (greedy, sandboxed tests)")
-        before_passed = self.pass_at_1_stage("before", self.model)
+        metric = self.task.metric
+        self.clock.stage(f"Stage 2/5: held-out {metric} BEFORE training ({self.decoding})")
+        before = self.held_out_stage("before", self.model)
         trained_model = self.train_stage()
-        self.clock.stage("Stage 4/5: pass@1 on the same held-out problems AFTER training")
+        self.clock.stage(f"Stage 4/5: held-out {metric} AFTER training (same prompts, same decoding)")
         if trained_model is None:
-            self.skipped.setdefault("pass@1 after", "no trained policy (stage 3 skipped)")
-            print(f"!! stage 4 skipped: {self.skipped['pass@1 after']}")
-            after_passed: list[bool] = []
+            self.skipped.setdefault(f"{metric} after", "no trained policy (stage 3 skipped)")
+            print(f"!! stage 4 skipped: {self.skipped[f'{metric} after']}")
+            after: list[bool] = []
         else:
-            after_passed = self.pass_at_1_stage("after", trained_model)
-        return self.report_stage(before_passed, after_passed, trained=trained_model is not None)
+            after = self.held_out_stage("after", trained_model)
+        return self.report_stage(before, after, trained=trained_model is not None)
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Load the policy and split HumanEval by problem into train and held-out rows."""
+        """Load the policy and the task's train and held-out rows (no problem or topic in both)."""
         config = self.config
-        self.clock.stage("Setup: policy and HumanEval split by problem")
+        self.clock.stage(f"Setup: policy and the {config.task} split (train / held out)")
         self.model_path = resolve_model_path(config.model)
         self.tokenizer = load_tokenizer(self.model_path)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32)
         self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
-        split = split_by_problem(load_humaneval(), test_fraction=config.test_fraction, seed=config.split_seed)
-        self.train_rows = humaneval_rows(split["train"].select(range(min(config.train_problems, len(split["train"])))))
-        self.n_eval = (
-            len(split["test"]) if config.eval_problems <= 0 else min(config.eval_problems, len(split["test"]))
-        )
-        self.held_out_problems = split["test"].select(range(self.n_eval))
-        self.held_out = humaneval_rows(self.held_out_problems)
+        self.train_rows, self.held_out = self.task.rows()
+        self.n_eval = len(self.held_out)
+        self.n_train = len(set(self.train_rows["task_id"]))
         self.n_params = sum(p.numel() for p in self.model.parameters())
+        unit = self.task.unit
         print(
-            f"policy: {self.model_path} ({self.n_params / 1e6:.0f}M parameters); {len(self.train_rows)} train "
-            f"problems, {self.n_eval} held-out problems (no problem in both); critic: {config.critic}"
+            f"task: {config.task}; policy: {self.model_path} ({self.n_params / 1e6:.0f}M parameters); "
+            f"{self.n_train} train {unit}s, {self.n_eval} held-out {unit}s (none in both); critic: {config.critic}; "
+            f"{self.threads} torch thread(s)"
         )
-        self.metrics.update({"train_problems": len(self.train_rows), "held_out_problems": self.n_eval})
+        self.metrics.update({f"train {unit}s": self.n_train, f"held-out {unit}s": self.n_eval})
 
     def build_reward(self) -> None:
         """The reward function of ``config.critic`` (a failure to build it is recorded as skipped)."""
         config = self.config
         try:
-            if config.critic == "unit_tests":
-                self.reward_fn = UnitTestReward(UnitTestCritic(timeout=config.sandbox_timeout))
+            if config.critic in ("programmatic", "unit_tests"):
+                self.reward_fn = self.task.programmatic_reward()
             else:
                 self.reward_fn = build_reward_function(
                     config.critic,
-                    "humaneval",
+                    config.task,
                     critic_model=config.critic_model or (self.model_path if config.critic == "transformers" else None),
                     critic_base_url=config.critic_base_url,
                     reward_model_path=config.reward_model_path,
@@ -155,15 +174,14 @@ class DemoRun:
 
     # -- scoring and heatmaps ------------------------------------------------------------------------------------
     def score(self, rows, responses) -> tuple[list, list[list[tuple]], list[bool | None]]:
-        """Critiques, spans and pass/fail (unit tests) of ``responses`` to ``rows``."""
+        """Critiques, spans and task success (when the critic is the task's program) of ``responses`` to ``rows``."""
         reward_fn = self.reward_fn
         if reward_fn is None:
             return [None] * len(responses), [[] for _ in responses], [None] * len(responses)
-        context = {k: list(rows[k]) for k in ("problem", "test", "entry_point")}
-        result = reward_fn(list(rows["prompt"]), list(responses), **context)
-        if isinstance(reward_fn, UnitTestReward):
-            spans = [list(item) if isinstance(item, list) else [] for item in result]  # failures: no spans
-            return reward_fn.last_critiques, spans, reward_fn.last_passed
+        result = reward_fn(list(rows["prompt"]), list(responses), **self.task.context(rows))
+        if isinstance(reward_fn, (UnitTestReward, ProgrammaticReward)):  # exact spans; failures: no spans
+            spans = [list(item) if isinstance(item, list) else [] for item in result]
+            return reward_fn.last_critiques, spans, list(reward_fn.last_passed)
         critiques, spans = [], []
         for response, item in zip(responses, result):
             if isinstance(item, Critique):
@@ -204,24 +222,29 @@ class DemoRun:
                 print(f"\n--- {rows['task_id'][i]} · {critique}")
                 print(terminal)
 
+    def generate(self, policy, rows, desc: str, sample: bool) -> list[str]:
+        config = self.config
+        return generate_completions(
+            policy,
+            self.tokenizer,
+            rows["prompt"],
+            max_new_tokens=config.eval_max_new_tokens,
+            batch_size=config.generation_batch_size,
+            do_sample=sample,
+            temperature=config.temperature,
+            stop_at_closed_fence=self.task.stop_at_closed_fence,
+            desc=desc,
+        )
+
     # -- stages --------------------------------------------------------------------------------------------------
     def annotate_stage(self) -> None:
-        """Stage 1: sample answers to a few train problems and show the critic's token rewards."""
+        """Stage 1: sample answers to a few train prompts and show the critic's token rewards."""
         config = self.config
-        self.clock.stage("Stage 1/5: generate answers to train problems and annotate them with the critic")
+        self.clock.stage("Stage 1/5: generate answers to train prompts and annotate them with the critic")
         try:
             rows = self.train_rows.select(range(min(config.annotate_problems, len(self.train_rows))))
             if len(rows):
-                responses = generate_completions(
-                    self.model,
-                    self.tokenizer,
-                    rows["prompt"],
-                    max_new_tokens=config.eval_max_new_tokens,
-                    batch_size=config.generation_batch_size,
-                    do_sample=True,
-                    temperature=config.temperature,
-                    desc="stage 1: sampling",
-                )
+                responses = self.generate(self.model, rows, "stage 1: sampling", sample=True)
                 critiques, spans, passed = self.score(rows, responses)
                 self.record("annotated train answer", rows, responses, critiques, spans, passed, len(responses), True)
                 self.metrics["stage1_annotated_answers"] = len(responses)
@@ -239,32 +262,37 @@ class DemoRun:
             print(f"!! stage 1 failed, continuing: {self.skipped['annotation']}")
             logger.debug(traceback.format_exc())
 
-    def evaluate(self, stage: str, policy) -> tuple[float | None, list[bool]]:
-        """Greedy answers of ``policy`` to the held-out problems, run against their unit tests."""
-        config = self.config
-        responses = generate_completions(
-            policy,
-            self.tokenizer,
-            self.held_out["prompt"],
-            max_new_tokens=config.eval_max_new_tokens,
-            batch_size=config.generation_batch_size,
-            desc=f"{stage}: greedy answers",
-        )
-        results = evaluate_completions(self.held_out_problems, responses, timeout=config.sandbox_timeout)
-        passed = [r.passed for r in results]
-        if isinstance(self.reward_fn, UnitTestReward):  # heatmaps of the first 3 answers
-            shown = self.held_out.select(range(min(3, len(responses))))
-            critiques, spans, _ = self.score(shown, responses[: len(shown)])
-            self.record(stage, shown, responses, critiques, spans, passed, len(shown), False)
-        return (sum(passed) / len(passed) if passed else None), passed
+    def evaluation_rows(self) -> Dataset:
+        """The held-out rows, each repeated ``eval_samples`` times (once for greedy decoding)."""
+        repeats = max(1, self.config.eval_samples)
+        return self.held_out.select([i for i in range(len(self.held_out)) for _ in range(repeats)])
 
-    def pass_at_1_stage(self, when: str, policy) -> list[bool]:
-        """Stages 2 and 4: pass@1 on the held-out problems ``before`` / ``after`` training."""
-        key = f"pass@1 {when}"
+    def evaluate(self, stage: str, policy) -> list[bool]:
+        """Answers of ``policy`` to the held-out prompts (see :attr:`decoding`), judged by the task's metric."""
+        config = self.config
+        rows = self.evaluation_rows()
+        sample = config.eval_samples > 0
+        if sample:  # before and after draw from the same random stream
+            set_seed(config.seed + 1)
+        responses = self.generate(policy, rows, f"{stage}: answers", sample=sample)
+        passed = self.task.success(rows, responses)
+        if isinstance(self.reward_fn, (UnitTestReward, ProgrammaticReward)):  # heatmaps of 3 prompts' first answers
+            first = [i * max(1, config.eval_samples) for i in range(min(3, len(self.held_out)))]
+            shown = rows.select(first)
+            chosen = [responses[i] for i in first]
+            critiques, spans, _ = self.score(shown, chosen)
+            self.record(stage, shown, chosen, critiques, spans, [passed[i] for i in first], len(shown), False)
+        return passed
+
+    def held_out_stage(self, when: str, policy) -> list[bool]:
+        """Stages 2 and 4: success on the held-out prompts ``before`` / ``after`` training."""
+        key = f"{self.task.metric} {when}"
         try:
-            value, passed = self.evaluate(f"held-out, {when} PPO", policy)
-            self.metrics[key] = value
-            print(f"{key}: {value:.3f} ({sum(passed)}/{len(passed)})")
+            passed = self.evaluate(f"held-out, {when} PPO", policy)
+            result = proportion(sum(passed), len(passed))
+            self.metrics[key] = result.rate
+            self.metrics[f"{key} 95% Wilson"] = f"[{result.low:.3f}, {result.high:.3f}] ({sum(passed)}/{len(passed)})"
+            print(f"{key}: {result}")
             return passed
         except Exception as err:
             self.skipped[key] = f"{type(err).__name__}: {err}"
@@ -274,75 +302,99 @@ class DemoRun:
     def train_stage(self):
         """Stage 3: span PPO with LoRA; returns the trained policy, or ``None`` when the stage was skipped."""
         config, reward_fn = self.config, self.reward_fn
-        self.clock.stage(f"Stage 3/5: span PPO with LoRA for {config.steps} rollout(s)")
+        self.clock.stage(f"Stage 3/5: span PPO with LoRA for {config.steps} update(s)")
         trained_model = None
         if config.steps == 0:
             self.skipped["span PPO"] = "--steps 0"
         elif reward_fn is None or self.critic_error is not None:
             self.skipped["span PPO"] = "no working critic (see above)"
         else:
+            recorder = SuccessRecorder(reward_fn, self.task)
+            started, cpu_started = time.time(), _cpu_seconds()
             try:
-                if isinstance(reward_fn, UnitTestReward):  # count only the PPO rollouts
-                    reward_fn.num_passed = reward_fn.num_scored = 0
                 trained_model, self.log_history, rollout_samples = _train_ppo(
-                    config, self.model, self.tokenizer, self.train_rows, reward_fn, self.out_dir
+                    config, self.model, self.tokenizer, self.train_rows, recorder, self.out_dir
                 )
                 self.samples.extend(rollout_samples)
                 final = [r for r in self.log_history if "train_runtime" in r]
                 if final:
                     self.metrics["ppo_train_runtime_s"] = round(final[-1]["train_runtime"], 1)
-                self.metrics["ppo_rollouts"] = config.steps
+                self.metrics["ppo_updates"] = config.steps
                 self.metrics["ppo_sampled_answers"] = config.steps * config.batch_size
-                if isinstance(reward_fn, UnitTestReward) and reward_fn.num_scored:
-                    self.metrics["ppo_rollout_answers_passing"] = f"{reward_fn.num_passed}/{reward_fn.num_scored}"
+                self.metrics["seconds per update (wall)"] = round((time.time() - started) / max(config.steps, 1), 1)
+                # CPU seconds of all torch threads: on an idle machine with 1 thread, about the wall time per update
+                self.metrics["seconds per update (cpu)"] = round(
+                    (_cpu_seconds() - cpu_started) / max(config.steps, 1), 1
+                )
             except CriticFailureError as err:  # the failure budget stopped training: the critic is broken
                 self.critic_error = self.skipped["span PPO"] = str(err)
             except Exception as err:
                 self.skipped["span PPO"] = f"{type(err).__name__}: {err}"
                 traceback.print_exc()
+            if recorder.records:
+                self.curve = learning_curve(recorder.records, config.curve_window, config.compare_updates or None)
+                self.metrics["rollout success, first/last updates"] = self.curve["verdict_text"]
+                print_curve(self.curve)
         if "span PPO" in self.skipped:
             print(f"!! stage 3 skipped, continuing: {self.skipped['span PPO']}")
         return trained_model
 
-    def report_stage(self, before_passed: list[bool], after_passed: list[bool], trained: bool) -> dict[str, Any]:
+    def report_stage(self, before: list[bool], after: list[bool], trained: bool) -> dict[str, Any]:
         """Stage 5: ``report.html`` and ``metrics.json``; returns the summary."""
         config, metrics = self.config, self.metrics
         self.clock.stage("Stage 5/5: report")
+        held_out = held_out_summary(before, after, self.task.metric, self.decoding)
+        if held_out["difference"] is not None:
+            metrics[f"{self.task.metric} after − before"] = held_out["difference_text"]
+        learning_png = plot_learning_curve(self.curve, self.out_dir / "learning_curve.png")
+        curves = plot_curves(self.log_history, self.out_dir / "training_curves.png")
         runtime = time.time() - self.started
         metrics["runtime_s"] = round(runtime, 1)
         metrics["cpu_time_s"] = round(_cpu_seconds(), 1)
+        metrics["torch threads"] = self.threads
         self.clock.stage("done", show=False)
         metrics["stage times (wall s / cpu s)"] = ", ".join(
             f"{name}: {wall:.0f}/{cpu:.0f}" for name, (wall, cpu) in self.clock.times.items() if name != "done"
         )
-        curves = plot_curves(self.log_history, self.out_dir / "training_curves.png")
-        problems_table = [
+        repeats = max(1, config.eval_samples)
+        prompts_table = [
             {
                 "task_id": self.held_out["task_id"][i],
-                "before": before_passed[i] if i < len(before_passed) else False,
-                "after": after_passed[i] if i < len(after_passed) else None,
+                "before": sum(before[i * repeats : (i + 1) * repeats]) if before else None,
+                "after": sum(after[i * repeats : (i + 1) * repeats]) if after else None,
+                "of": repeats,
             }
-            for i in range(self.n_eval if before_passed else 0)
+            for i in range(self.n_eval if before or after else 0)
         ]
         summary = {
+            "task": config.task,
             "model": self.model_path,
             "critic": config.critic,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "runtime_s": runtime,
+            "curve": self.curve,
+            "held_out": held_out,
             "metrics": metrics,
             "skipped": self.skipped,
             "error": self.critic_error,
-            "honesty": honesty(config, self.n_params, len(self.train_rows), self.n_eval, trained),
+            "honesty": honesty(config, self.n_params, self.n_train, self.n_eval, trained, self.task.unit),
             "config": asdict(config),
         }
         report = self.out_dir / "report.html"
-        report.write_text(html_report(summary, self.samples, curves, problems_table), encoding="utf-8")
+        report.write_text(html_report(summary, self.samples, curves, prompts_table, learning_png), encoding="utf-8")
         plain = {**summary, "log_history": self.log_history}
         (self.out_dir / "metrics.json").write_text(json.dumps(plain, indent=2, default=str), encoding="utf-8")
+        if self.curve is not None:
+            print_curve(self.curve, table=False)
+        print(f"held-out {self.task.metric} ({self.decoding}), 95% Wilson intervals:")
+        for when in ("before", "after"):
+            print(f"  {when:<7} {held_out[when]['text'] if held_out[when] else 'not measured'}")
+        if held_out["difference"] is not None:
+            print(f"  after − before {held_out['difference_text']} (95% Newcombe interval)")
         print(
             "\n"
             + "\n".join(
-                f"  {key:<28} {value:.3f}" if isinstance(value, float) else f"  {key:<28} {value}"
+                f"  {key:<36} {value:.3f}" if isinstance(value, float) else f"  {key:<36} {value}"
                 for key, value in metrics.items()
             )
         )
@@ -350,6 +402,61 @@ class DemoRun:
             print("skipped: " + "; ".join(f"{k}: {v}" for k, v in self.skipped.items()))
         print(f"\n{summary['honesty']}\n\nreport: {report.resolve()}")
         return summary
+
+
+def learning_curve(records: list[tuple[int, int]], window: int, k: int | None) -> dict[str, Any]:
+    """The learning curve of per-update ``(successes, responses)``: rates, moving average with its Wilson band and
+    the verdict of :func:`~.stats.rise_verdict` (a plain dict, as written to ``metrics.json``)."""
+    successes, totals = [s for s, _ in records], [n for _, n in records]
+    points = moving_average_band(successes, totals, window)
+    verdict = rise_verdict(successes, totals, k)
+    return {
+        "successes": successes,
+        "responses": totals,
+        "rate": [p.rate for p in points],
+        "moving_average": [p.average for p in points],
+        "band_low": [p.low for p in points],
+        "band_high": [p.high for p in points],
+        "window": window,
+        "band": (
+            f"95% Wilson interval of the responses pooled over the trailing window of {window} updates (the moving "
+            "average is their pooled success rate)"
+        ),
+        "verdict": verdict.as_dict(),
+        "verdict_text": str(verdict),
+        "sparkline": sparkline([p.rate for p in points]),
+    }
+
+
+def print_curve(curve: dict[str, Any], table: bool = True) -> None:
+    """The learning curve in the terminal: a sparkline (one character per update, scale 0 … 1), a compact table
+    of the moving average and its band, and the verdict."""
+    print(f"\nrollout success per update (▁ = 0 … █ = 1): {curve['sparkline']}")
+    if table:
+        print(curve_table(curve))
+    print(f"verdict: {curve['verdict_text']}")
+    print(f"rule: {curve['verdict']['rule']}")
+
+
+def held_out_summary(before: list[bool], after: list[bool], metric: str, decoding: str) -> dict[str, Any]:
+    """Before/after success on the held-out prompts with 95% Wilson intervals and the Newcombe interval of the
+    difference (``None`` for a side that was not measured)."""
+    sides = {}
+    for when, passed in (("before", before), ("after", after)):
+        if passed:
+            result = proportion(sum(bool(p) for p in passed), len(passed))
+            sides[when] = {**result.as_dict(), "text": str(result)}
+        else:
+            sides[when] = None
+    out: dict[str, Any] = {"metric": metric, "decoding": decoding, **sides, "difference": None}
+    if before and after:
+        difference = newcombe_difference(
+            proportion(sum(bool(p) for p in before), len(before)), proportion(sum(bool(p) for p in after), len(after))
+        )
+        out["difference"] = {"value": difference.value, "low": difference.low, "high": difference.high}
+        out["difference_text"] = str(difference)
+        out["interval"] = "95% Wilson per side; 95% Newcombe hybrid score interval of the difference"
+    return out
 
 
 def _train_ppo(config: DemoConfig, model, tokenizer, train_rows, reward_fn, out_dir: Path):
@@ -406,6 +513,7 @@ def _last_rollout_samples(trainer, reward_fn, limit: int = 3) -> list[dict]:
     """Heatmaps of the last PPO rollout exactly as the trainer rewarded its *sampled* tokens."""
     try:
         scored = trainer.last_rollout["scored"]
+        reward_fn = getattr(reward_fn, "reward_fn", reward_fn)  # the function inside a SuccessRecorder
         critiques = getattr(reward_fn, "last_critiques", None) or []
         passed = getattr(reward_fn, "last_passed", None) or []
         samples = []
