@@ -156,6 +156,10 @@ class SpanPPOConfig(_ConfigBase):
             Target KL (sum over the response, mean over samples) of the adaptive controller.
         kl_horizon (`int`, *optional*, defaults to `10000`):
             Horizon (in episodes) of the adaptive controller.
+        log_kl_without_penalty (`bool`, *optional*, defaults to `True`):
+            With `kl_coef=0` and `adaptive_kl=False` the reference policy changes nothing but the `objective/kl` log.
+            `True` (TRL 1.12's behaviour) still runs its forward on every rollout to log the KL; `False` skips that
+            forward (one forward per rollout less) and `objective/kl` is not logged.
 
         > Models and adapters
 
@@ -346,6 +350,13 @@ class SpanPPOConfig(_ConfigBase):
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards kl_target after each rollout."})
     kl_target: float = field(default=6.0, metadata={"help": "Target KL of the adaptive KL controller."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive KL controller."})
+    log_kl_without_penalty: bool = field(
+        default=True,
+        metadata={
+            "help": "With kl_coef=0 and adaptive_kl off, still run the reference forward on every rollout to log "
+            "objective/kl (True, as TRL 1.12); False skips that forward and does not log objective/kl."
+        },
+    )
 
     # ---- Models and adapters -------------------------------------------------------------------------------------
     reward_model_path: str = field(
