@@ -65,13 +65,13 @@ def first_word_critic(prompts, responses, **context):
     ]
 
 
-def _randomise_lora(model: torch.nn.Module) -> None:
+def _randomise_lora(model: torch.nn.Module, scale: float = 0.3) -> None:
     """Non-zero LoRA B matrices: the policy then differs from the adapter-disabled reference."""
     generator = torch.Generator().manual_seed(5)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             with torch.no_grad():
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
 
 
 def _straightforward(trainer: SpanPPOTrainer, rollout: dict) -> dict[str, torch.Tensor]:
@@ -113,7 +113,7 @@ def _assert_close_on_mask(actual: torch.Tensor, expected: torch.Tensor, mask: to
     torch.testing.assert_close(actual[keep], expected[keep], **TOL, msg=lambda m: f"{name}: {m}")
 
 
-def _build(tmp_path, smollm2_tokenizer, tiny_llama, variant: str, **overrides) -> SpanPPOTrainer:
+def _build(tmp_path, smollm2_tokenizer, tiny_llama, variant: str, lora_scale: float = 0.3, **overrides):
     from conftest import build_tiny_llama
 
     peft_config = value_model = None
@@ -139,7 +139,7 @@ def _build(tmp_path, smollm2_tokenizer, tiny_llama, variant: str, **overrides) -
         peft_config=peft_config,
     )
     if variant == "lora":
-        _randomise_lora(trainer.model)
+        _randomise_lora(trainer.model, lora_scale)
     return trainer
 
 
@@ -219,3 +219,81 @@ def test_reference_forward_runs_only_when_needed(
     else:
         expected = _straightforward(trainer, rollout)
         _assert_close_on_mask(rollout["ref_logprobs"], expected["ref_logprobs"], rollout["response_mask"], "ref")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LoRA adapters merged for generation
+# ----------------------------------------------------------------------------------------------------------------
+def _bits(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().view(torch.int32) for k, v in model.state_dict().items() if v.dtype == torch.float32}
+
+
+def test_merged_adapters_give_the_adapter_outputs_and_restore_the_base_bit_for_bit(smollm2_tokenizer, tiny_llama):
+    from peft import LoraConfig, get_peft_model
+
+    from trl_text2grad.ppo.merging import merged_lora_adapters
+
+    model = get_peft_model(
+        tiny_llama(seed=4), LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+    )
+    _randomise_lora(model, 0.001)  # trained-adapter sized: deltas ~4 % of the weights
+    model.eval()
+    ids = torch.randint(5, 500, (3, 9), generator=torch.Generator().manual_seed(0))
+    before = _bits(model)
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        for _ in range(3):  # repeated merges: no drift either
+            with merged_lora_adapters(model) as merge:
+                merged = model(input_ids=ids).logits
+                changed = sum(int(not torch.equal(before[k], v.view(torch.int32))) for k, v in _bits(model).items())
+            assert merge.exact and merge.layers == 14  # 7 linear layers x 2 decoder layers
+            assert changed == merge.layers  # the base weights really held the adapters
+            torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
+            after = _bits(model)
+            assert all(torch.equal(before[k], after[k]) for k in before)
+        with model.disable_adapter():  # the reference is untouched too
+            assert not torch.allclose(model(input_ids=ids).logits, unmerged)
+
+
+def test_merged_adapters_leave_layers_whose_round_trip_is_mostly_inexact(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+
+    from trl_text2grad.ppo.merging import merged_lora_adapters
+
+    model = get_peft_model(
+        tiny_llama(seed=4), LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear")
+    )
+    _randomise_lora(model, 0.001)
+    before = _bits(model)
+    with merged_lora_adapters(model, max_fixups=0.0) as merge:  # no fix-up allowed: no layer qualifies
+        assert merge.layers == 0
+    assert all(torch.equal(before[k], v) for k, v in _bits(model).items())
+
+
+def test_trainer_with_merged_generation_samples_what_the_unmerged_policy_samples(
+    tmp_path, smollm2_tokenizer, tiny_llama
+):
+    """Same seed, same rollout tokens with and without merging (to rounding of the sampling probabilities), and the
+    frozen base weights are bit-identical after training."""
+    responses = {}
+    for merge in (False, True):
+        trainer = _build(
+            tmp_path / str(merge),
+            smollm2_tokenizer,
+            tiny_llama,
+            "lora",
+            lora_scale=0.001,
+            merge_adapters_for_generation=merge,
+        )
+        if merge:  # the adapters are small enough to be merged (not left unmerged for too many fix-ups)
+            from trl_text2grad.ppo.merging import merged_lora_adapters
+
+            with merged_lora_adapters(trainer.accelerator.unwrap_model(trainer.model).policy) as check:
+                assert check.layers == 14
+        base = trainer.accelerator.unwrap_model(trainer.model).policy.get_base_model()
+        frozen = {k: v.clone() for k, v in _bits(base).items() if "lora_" not in k}
+        trainer.train()
+        responses[merge] = trainer.last_rollout["rollout"]["responses"]
+        after = _bits(base)
+        assert all(torch.equal(v, after[k]) for k, v in frozen.items())
+    assert torch.equal(responses[False], responses[True])

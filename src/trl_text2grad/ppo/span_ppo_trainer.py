@@ -79,6 +79,7 @@ from .advantages import (
 )
 from .completions import print_completions_table, write_completions_table
 from .heatmaps import write_rollout_heatmaps
+from .merging import merged_lora_adapters
 from .modeling import VALUE_HEAD_FILE, VALUE_MODEL_DIR, PolicyWithValue
 from .prompts import drop_unusable_prompt_rows
 from .sampler import RolloutSampler
@@ -688,6 +689,25 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
     def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
         return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
+    @contextlib.contextmanager
+    def _generation_weights(self, policy: nn.Module):
+        """``merge_adapters_for_generation``: the LoRA adapters folded into the weights while generating (the base
+        weights are restored bit for bit afterwards, see :mod:`~trl_text2grad.ppo.merging`)."""
+        if not (self.args.merge_adapters_for_generation and self.is_peft_model and not self.is_deepspeed_enabled):
+            yield
+            return
+        if getattr(self, "_merge_inexact", False):
+            yield
+            return
+        with merged_lora_adapters(policy) as merge:
+            yield
+        if not merge.exact:  # a non-deterministic kernel recomputed a different delta: stop merging
+            self._merge_inexact = True
+            logger.warning(
+                "merge_adapters_for_generation: the base weights were not restored bit for bit after generation "
+                "(the adapter deltas recomputed differently); merging is switched off for the rest of training."
+            )
+
     @torch.no_grad()
     def generate(self, rows: list[dict]) -> dict[str, Any]:
         """Encode and left-pad the prompts of ``rows``, sample responses and mask everything after the stop token.
@@ -705,7 +725,8 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             with unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
             ) as unwrapped:
-                responses = self.generate_responses(unwrapped.policy, prompt_ids, prompt_mask)
+                with self._generation_weights(unwrapped.policy):
+                    responses = self.generate_responses(unwrapped.policy, prompt_ids, prompt_mask)
         finally:
             self.model.train(was_training)
         responses = responses.to(prompt_ids.device)
