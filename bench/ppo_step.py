@@ -15,6 +15,8 @@ Rows:
   ours-span-vhead   same as ours-span with value_model=None (value head on the policy: one model less)
   ours-span-lora    the recommended configuration: LoRA r=16 on every linear layer, reference = adapters disabled,
                     value head on the policy
+  ours-span-lora-merged  ours-span-lora with merge_adapters_for_generation=True (adapters folded into the weights
+                    while sampling, base restored bit for bit)
   ours-span-qlora   ours-span-lora on a 4-bit nf4 base (bitsandbytes; skipped with the reason where it has no backend)
 
 ``--profile`` also prints, for our rows, the seconds per update spent in each phase (generation, rollout forwards,
@@ -49,7 +51,15 @@ sys.path.insert(0, str(HERE / "trl112"))
 import tiny_setup  # noqa: E402
 
 TRL112_VENV = Path(os.environ.get("TRL112_VENV", Path.home() / ".cache" / "trl_text2grad" / "trl112-venv"))
-ROWS = ("trl112", "ours-scalar", "ours-span", "ours-span-vhead", "ours-span-lora", "ours-span-qlora")
+ROWS = (
+    "trl112",
+    "ours-scalar",
+    "ours-span",
+    "ours-span-vhead",
+    "ours-span-lora",
+    "ours-span-lora-merged",
+    "ours-span-qlora",
+)
 PHASES = ("generation", "rollout_forwards", "reward", "advantages", "loss_forward", "backward", "optimizer")
 
 
@@ -203,6 +213,7 @@ def run_span_ppo(
     threads: int = 0,
     profile: bool = False,
     qlora: bool = False,
+    merge_generation: bool = False,
     **extra_config,
 ) -> dict:
     """Train ``SpanPPOTrainer`` with TRL 1.12-equivalent settings; return metrics in the harness's JSON layout.
@@ -280,6 +291,8 @@ def run_span_ppo(
         gradient_checkpointing=False,
         num_sample_generations=0,
     )
+    if merge_generation:
+        config_kwargs["merge_adapters_for_generation"] = True
     config_kwargs.update(extra_config)
     # TRL 1.12 reproduction switches (trl112_*) live in the parity config, not in the documented SpanPPOConfig
     config_class = Trl112ParityConfig if any(k.startswith("trl112_") for k in config_kwargs) else SpanPPOConfig
@@ -330,7 +343,8 @@ def run_span_ppo(
     return {
         "implementation": f"SpanPPOTrainer reward_mode={reward_mode}"
         + (" value_head" if value_head else "")
-        + (" qlora" if qlora else " lora" if lora else ""),
+        + (" qlora" if qlora else " lora" if lora else "")
+        + (" merged-generation" if merge_generation else ""),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "updates": updates,
@@ -375,6 +389,7 @@ def worker_main(args) -> int:
             num_prompts=args.batch_size, num_updates=args.num_updates, batch_size=args.batch_size,
             num_ppo_epochs=args.num_ppo_epochs, response_length=args.response_length, temperature=0.7,
             learning_rate=3e-6, seed=args.seed, threads=args.threads, profile=args.profile, qlora=args.qlora,
+            merge_generation=args.merge_generation,
         )  # fmt: skip
     result.pop("trainer")
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -421,10 +436,12 @@ def bench_main(args) -> int:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out),
                        "--paths", json.dumps(paths), "--reward-mode", "scalar" if row == "ours-scalar" else "span",
                        *common]  # fmt: skip
-                if row in ("ours-span-vhead", "ours-span-lora", "ours-span-qlora"):
+                if row in ("ours-span-vhead", "ours-span-lora", "ours-span-lora-merged", "ours-span-qlora"):
                     cmd.append("--value-head")
-                if row == "ours-span-lora":
+                if row in ("ours-span-lora", "ours-span-lora-merged"):
                     cmd.append("--lora")
+                if row == "ours-span-lora-merged":
+                    cmd.append("--merge-generation")
                 if row == "ours-span-qlora":
                     cmd.append("--qlora")
                 if args.profile:
@@ -459,7 +476,7 @@ def bench_main(args) -> int:
           f"SmolLM2-135M, batch {args.batch_size}, {args.response_length} new tokens, {args.num_ppo_epochs} PPO "
           f"epochs, {args.num_updates} updates (first excluded), best of {args.repeats}")  # fmt: skip
     header = (
-        f"{'row':<17}{'s/update':>10}{'CPU s/update':>14}{'1st update s':>14}{'peak RSS MB':>13}"
+        f"{'row':<23}{'s/update':>10}{'CPU s/update':>14}{'1st update s':>14}{'peak RSS MB':>13}"
         f"{'time vs trl':>13}{'CPU vs trl':>12}{'RSS vs trl':>12}"
     )
     print(header)
@@ -471,16 +488,16 @@ def bench_main(args) -> int:
             rt = f"{t / best('trl112', 's_per_update'):.2f}x"
             rc = f"{c / best('trl112', 'cpu_s_per_update'):.2f}x"
             rm = f"{m / best('trl112', 'peak_rss_mb'):.2f}x"
-        print(f"{row:<17}{t:>10.2f}{c:>14.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rc:>12}{rm:>12}")
+        print(f"{row:<23}{t:>10.2f}{c:>14.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rc:>12}{rm:>12}")
     if profiles:
         for suffix, label in (("", "wall-clock"), ("_cpu", "CPU")):
             print()
             print(f"{label} seconds per update by phase (mean over the updates after the first; best repeat):")
-            print(f"{'row':<17}" + "".join(f"{p:>17}" for p in PHASES) + f"{'sum':>8}")
+            print(f"{'row':<23}" + "".join(f"{p:>17}" for p in PHASES) + f"{'sum':>8}")
             for row, runs in profiles.items():
                 mean = min(runs, key=lambda r: sum(r[p + suffix] for p in PHASES))
                 values = [mean[p + suffix] for p in PHASES]
-                print(f"{row:<17}" + "".join(f"{v:>17.2f}" for v in values) + f"{sum(values):>8.2f}")
+                print(f"{row:<23}" + "".join(f"{v:>17.2f}" for v in values) + f"{sum(values):>8.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "phases": profiles}, indent=1))
     return 0
@@ -509,6 +526,7 @@ def parse_args(argv=None):
     p.add_argument("--value-head", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--qlora", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--merge-generation", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
