@@ -297,3 +297,25 @@ def test_trainer_with_merged_generation_samples_what_the_unmerged_policy_samples
         after = _bits(base)
         assert all(torch.equal(v, after[k]) for k, v in frozen.items())
     assert torch.equal(responses[False], responses[True])
+
+
+def test_a_rollout_without_usable_rewards_is_not_trained_on(tmp_path, smollm2_tokenizer, tiny_llama):
+    """The shared forward already ran when the rewards turn out unusable: its graph is dropped, nothing is updated."""
+
+    def dead_critic(prompts, responses, **context):
+        return [None] * len(responses)
+
+    trainer = SpanPPOTrainer(
+        _args(tmp_path, learning_rate=1e-2, max_consecutive_failed_rollouts=0),
+        smollm2_tokenizer,
+        tiny_llama(seed=1),
+        None,
+        dead_critic,
+        _dataset(),
+        value_model=None,
+    )
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert trainer.state.log_history[0]["rollout/skipped"] == 1.0
