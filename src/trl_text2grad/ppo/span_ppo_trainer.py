@@ -1412,14 +1412,15 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         kl, non_score = extra["kl"], extra["non_score_reward"]
         rewarded = (scored.span_rewards != 0).float() * mask
         rollouts_done = self._micro_step // self.micro_steps_per_rollout + 1
-        metrics = {
-            "objective/entropy": (-rollout["logprobs"] * mask).sum(1).mean(),
-            "objective/non_score_reward": non_score.sum(1).mean(),
-            "objective/rlhf_reward": (non_score.sum(1) + extra["task_reward"]).mean(),
-            "objective/scores": extra["task_reward"].mean(),
-        }
-        if self.needs_reference():  # without a reference forward there is no KL to report
-            metrics["objective/kl"] = kl.sum(1).mean()
+        metrics = {"objective/kl": kl.sum(1).mean()} if self.needs_reference() else {}  # no reference: no KL
+        metrics.update(
+            {
+                "objective/entropy": (-rollout["logprobs"] * mask).sum(1).mean(),
+                "objective/non_score_reward": non_score.sum(1).mean(),
+                "objective/rlhf_reward": (non_score.sum(1) + extra["task_reward"]).mean(),
+                "objective/scores": extra["task_reward"].mean(),
+            }
+        )
         if self.reward_kind != "classifier":  # a sequence classifier gives no spans: no always-zero span metrics
             metrics["span/frac_tokens_rewarded"] = rewarded.sum() / mask.sum().clamp(min=1)
             metrics["span/good_tokens"] = ((scored.span_rewards > 0).float() * mask).sum(1).mean()
