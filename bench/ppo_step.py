@@ -10,8 +10,17 @@ response has the same length on both sides), 4 PPO epochs of 1 mini-batch, fp32 
 Rows:
   trl112            trl 1.12 PPOTrainer (reward: sequence classifier, separate value model)
   ours-scalar       SpanPPOTrainer(reward_mode="scalar"), same reward and value models as trl 1.12
-  ours-span         SpanPPOTrainer(reward_mode="span"), a span reward function (no reward-model forward), value model
+  ours-span         SpanPPOTrainer(reward_mode="span"), a span reward function (no reward-model forward), separate
+                    value model and reference copy: full fine-tuning like trl 1.12, less the reward-model forward
   ours-span-vhead   same as ours-span with value_model=None (value head on the policy: one model less)
+  ours-span-lora    the recommended configuration: LoRA r=16 on every linear layer, reference = adapters disabled,
+                    value head on the policy
+  ours-span-lora-merged  ours-span-lora with merge_adapters_for_generation=True (adapters folded into the weights
+                    while sampling, base restored bit for bit)
+  ours-span-qlora   ours-span-lora on a 4-bit nf4 base (bitsandbytes; skipped with the reason where it has no backend)
+
+``--profile`` also prints, for our rows, the seconds per update spent in each phase (generation, rollout forwards,
+reward, advantages, loss forwards, backward, optimizer step).
 
 Usage::
 
@@ -42,7 +51,33 @@ sys.path.insert(0, str(HERE / "trl112"))
 import tiny_setup  # noqa: E402
 
 TRL112_VENV = Path(os.environ.get("TRL112_VENV", Path.home() / ".cache" / "trl_text2grad" / "trl112-venv"))
-ROWS = ("trl112", "ours-scalar", "ours-span", "ours-span-vhead", "ours-span-lora")
+ROWS = (
+    "trl112",
+    "ours-scalar",
+    "ours-span",
+    "ours-span-vhead",
+    "ours-span-lora",
+    "ours-span-lora-merged",
+    "ours-span-qlora",
+)
+PHASES = ("generation", "rollout_forwards", "reward", "advantages", "loss_forward", "backward", "optimizer")
+
+
+def bitsandbytes_problem() -> str | None:
+    """Why the QLoRA row cannot run here (``None`` when bitsandbytes quantizes and dequantizes nf4 on the CPU)."""
+    try:
+        import bitsandbytes.functional as bnbf
+    except Exception as error:  # ImportError, or a broken install raising at import
+        return f"bitsandbytes is not importable ({type(error).__name__}: {error})"
+    try:
+        weight = torch.randn(64, 64)
+        packed, state = bnbf.quantize_4bit(weight, quant_type="nf4")
+        restored = bnbf.dequantize_4bit(packed, state)
+    except Exception as error:  # no CPU backend in this build
+        return f"bitsandbytes has no nf4 backend on this machine ({type(error).__name__}: {error})"
+    if not torch.isfinite(restored).all():
+        return "bitsandbytes' nf4 round trip gave non-finite values"
+    return None
 
 
 def bench_span_reward(prompts, responses, **context):
@@ -57,11 +92,82 @@ def bench_span_reward(prompts, responses, **context):
     return out
 
 
+class _PhaseTimer:
+    """Seconds per phase of a PPO update, by wrapping the trainer's stage methods (``--profile``).
+
+    Phases: ``generation`` (:meth:`generate`), ``rollout_forwards`` (the rest of :meth:`rollout`: old log-probs,
+    values and reference log-probs; when the rollout is one micro-batch this includes the first PPO epoch's loss
+    forward, which the rollout shares), ``reward`` (:meth:`score`), ``advantages`` (:meth:`compute_advantages`),
+    ``loss_forward`` (the rest of :meth:`compute_loss`), ``backward`` (``accelerator.backward``) and ``optimizer``
+    (from the ``Trainer``'s pre-optimizer-step callback to its optimizer-step callback). Each phase is timed in
+    wall-clock seconds and in CPU seconds of the process (``time.process_time``: with one torch thread, robust to
+    other jobs sharing the machine); nested phases are subtracted from the enclosing one.
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.snapshots: list[dict[str, float]] = []  # totals at the start of training and after every update
+        self._optimizer_start: tuple[float, float] | None = None
+
+    def per_update(self) -> list[dict[str, float]]:
+        """Seconds per phase of each update (differences of consecutive snapshots)."""
+        out = []
+        for before, after in zip(self.snapshots, self.snapshots[1:]):
+            out.append({k: after.get(k, 0.0) - before.get(k, 0.0) for k in after})
+        return out
+
+    def add(self, phase: str, wall: float, cpu: float) -> None:
+        self.totals[phase] = self.totals.get(phase, 0.0) + wall
+        self.totals[phase + "_cpu"] = self.totals.get(phase + "_cpu", 0.0) + cpu
+
+    def wrap(self, obj, name: str, phase: str, exclude: tuple[str, ...] = ()) -> None:
+        original = getattr(obj, name)
+        timer = self
+
+        def timed(*args, **kwargs):
+            keys = [p for p in exclude] + [p + "_cpu" for p in exclude]
+            before = {k: timer.totals.get(k, 0.0) for k in keys}
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                nested_wall = sum(timer.totals.get(p, 0.0) - before[p] for p in exclude)
+                nested_cpu = sum(timer.totals.get(p + "_cpu", 0.0) - before[p + "_cpu"] for p in exclude)
+                timer.add(phase, time.perf_counter() - wall - nested_wall, time.process_time() - cpu - nested_cpu)
+
+        setattr(obj, name, timed)
+
+    def install(self, trainer) -> None:
+        from transformers import TrainerCallback
+
+        timer = self
+        self.wrap(trainer, "generate", "generation")
+        self.wrap(trainer, "rollout", "rollout_forwards", exclude=("generation",))
+        self.wrap(trainer, "score", "reward")
+        self.wrap(trainer, "compute_advantages", "advantages")
+        rollout_phases = ("generation", "rollout_forwards", "reward", "advantages")
+        self.wrap(trainer, "compute_loss", "loss_forward", exclude=rollout_phases)
+        self.wrap(trainer.accelerator, "backward", "backward")
+
+        class _OptimizerCB(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                timer._optimizer_start = (time.perf_counter(), time.process_time())
+
+            def on_optimizer_step(self, args, state, control, **kwargs):
+                if timer._optimizer_start is not None:
+                    wall, cpu = timer._optimizer_start
+                    timer.add("optimizer", time.perf_counter() - wall, time.process_time() - cpu)
+                    timer._optimizer_start = None
+
+        trainer.add_callback(_OptimizerCB())
+
+
 class _Recorder:
-    def __init__(self, steps_per_update: int):
+    def __init__(self, steps_per_update: int, phases: _PhaseTimer | None = None):
         from transformers import TrainerCallback
 
         recorder = self
+        self.phases = phases
         self.marks: list[float] = []
         self.cpu_marks: list[float] = []  # CPU time of all threads: robust to other jobs on a shared machine
 
@@ -69,11 +175,15 @@ class _Recorder:
             def on_train_begin(self, args, state, control, **kwargs):
                 recorder.marks.append(time.perf_counter())
                 recorder.cpu_marks.append(time.process_time())
+                if recorder.phases is not None:
+                    recorder.phases.snapshots.append(dict(recorder.phases.totals))
 
             def on_step_end(self, args, state, control, **kwargs):
                 if state.global_step % steps_per_update == 0:
                     recorder.marks.append(time.perf_counter())
                     recorder.cpu_marks.append(time.process_time())
+                    if recorder.phases is not None:
+                        recorder.phases.snapshots.append(dict(recorder.phases.totals))
 
         self.callback = _CB()
 
@@ -101,6 +211,9 @@ def run_span_ppo(
     kl_coef: float = 0.05,
     seed: int = 42,
     threads: int = 0,
+    profile: bool = False,
+    qlora: bool = False,
+    merge_generation: bool = False,
     **extra_config,
 ) -> dict:
     """Train ``SpanPPOTrainer`` with TRL 1.12-equivalent settings; return metrics in the harness's JSON layout.
@@ -121,7 +234,18 @@ def run_span_ppo(
     t_load = time.perf_counter()
     tok = tiny_setup.load_tokenizer(str(tokenizer))
     set_seed(seed)
-    policy_model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
+    if qlora:  # QLoRA: frozen nf4 base (bitsandbytes), fp32 compute, LoRA adapters on top
+        from transformers import BitsAndBytesConfig
+
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
+        policy_model = AutoModelForCausalLM.from_pretrained(
+            str(policy), dtype=torch.float32, quantization_config=quantization, device_map={"": "cpu"}
+        )
+        lora = True
+    else:
+        policy_model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
     # LoRA (the recommended configuration): the reference is the policy with its adapters disabled, no copy
     ref_model = None if lora else AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
     peft_config = None
@@ -167,11 +291,14 @@ def run_span_ppo(
         gradient_checkpointing=False,
         num_sample_generations=0,
     )
+    if merge_generation:
+        config_kwargs["merge_adapters_for_generation"] = True
     config_kwargs.update(extra_config)
     # TRL 1.12 reproduction switches (trl112_*) live in the parity config, not in the documented SpanPPOConfig
     config_class = Trl112ParityConfig if any(k.startswith("trl112_") for k in config_kwargs) else SpanPPOConfig
     config = config_class(**config_kwargs)
-    recorder = _Recorder(steps_per_update)
+    phases = _PhaseTimer() if profile else None
+    recorder = _Recorder(steps_per_update, phases)
     trainer = SpanPPOTrainer(
         args=config,
         processing_class=tok,
@@ -194,6 +321,8 @@ def run_span_ppo(
         return out
 
     trainer.rollout = recording_rollout
+    if phases is not None:
+        phases.install(trainer)
     original_multinomial = torch.multinomial
     if argmax_sampling:
 
@@ -214,7 +343,8 @@ def run_span_ppo(
     return {
         "implementation": f"SpanPPOTrainer reward_mode={reward_mode}"
         + (" value_head" if value_head else "")
-        + (" lora" if lora else ""),
+        + (" qlora" if qlora else " lora" if lora else "")
+        + (" merged-generation" if merge_generation else ""),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "updates": updates,
@@ -224,6 +354,7 @@ def run_span_ppo(
         "load_seconds": load_s,
         "train_seconds": train_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "phase_seconds_per_update": None if phases is None else phases.per_update(),
         "trainer": trainer,
     }
 
@@ -257,7 +388,8 @@ def worker_main(args) -> int:
             argmax_sampling=False,
             num_prompts=args.batch_size, num_updates=args.num_updates, batch_size=args.batch_size,
             num_ppo_epochs=args.num_ppo_epochs, response_length=args.response_length, temperature=0.7,
-            learning_rate=3e-6, seed=args.seed, threads=args.threads,
+            learning_rate=3e-6, seed=args.seed, threads=args.threads, profile=args.profile, qlora=args.qlora,
+            merge_generation=args.merge_generation,
         )  # fmt: skip
     result.pop("trainer")
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -277,7 +409,13 @@ def bench_main(args) -> int:
         raise SystemExit(f"--rows: unknown {unknown}; choose from {', '.join(ROWS)}")
     paths = prepare_models(Path(args.cache), args.seed)
     env = dict(os.environ, TRL_EXPERIMENTAL_SILENCE="1", TOKENIZERS_PARALLELISM="false")
+    if "ours-span-qlora" in rows:
+        problem = bitsandbytes_problem()
+        if problem is not None:
+            print(f"skipping row ours-span-qlora: {problem}", flush=True)
+            rows.remove("ours-span-qlora")
     results = {}
+    profiles: dict[str, list[dict[str, float]]] = {}
     out_dir = Path(tempfile.mkdtemp(prefix="ppo_step_results_"))
     for rep in range(args.repeats):
         for row in rows:
@@ -298,10 +436,16 @@ def bench_main(args) -> int:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out),
                        "--paths", json.dumps(paths), "--reward-mode", "scalar" if row == "ours-scalar" else "span",
                        *common]  # fmt: skip
-                if row in ("ours-span-vhead", "ours-span-lora"):
+                if row in ("ours-span-vhead", "ours-span-lora", "ours-span-lora-merged", "ours-span-qlora"):
                     cmd.append("--value-head")
-                if row == "ours-span-lora":
+                if row in ("ours-span-lora", "ours-span-lora-merged"):
                     cmd.append("--lora")
+                if row == "ours-span-lora-merged":
+                    cmd.append("--merge-generation")
+                if row == "ours-span-qlora":
+                    cmd.append("--qlora")
+                if args.profile:
+                    cmd.append("--profile")
                 _run(cmd, env=env)
             result = json.loads(out.read_text())
             times = result["seconds_per_update"]
@@ -317,6 +461,12 @@ def bench_main(args) -> int:
                 }
             )
             print(f"[{rep}] {row}: {results[row][-1]}", flush=True)
+            per_update = result.get("phase_seconds_per_update")
+            if per_update:
+                steady_phases = per_update[1:] if len(per_update) > 1 else per_update
+                keys = [p + suffix for p in PHASES for suffix in ("", "_cpu")]
+                mean = {k: sum(u.get(k, 0.0) for u in steady_phases) / len(steady_phases) for k in keys}
+                profiles.setdefault(row, []).append(mean)
 
     def best(row, key):
         return min(r[key] for r in results[row])
@@ -326,7 +476,7 @@ def bench_main(args) -> int:
           f"SmolLM2-135M, batch {args.batch_size}, {args.response_length} new tokens, {args.num_ppo_epochs} PPO "
           f"epochs, {args.num_updates} updates (first excluded), best of {args.repeats}")  # fmt: skip
     header = (
-        f"{'row':<17}{'s/update':>10}{'CPU s/update':>14}{'1st update s':>14}{'peak RSS MB':>13}"
+        f"{'row':<23}{'s/update':>10}{'CPU s/update':>14}{'1st update s':>14}{'peak RSS MB':>13}"
         f"{'time vs trl':>13}{'CPU vs trl':>12}{'RSS vs trl':>12}"
     )
     print(header)
@@ -338,9 +488,18 @@ def bench_main(args) -> int:
             rt = f"{t / best('trl112', 's_per_update'):.2f}x"
             rc = f"{c / best('trl112', 'cpu_s_per_update'):.2f}x"
             rm = f"{m / best('trl112', 'peak_rss_mb'):.2f}x"
-        print(f"{row:<17}{t:>10.2f}{c:>14.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rc:>12}{rm:>12}")
+        print(f"{row:<23}{t:>10.2f}{c:>14.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rc:>12}{rm:>12}")
+    if profiles:
+        for suffix, label in (("", "wall-clock"), ("_cpu", "CPU")):
+            print()
+            print(f"{label} seconds per update by phase (mean over the updates after the first; best repeat):")
+            print(f"{'row':<23}" + "".join(f"{p:>17}" for p in PHASES) + f"{'sum':>8}")
+            for row, runs in profiles.items():
+                mean = min(runs, key=lambda r: sum(r[p + suffix] for p in PHASES))
+                values = [mean[p + suffix] for p in PHASES]
+                print(f"{row:<23}" + "".join(f"{v:>17.2f}" for v in values) + f"{sum(values):>8.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps({"results": results, "phases": profiles}, indent=1))
     return 0
 
 
@@ -356,6 +515,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="run every row this many times, report the best")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "trl_text2grad" / "bench_models"))
     p.add_argument("--json", help="also write the raw results here")
+    p.add_argument(
+        "--profile", action="store_true", help="also time each phase of our updates (generation, forwards, ...)"
+    )
     # internal: one of our runs in a fresh process
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -363,6 +525,8 @@ def parse_args(argv=None):
     p.add_argument("--reward-mode", default="span", help=argparse.SUPPRESS)
     p.add_argument("--value-head", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--qlora", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--merge-generation", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 

@@ -232,3 +232,48 @@ def test_span_reward_config_uses_the_ppo_names_and_accepts_the_old_ones():
     with pytest.warns(FutureWarning, match="good_span_reward"):
         old = SpanRewardConfig(output_dir="unused", good_score=3.0, poor_score=-2.0, report_to=[])
     assert (old.good_span_reward, old.poor_span_reward, old.good_score) == (3.0, -2.0, None)
+
+
+def test_length_grouped_batches_bound_padding_and_keep_every_row():
+    from trl_text2grad.reward.scoring import length_grouped_batches
+
+    lengths = [100, 12, 98, 50, 51, 12, 7, 100, 49]
+    for batch_size in (1, 2, 3, 8):
+        for limit in (0.0, 0.1, 0.5, 1.0):
+            groups = length_grouped_batches(lengths, batch_size, limit)
+            assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+            for group in groups:
+                assert 1 <= len(group) <= batch_size
+                padded = max(lengths[i] for i in group) * len(group)
+                assert padded - sum(lengths[i] for i in group) <= limit * padded
+    assert length_grouped_batches(lengths, 8, 0.1) == [[0, 7, 2], [4, 3, 8], [1, 5], [6]]
+    assert length_grouped_batches(lengths, 4, 1.0) == [[0, 7, 2, 4], [3, 8, 1, 5], [6]]
+    assert length_grouped_batches([], 8, 0.1) == []
+    with pytest.raises(ValueError, match="max_padding_fraction"):
+        length_grouped_batches(lengths, 8, 1.5)
+
+
+def test_token_head_scoring_is_the_same_whatever_the_grouping(tiny_llama, smollm2_tokenizer):
+    """Grouping by length (little padding) gives the predictions of per-sample and of fully padded forwards."""
+    from trl_text2grad.reward.modeling import SpanTokenHeadModel
+    from trl_text2grad.reward.scoring import SpanRewardModel
+
+    torch.manual_seed(0)
+    model = SpanTokenHeadModel(tiny_llama(), num_labels=3).eval()
+    with torch.no_grad():
+        model.span_head.weight.normal_(std=2.0)  # a head that predicts all three labels
+    config = {"model_form": "token_head", "head_layout": "repeat", "layout_separator": "\n"}
+    prompts = [f"Task {i}: " + "explain " * (i * 3) for i in range(7)]
+    responses = [("word " * (1 + 5 * ((i * 3) % 7))).strip() + f" end{i}" for i in range(7)]
+
+    def spans(batch_size, limit):
+        scorer = SpanRewardModel(model, smollm2_tokenizer, config, batch_size=batch_size, max_padding_fraction=limit)
+        return [[(s.start, s.end, s.score) for s in p.spans] for p in scorer.predict(prompts, responses)]
+
+    single = spans(1, 0.0)
+    assert any(single) and any(s for row in single for s in row if s[2] < 0)
+    assert spans(8, 0.1) == single
+    assert spans(8, 1.0) == single
+    assert spans(3, 0.5) == single
+    with pytest.raises(ValueError, match="max_padding_fraction"):
+        SpanRewardModel(model, smollm2_tokenizer, config, max_padding_fraction=-0.1)

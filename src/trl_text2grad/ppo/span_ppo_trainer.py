@@ -79,6 +79,7 @@ from .advantages import (
 )
 from .completions import print_completions_table, write_completions_table
 from .heatmaps import write_rollout_heatmaps
+from .merging import merged_lora_adapters
 from .modeling import VALUE_HEAD_FILE, VALUE_MODEL_DIR, PolicyWithValue
 from .prompts import drop_unusable_prompt_rows
 from .sampler import RolloutSampler
@@ -411,6 +412,8 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         self._micro_step: int | None = None
         self._permutation: np.ndarray | None = None
         self.last_rollout: dict[str, Any] | None = None  # the latest scored rollout (for tests and inspection)
+        self._loss_forward_model: nn.Module | None = None  # set while compute_loss makes a rollout (see rollout())
+        self._loss_forward_outputs: tuple | None = None
 
         device = self.accelerator.device
         if self.is_deepspeed_enabled:
@@ -686,6 +689,25 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
     def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
         return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
+    @contextlib.contextmanager
+    def _generation_weights(self, policy: nn.Module):
+        """``merge_adapters_for_generation``: the LoRA adapters folded into the weights while generating (the base
+        weights are restored bit for bit afterwards, see :mod:`~trl_text2grad.ppo.merging`)."""
+        if not (self.args.merge_adapters_for_generation and self.is_peft_model and not self.is_deepspeed_enabled):
+            yield
+            return
+        if getattr(self, "_merge_inexact", False):
+            yield
+            return
+        with merged_lora_adapters(policy) as merge:
+            yield
+        if not merge.exact:  # a non-deterministic kernel recomputed a different delta: stop merging
+            self._merge_inexact = True
+            logger.warning(
+                "merge_adapters_for_generation: the base weights were not restored bit for bit after generation "
+                "(the adapter deltas recomputed differently); merging is switched off for the rest of training."
+            )
+
     @torch.no_grad()
     def generate(self, rows: list[dict]) -> dict[str, Any]:
         """Encode and left-pad the prompts of ``rows``, sample responses and mask everything after the stop token.
@@ -703,7 +725,8 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             with unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, gather_deepspeed3_params=self.args.ds3_gather_for_generation
             ) as unwrapped:
-                responses = self.generate_responses(unwrapped.policy, prompt_ids, prompt_mask)
+                with self._generation_weights(unwrapped.policy):
+                    responses = self.generate_responses(unwrapped.policy, prompt_ids, prompt_mask)
         finally:
             self.model.train(was_training)
         responses = responses.to(prompt_ids.device)
@@ -728,30 +751,54 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             "prompts_truncated": truncated,
         }
 
+    def needs_reference(self) -> bool:
+        """Whether a rollout runs the reference policy: its log-probabilities enter the reward (``kl_coef != 0``), the
+        KL controller (``adaptive_kl``) or the logs (``log_kl_without_penalty``)."""
+        args = self.args
+        return self.kl_coef != 0 or args.adaptive_kl or args.log_kl_without_penalty
+
     @torch.no_grad()
     def rollout(self, rows: list[dict]) -> dict[str, Any]:
-        """Sample responses (:meth:`generate`) and compute old log-probs, reference log-probs and values."""
+        """Sample responses (:meth:`generate`) and compute old log-probs, reference log-probs and values.
+
+        Old log-probs and values come from one forward of the policy (with the value head, or the value model, in the
+        same call). When the rollout is one micro-batch (``rollout_accumulation_steps == 1``), that forward is the
+        first PPO epoch's own loss forward (see :meth:`compute_loss`): it runs once, with gradients, and its detached
+        outputs are the old log-probs and values. The reference forward is skipped when nothing needs it
+        (:meth:`needs_reference`); the reference log-probs are then the old log-probs (a KL of 0).
+        """
         args = self.args
         generated = self.generate(rows)
         prompt_ids, prompt_mask = generated["prompt_ids"], generated["prompt_mask"]
         responses, response_mask = generated["responses"], generated["response_mask"]
         length = responses.shape[1]
+        input_ids = torch.cat([prompt_ids, responses], dim=1)
+        attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+        position_ids = self._positions(attention_mask)
+        temperature = args.temperature + _EPS_TEMPERATURE
+        logprobs, ref_logprobs, values = [], [], []
+        loss_model = self._loss_forward_model
+        if loss_model is not None:  # the first PPO epoch's forward (train mode, with gradients), kept for its loss
+            with torch.enable_grad():
+                logits, value = loss_model(input_ids, attention_mask, position_ids, length)
+            self._loss_forward_outputs = (logits, value)
+            logprobs.append(logprobs_from_logits(logits.detach().float() / temperature, responses))
+            values.append(value.detach().float())
+        use_reference = self.needs_reference()
         was_training = self.model.training
         self.model.eval()
         try:
-            input_ids = torch.cat([prompt_ids, responses], dim=1)
-            attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
-            position_ids = self._positions(attention_mask)
-            temperature = args.temperature + _EPS_TEMPERATURE
-            logprobs, ref_logprobs, values = [], [], []
             unwrapped_model = self.accelerator.unwrap_model(self.model)
             step = args.local_rollout_forward_batch_size
             for i in range(0, input_ids.shape[0], step):
                 sl = slice(i, i + step)
-                logits, value = unwrapped_model(input_ids[sl], attention_mask[sl], position_ids[sl], length)
-                logprobs.append(logprobs_from_logits(logits, responses[sl], temperature))
-                values.append(value.float())
-                del logits
+                if loss_model is None:
+                    logits, value = unwrapped_model(input_ids[sl], attention_mask[sl], position_ids[sl], length)
+                    logprobs.append(logprobs_from_logits(logits, responses[sl], temperature))
+                    values.append(value.float())
+                    del logits
+                if not use_reference:
+                    continue
                 if self.ref_model is None:
                     with self.null_ref_context():
                         ref_logits, _ = unwrapped_model(
@@ -768,10 +815,11 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
                 del ref_logits
         finally:
             self.model.train(was_training)
+        logprobs = torch.cat(logprobs)
         return {
             **generated,
-            "logprobs": torch.cat(logprobs),
-            "ref_logprobs": torch.cat(ref_logprobs),
+            "logprobs": logprobs,
+            "ref_logprobs": torch.cat(ref_logprobs) if use_reference else logprobs.clone(),
             "values": torch.cat(values),
         }
 
@@ -1080,10 +1128,17 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         ):  # a new train() call (or a state that does not belong to this step): start from the Trainer's step
             self._micro_step, self._buffer, self._permutation = expected_step, None, None
         index = self._micro_step % self.micro_steps_per_rollout
+        if index == 0 and self.args.rollout_accumulation_steps == 1:
+            # the rollout is one micro-batch: compute_loss makes it from this micro-step's own loss forward
+            return {"rollout_rows": list(generation_batch)}
         if index == 0 or self._buffer is None:
             if index != 0:
                 logger.warning("no stored rollout for a resumed mid-rollout step; generating a fresh one.")
             self._buffer = self._make_rollout(list(generation_batch))
+        return self._next_micro_batch(index)[0]
+
+    def _next_micro_batch(self, index: int) -> tuple[dict[str, Any], torch.Tensor]:
+        """The micro-batch of micro-step ``index`` of the stored rollout (rows of this PPO epoch's permutation)."""
         per_epoch = self.args.rollout_accumulation_steps  # micro-batches per PPO epoch
         within = index % per_epoch
         if within == 0 or self._permutation is None:
@@ -1092,7 +1147,23 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         rows = torch.as_tensor(self._permutation[within * size : (within + 1) * size], device=self.accelerator.device)
         self._micro_step += 1
         micro = {k: v[rows] if v.dim() > 0 else v for k, v in self._buffer.items()}
-        return micro
+        return micro, rows
+
+    def _rollout_with_loss_forward(self, model: nn.Module, rows: list[dict]) -> tuple[dict[str, Any], tuple | None]:
+        """Make the rollout of ``rows`` with ``model``'s forward (the first PPO epoch's, kept with its gradients);
+        returns the first micro-batch and the forward's ``(logits, values)`` for its rows (``None`` when an
+        overridden :meth:`rollout` did not run it)."""
+        self._loss_forward_model = model
+        try:
+            self._buffer = self._make_rollout(rows)
+            outputs = self._loss_forward_outputs
+        finally:
+            self._loss_forward_model = None
+            self._loss_forward_outputs = None
+        micro, order = self._next_micro_batch(0)
+        if outputs is not None:
+            outputs = (outputs[0][order], outputs[1][order] if outputs[1] is not None else None)
+        return micro, outputs
 
     # ------------------------------------------------------------------------------------------------------------
     # Update
@@ -1102,12 +1173,18 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         if return_outputs:
             raise ValueError("SpanPPOTrainer.compute_loss does not return outputs.")
         args = self.args
+        outputs = None
+        if "rollout_rows" in inputs:  # first micro-step of a one-micro-batch rollout (see _prepare_inputs)
+            inputs, outputs = self._rollout_with_loss_forward(model, inputs["rollout_rows"])
         if bool(inputs["skip_global"]):
             return torch.zeros((), device=self.accelerator.device, requires_grad=True)
         responses = inputs["responses"]
         length = responses.shape[1]
         attention_mask = inputs["attention_mask"]
-        logits, values = model(inputs["input_ids"], attention_mask, self._positions(attention_mask), length)
+        if outputs is None:
+            outputs = model(inputs["input_ids"], attention_mask, self._positions(attention_mask), length)
+        logits, values = outputs
+        del outputs
         logits = logits.float() / (args.temperature + _EPS_TEMPERATURE)
         new_logprobs = logprobs_from_logits(logits, responses)
         train_mask, value_mask = inputs["train_mask"], inputs["value_mask"]
@@ -1335,13 +1412,15 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         kl, non_score = extra["kl"], extra["non_score_reward"]
         rewarded = (scored.span_rewards != 0).float() * mask
         rollouts_done = self._micro_step // self.micro_steps_per_rollout + 1
-        metrics = {
-            "objective/kl": kl.sum(1).mean(),
-            "objective/entropy": (-rollout["logprobs"] * mask).sum(1).mean(),
-            "objective/non_score_reward": non_score.sum(1).mean(),
-            "objective/rlhf_reward": (non_score.sum(1) + extra["task_reward"]).mean(),
-            "objective/scores": extra["task_reward"].mean(),
-        }
+        metrics = {"objective/kl": kl.sum(1).mean()} if self.needs_reference() else {}  # no reference: no KL
+        metrics.update(
+            {
+                "objective/entropy": (-rollout["logprobs"] * mask).sum(1).mean(),
+                "objective/non_score_reward": non_score.sum(1).mean(),
+                "objective/rlhf_reward": (non_score.sum(1) + extra["task_reward"]).mean(),
+                "objective/scores": extra["task_reward"].mean(),
+            }
+        )
         if self.reward_kind != "classifier":  # a sequence classifier gives no spans: no always-zero span metrics
             metrics["span/frac_tokens_rewarded"] = rewarded.sum() / mask.sum().clamp(min=1)
             metrics["span/good_tokens"] = ((scored.span_rewards > 0).float() * mask).sum(1).mean()

@@ -37,7 +37,13 @@ from .modeling import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SpanRewardModel", "SpanPrediction", "parse_generated_critique", "labels_to_spans"]
+__all__ = [
+    "SpanRewardModel",
+    "SpanPrediction",
+    "parse_generated_critique",
+    "labels_to_spans",
+    "length_grouped_batches",
+]
 
 
 @dataclass
@@ -137,6 +143,39 @@ def parse_generated_critique(text: str) -> Critique | None:
     )
 
 
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, max_padding_fraction: float) -> list[list[int]]:
+    """Group rows into forward batches by length: at most ``batch_size`` rows each, padding bounded.
+
+    Rows are taken longest first; a row joins the current batch unless that would make more than
+    ``max_padding_fraction`` of the batch's tokens (rows x its longest row) padding, or exceed ``batch_size`` rows.
+    ``1.0`` gives plain chunks of ``batch_size`` rows in length order; ``0.0`` batches only rows of equal length.
+
+    Returns:
+        Lists of row indices (every index exactly once).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if not 0.0 <= max_padding_fraction <= 1.0:
+        raise ValueError(f"max_padding_fraction must be in [0, 1], got {max_padding_fraction}.")
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    groups: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for index in order:
+        if current:
+            rows = len(current) + 1
+            padded = int(lengths[current[0]]) * rows
+            padding = padded - (tokens + int(lengths[index]))
+            if rows > batch_size or padding > max_padding_fraction * padded:
+                groups.append(current)
+                current, tokens = [], 0
+        current.append(index)
+        tokens += int(lengths[index])
+    if current:
+        groups.append(current)
+    return groups
+
+
 class SpanRewardModel:
     """A trained span reward model ready to score (prompt, response) pairs.
 
@@ -147,10 +186,21 @@ class SpanRewardModel:
         model: ``SpanTokenHeadModel`` (token_head) or a causal LM (generative).
         tokenizer: The reward model's fast tokenizer.
         span_config: The saved ``span_reward_config.json`` content (form, layout, separator, scores, ...).
-        batch_size: Samples per forward pass / generation batch.
+        batch_size: Samples per forward pass / generation batch (at most).
+        max_padding_fraction: token_head only: samples are grouped by length into forward passes of at most
+            ``batch_size`` rows in which at most this fraction of the tokens is padding (a forward costs about its
+            padded size, so on a CPU, where a longer batch does not run faster per token, padding is pure waste).
+            ``1.0``: fixed chunks of ``batch_size`` samples (sorted by length).
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer, span_config: dict[str, Any], batch_size: int = 8):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        span_config: dict[str, Any],
+        batch_size: int = 8,
+        max_padding_fraction: float = 0.1,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.config = dict(span_config)
@@ -160,6 +210,9 @@ class SpanRewardModel:
         if self.form == "token_head" and not isinstance(model, SpanTokenHeadModel):
             raise TypeError("a token_head SpanRewardModel needs a SpanTokenHeadModel.")
         self.batch_size = int(batch_size)
+        if not 0.0 <= float(max_padding_fraction) <= 1.0:
+            raise ValueError(f"max_padding_fraction must be in [0, 1], got {max_padding_fraction}.")
+        self.max_padding_fraction = float(max_padding_fraction)
         self.stats = {"num_scored": 0, "num_unparseable": 0, "num_truncated": 0}
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -174,6 +227,7 @@ class SpanRewardModel:
         batch_size: int = 8,
         merge_adapter: bool = True,
         base_model_path: str | None = None,
+        max_padding_fraction: float = 0.1,
     ) -> SpanRewardModel:
         """Load a checkpoint saved by ``SpanRewardTrainer`` (base model + LoRA adapter or full model, head, config).
 
@@ -184,6 +238,7 @@ class SpanRewardModel:
             batch_size: Scoring batch size.
             merge_adapter: Merge a LoRA adapter into the base weights (faster scoring; same outputs).
             base_model_path: Override the base model recorded in the config (e.g. the checkpoint moved machines).
+            max_padding_fraction: token_head: most padding allowed in one forward (see the class).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -218,7 +273,7 @@ class SpanRewardModel:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
         model.eval()
-        return cls(model, tokenizer, span_config, batch_size=batch_size)
+        return cls(model, tokenizer, span_config, batch_size=batch_size, max_padding_fraction=max_padding_fraction)
 
     @property
     def device(self) -> torch.device:
@@ -243,12 +298,12 @@ class SpanRewardModel:
         was_training = self.model.training
         self.model.eval()
         try:
-            for begin in range(0, len(prompts), self.batch_size):
-                batch_prompts = list(prompts[begin : begin + self.batch_size])
-                batch_responses = list(responses[begin : begin + self.batch_size])
-                if self.form == "token_head":
-                    predictions += self._predict_token_head(batch_prompts, batch_responses)
-                else:
+            if self.form == "token_head":
+                predictions = self._predict_token_head(list(prompts), list(responses))
+            else:
+                for begin in range(0, len(prompts), self.batch_size):
+                    batch_prompts = list(prompts[begin : begin + self.batch_size])
+                    batch_responses = list(responses[begin : begin + self.batch_size])
                     predictions += self._predict_generative(batch_prompts, batch_responses)
         finally:
             if was_training:
@@ -258,39 +313,47 @@ class SpanRewardModel:
 
     @torch.no_grad()
     def _predict_token_head(self, prompts: list, responses: list[str]) -> list[SpanPrediction]:
+        """All samples: encoded once, grouped by length (:func:`length_grouped_batches`), one forward per group."""
         cfg = self.config
         tokenizer = self.tokenizer
         encodings = [
             encode_prompt_response(tokenizer, p, r, max_length=cfg.get("max_length"), append_eos=True)
             for p, r in zip(prompts, responses)
         ]
-        ranges = []
         for enc in encodings:
-            ranges.append((enc["response_start"], len(enc["input_ids"])))
             if enc["num_response_tokens_truncated"]:
                 self.stats["num_truncated"] += 1
+        layout = cfg.get("head_layout", "repeat")
         separator = tokenizer(cfg.get("layout_separator", ""), add_special_tokens=False)["input_ids"]
-        batch = build_token_head_batch(
-            [e["input_ids"] for e in encodings],
-            ranges,
-            pad_token_id=tokenizer.pad_token_id,
-            layout=cfg.get("head_layout", "repeat"),
-            separator_ids=separator,
-        )
-        device = self.device
-        output = self.model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-        labels = output.span_logits.argmax(-1).cpu()
+        lengths = [
+            len(enc["input_ids"])
+            + (len(separator) + len(enc["input_ids"]) - enc["response_start"] if layout == "repeat" else 0)
+            for enc in encodings
+        ]
         good, poor = float(cfg.get("good_score", 1.0)), float(cfg.get("poor_score", -1.0))
-        predictions = []
-        for i, (enc, response) in enumerate(zip(encodings, responses)):
-            row_labels = labels[i][batch["head_mask"][i].bool()].tolist()
-            spans = labels_to_spans(response, enc["response_offsets"], row_labels, good, poor)
-            critique = Critique(
-                text="",
-                good=[s.quote for s in spans if s.score > 0],
-                poor=[s.quote for s in spans if s.score < 0],
+        device = self.device
+        predictions: list[SpanPrediction | None] = [None] * len(encodings)
+        for group in length_grouped_batches(lengths, self.batch_size, self.max_padding_fraction):
+            batch = build_token_head_batch(
+                [encodings[i]["input_ids"] for i in group],
+                [(encodings[i]["response_start"], len(encodings[i]["input_ids"])) for i in group],
+                pad_token_id=tokenizer.pad_token_id,
+                layout=layout,
+                separator_ids=separator,
             )
-            predictions.append(SpanPrediction(critique=critique, spans=spans))
+            output = self.model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            )
+            labels = output.span_logits.argmax(-1).cpu()
+            for row, index in enumerate(group):
+                row_labels = labels[row][batch["head_mask"][row].bool()].tolist()
+                spans = labels_to_spans(responses[index], encodings[index]["response_offsets"], row_labels, good, poor)
+                critique = Critique(
+                    text="",
+                    good=[s.quote for s in spans if s.score > 0],
+                    poor=[s.quote for s in spans if s.score < 0],
+                )
+                predictions[index] = SpanPrediction(critique=critique, spans=spans)
         return predictions
 
     @torch.no_grad()
