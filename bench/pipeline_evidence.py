@@ -1,0 +1,483 @@
+"""The whole Text2Grad pipeline, offline: critic -> span reward model -> PPO driven by the reward model only.
+
+One command per stage (raw outputs under ``docs/evidence/pipeline/``)::
+
+    # (a) sample responses of SmolLM2-135M-Instruct to the text task's prompts, annotate them with the task's critic
+    python bench/pipeline_evidence.py data --per-topic 48
+    # (b) train the token-level span reward model (LoRA, SpanRewardTrainer) on the annotations of the training
+    #     topics, evaluate it on the held-out topics against the trivial baselines; and the scalar reward model
+    #     (same trainer, same rows, the annotation collapsed to one number per response)
+    python bench/pipeline_evidence.py train-rm --kind span --max-steps 300
+    python bench/pipeline_evidence.py train-rm --kind scalar --max-steps 300
+    # (c) PPO, one run per command (arm, seed, KL coefficient)
+    python bench/pipeline_evidence.py ppo --arm rm-span --seed 0 --kl-coef 0.05 --updates 15
+    # (d) tables, plots and bootstrap confidence intervals over every finished run
+    python bench/pipeline_evidence.py report
+
+Data (``data``): the text task is ``trl_text2grad.tasks.constrained_text`` (16 topics, one prompt per topic).
+Its fixed topic split (``split_items(TOPICS, ..., test_fraction=0.25, seed=0)``: 12 train topics, 4 test topics)
+is the held-out split BY PROMPT of the reward model. Within the train topics a further ``--indist-fraction`` of the
+responses is held out too (new responses to prompts the reward model was trained on: what it sees during PPO, whose
+prompts are the train topics). Responses are sampled as PPO samples them (temperature 0.7, no top-k/top-p, at most
+32 new tokens, stop at ``<|im_end|>``) and annotated through ``trl_text2grad.annotate`` with the task's critic.
+
+PPO arms (``ppo``; all ``SpanPPOTrainer`` with the settings of ``bench/learning_curves.py``: LoRA r=16, batch 8,
+32 new tokens, 2 PPO epochs, lr 3e-4, temperature 0.7, value head; prompts: the train topics):
+
+- ``rm-span``: the trained span reward model is the ONLY reward (``reward_mode="span"``: its predicted good/poor
+  spans become per-token +1/-1 rewards);
+- ``critic-span``: the critic's spans directly (``bench/learning_curves.py --arm span``);
+- ``rm-scalar``: the scalar reward model (``reward_mode="scalar"``: the mean of its per-token rewards over the
+  response, one number on the last token).
+
+Every rollout is also judged by the critic (success, critic reward, per-criterion rates) in every arm; the run
+files have ``bench/learning_curves.py``'s format (one JSON line per update) plus the reward model's agreement with
+the critic on that rollout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+DEFAULT_OUT = "docs/evidence/pipeline"
+DEFAULT_WORK = "/tmp/t2g-pipeline"
+ARMS = ("rm-span", "critic-span", "rm-scalar")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (a) data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def topic_split(test_fraction: float = 0.25, seed: int = 0) -> tuple[list, list]:
+    """The text task's fixed topic partition (train topics, test topics): the reward model's split by prompt."""
+    from trl_text2grad.tasks import constrained_text
+    from trl_text2grad.tasks.programmatic import split_items
+
+    topics = constrained_text.TOPICS
+    return split_items(topics, "train", test_fraction, seed), split_items(topics, "test", test_fraction, seed)
+
+
+def sample_responses(rows: list[dict], temperature: float, max_new_tokens: int, batch_size: int, seed: int):
+    """Sample one response per row from the default policy, as PPO's rollout samples (pure temperature sampling)."""
+    import torch
+
+    from trl_text2grad.models import load_default_model, load_default_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = load_default_tokenizer()
+    model = load_default_model()
+    model.eval()
+    stop_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    out = []
+    for begin in range(0, len(rows), batch_size):
+        batch = rows[begin : begin + batch_size]
+        texts = [tokenizer.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in batch]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            generated = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=stop_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = generated[:, enc["input_ids"].shape[1] :]
+        out += tokenizer.batch_decode(new, skip_special_tokens=True)
+        print(f"sampled {len(out)}/{len(rows)}", flush=True)
+    return out
+
+
+def cmd_data(args) -> None:
+    import torch
+
+    from trl_text2grad.annotate import annotate, format_summary, summarize
+    from trl_text2grad.tasks import constrained_text
+
+    torch.set_num_threads(args.threads)
+    train_topics, test_topics = topic_split()
+    test_names = {t[0] for t in test_topics}
+    rng = random.Random(args.seed)
+    rows = []
+    for topic, required, a, b in constrained_text.TOPICS:
+        split = "test" if topic in test_names else "train"
+        for i in range(args.per_topic):
+            row = constrained_text.make_row(topic, required, [a, b])
+            row.update({"topic": topic, "split": split, "sample": i})
+            rows.append(row)
+    # in-distribution held-out responses: a fixed share of each train topic's samples
+    for topic, *_ in train_topics:
+        idx = [i for i, r in enumerate(rows) if r["topic"] == topic]
+        for i in rng.sample(idx, round(len(idx) * args.indist_fraction)):
+            rows[i]["split"] = "indist"
+    t0 = time.perf_counter()
+    responses = sample_responses(rows, args.temperature, args.response_length, args.batch_size, args.seed)
+    sample_s = time.perf_counter() - t0
+    for row, response in zip(rows, responses):
+        row["response"] = response
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "annotations.jsonl"
+    t0 = time.perf_counter()
+    records = annotate(
+        rows,
+        constrained_text.ConstrainedTextCritic(),
+        path,
+        batch_size=64,
+        context_columns={"required": "required", "forbidden": "forbidden"},
+        resume=False,
+        progress=False,
+        return_dataset=False,
+    )
+    annotate_s = time.perf_counter() - t0
+    summary = summarize(records)
+    print(format_summary(summary))
+    meta = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "rows": len(records),
+        "rows_by_split": {s: sum(r["split"] == s for r in records) for s in ("train", "indist", "test")},
+        "train_topics": [t[0] for t in train_topics],
+        "test_topics": sorted(test_names),
+        "sample_s": round(sample_s, 1),
+        "annotate_s": round(annotate_s, 2),
+        "annotate_summary": summary,
+        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+    }
+    (out / "annotations.meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    print(json.dumps(meta, indent=1, default=str))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (b) reward models
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_splits(path: str) -> dict[str, list[dict]]:
+    """The annotated rows by split (``train``, ``indist``, ``test``); rows whose annotation failed are dropped
+    (counted)."""
+    from trl_text2grad.annotate import read_annotations
+
+    rows = read_annotations(path)
+    bad = [r for r in rows if r.get("row_error")]
+    if bad:
+        print(f"dropping {len(bad)} rows whose annotation failed")
+    rows = [r for r in rows if not r.get("row_error")]
+    return {split: [r for r in rows if r["split"] == split] for split in ("train", "indist", "test")}
+
+
+def _spans(prediction) -> list[tuple[int, int, float]]:
+    return [(s.start, s.end, s.score) for s in prediction.spans]
+
+
+def evaluate_rm(rm, rows: list[dict], train_rows: list[dict], tokenizer, with_baselines: bool) -> dict:
+    """Token-level span metrics and sequence-level agreement of ``rm`` on ``rows`` (references: the critic's
+    annotation), and, with ``with_baselines``, the same for all-good / all-poor / random at the training rates."""
+    from trl_text2grad.reward.evaluation import (
+        constant_predictions,
+        random_baseline_metrics,
+        random_sequence_baseline,
+        reference_spans,
+        sequence_agreement,
+        span_metrics,
+        token_label_rates,
+    )
+
+    prompts = [r["prompt"] for r in rows]
+    responses = [r["response"] for r in rows]
+    references = [reference_spans(r) for r in rows]
+    t0 = time.perf_counter()
+    predictions = rm.predict(prompts, responses)
+    score_s = time.perf_counter() - t0
+    keep = ("good_precision", "good_recall", "good_f1", "poor_precision", "poor_recall", "poor_f1")
+    keep += ("span_precision", "span_recall", "exact_span_precision", "exact_span_recall")
+    result = {"num_rows": len(rows), "score_s": round(score_s, 2)}
+    metrics = span_metrics(responses, predictions, references, tokenizer)
+    result["rm"] = {k: metrics[k] for k in keep} | sequence_agreement([_spans(p) for p in predictions], references)
+    if not with_baselines:
+        return result
+    train_refs = [reference_spans(r) for r in train_rows]
+    rates = token_label_rates([r["response"] for r in train_rows], train_refs, tokenizer)
+    test_counts = token_label_rates(responses, references, tokenizer)
+    result["train_token_rates"] = rates
+    result["eval_token_counts"] = test_counts
+    baselines = {}
+    for name, score in (("all_good", 1.0), ("all_poor", -1.0)):
+        constant = constant_predictions(responses, score)
+        m = span_metrics(responses, constant, references, tokenizer)
+        baselines[name] = {k: m[k] for k in keep} | sequence_agreement(constant, references)
+    baselines["random_at_train_rates"] = random_baseline_metrics(
+        test_counts, rates["good_rate"], rates["poor_rate"]
+    ) | random_sequence_baseline(train_refs, references)
+    result["baselines"] = baselines
+    return result
+
+
+def cmd_train_rm(args) -> None:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoConfig, TrainerCallback
+
+    from trl_text2grad import SpanRewardConfig, SpanRewardTrainer
+    from trl_text2grad.models import default_model_path, load_default_tokenizer
+    from trl_text2grad.reward.data import collapse_to_sequence_label
+    from trl_text2grad.reward.scoring import SpanRewardModel
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    splits = load_splits(os.path.join(args.out, "annotations.jsonl"))
+    train_rows = splits["train"]
+    fit_rows = train_rows if args.kind == "span" else [collapse_to_sequence_label(r) for r in train_rows]
+    columns = ("prompt", "response", "critique", "good_spans", "poor_spans")
+    train_ds = Dataset.from_list([{k: r[k] for k in columns} for r in fit_rows])
+    tokenizer = load_default_tokenizer()
+    out_dir = os.path.join(args.work_dir, f"rm_{args.kind}")
+    curve: list[dict] = []
+    eval_rows = splits["test"][: args.curve_rows] if args.curve_rows else splits["test"]
+
+    class Monitor(TrainerCallback):
+        """Stops at the time budget; evaluates on the held-out topics every ``--eval-every`` steps."""
+
+        trainer = None
+        start = None
+
+        def on_train_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, _args, state, control, **kwargs):
+            elapsed = time.perf_counter() - self.start
+            if args.eval_every and state.global_step % args.eval_every == 0:
+                rm = self.trainer.span_reward_model(batch_size=16)
+                point = evaluate_rm(rm, eval_rows, train_rows, tokenizer, with_baselines=False)
+                point.update({"step": state.global_step, "train_s": round(elapsed, 1)})
+                point["loss"] = next((e["loss"] for e in reversed(state.log_history) if "loss" in e), None)
+                curve.append(point)
+                m = point["rm"]
+                print(
+                    f"step {state.global_step} ({elapsed:.0f}s): good F1 {m['good_f1']} poor F1 {m['poor_f1']} "
+                    f"sign acc {m['sign_accuracy']:.3f} success acc {m['success_accuracy']:.3f}",
+                    flush=True,
+                )
+                Path(args.out, f"rm_{args.kind}_curve.json").write_text(json.dumps(curve, indent=1))
+            if elapsed > args.minutes * 60:
+                control.should_training_stop = True
+
+    config = SpanRewardConfig(
+        out_dir,
+        model_form="token_head",
+        head_layout="repeat",
+        span_class_weights=args.class_weights,
+        per_device_train_batch_size=args.batch_size,
+        gradient_accumulation_steps=1,
+        learning_rate=args.lr,
+        max_steps=args.max_steps,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=10,
+        max_length=256,
+        bf16=False,
+        use_cpu=True,
+        report_to=[],
+        logging_steps=10,
+        save_strategy="no",
+        eval_strategy="no",
+        seed=args.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    num_layers = AutoConfig.from_pretrained(default_model_path()).num_hidden_layers
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        layers_to_transform=list(range(num_layers - args.lora_layers, num_layers)) if args.lora_layers else None,
+        task_type="CAUSAL_LM",
+    )
+    monitor = Monitor()
+    trainer = SpanRewardTrainer(
+        default_model_path(),
+        args=config,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[monitor],
+    )
+    monitor.trainer = trainer
+    t0 = time.perf_counter()
+    result = trainer.train()
+    train_s = time.perf_counter() - t0
+    eval_in_curve_s = sum(p["score_s"] for p in curve)
+    trainer.save_model(out_dir)
+    rm = SpanRewardModel.from_pretrained(out_dir, batch_size=16)
+    report = {
+        "kind": args.kind,
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "saved_to": out_dir,
+        "train_rows": len(train_rows),
+        "train_topics": sorted({r["topic"] for r in train_rows}),
+        "steps": result.global_step,
+        "epochs": round(trainer.state.epoch or 0, 2),
+        "train_s_total": round(train_s, 1),
+        "train_s_without_curve_evals": round(train_s - eval_in_curve_s, 1),
+        "train_loss": round(result.training_loss, 4),
+        "data_stats": trainer.data_stats,
+        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+        "heldout_topics": evaluate_rm(rm, splits["test"], train_rows, tokenizer, with_baselines=True),
+        "indist_responses": evaluate_rm(rm, splits["indist"], train_rows, tokenizer, with_baselines=True),
+        "curve": curve,
+    }
+    report["heldout_topics"]["topics"] = sorted({r["topic"] for r in splits["test"]})
+    Path(args.out, f"rm_{args.kind}.json").write_text(json.dumps(report, indent=1, default=str))
+    print(json.dumps({k: v for k, v in report.items() if k != "curve"}, indent=1, default=str))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# (c) PPO
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def make_recorder(task, mode: str, rm, kl_coef: float):
+    """``learning_curves.RewardRecorder`` (the critic judges and records every rollout) whose reward, when ``rm`` is
+    given, is the reward model's predicted spans instead of the critic's; it also records how far the reward
+    model agrees with the critic on the rollout."""
+    from learning_curves import RewardRecorder
+
+    from trl_text2grad.reward.evaluation import sequence_agreement
+
+    class PipelineRecorder(RewardRecorder):
+        def __call__(self, prompts, responses, **context):
+            critic_out = super().__call__(prompts, responses, **context)
+            record = self.records[-1]
+            record["kl_coef"] = kl_coef
+            if rm is None:
+                return critic_out
+            t0 = time.perf_counter()
+            predictions = [_spans(p) for p in rm.predict(list(prompts), list(responses))]
+            record["rm_s"] = time.perf_counter() - t0
+            judgements = self.task.judge(list(responses), **context)
+            agreement = sequence_agreement(predictions, [j.spans for j in judgements])
+            record["rm_sign_agreement"] = agreement["sign_accuracy"]
+            record["rm_success_agreement"] = agreement["success_accuracy"]
+            record["rm_predicted_success"] = agreement["predicted_success_rate"]
+            return predictions
+
+    return PipelineRecorder(task, mode)
+
+
+def cmd_ppo(args) -> None:
+    import torch
+    from datasets import Dataset
+    from learning_curves import get_task, lora_config, ppo_settings, progress_callback, write_run
+
+    from trl_text2grad import SpanPPOConfig, SpanPPOTrainer
+    from trl_text2grad.models import load_default_model, load_default_tokenizer
+    from trl_text2grad.reward.scoring import SpanRewardModel
+    from trl_text2grad.tasks import constrained_text
+
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    # the fields learning_curves' helpers read
+    args.task, args.num_mini_batches, args.ppo_epochs, args.lora_r = "text", 1, 2, 16
+    rm = None
+    if args.arm.startswith("rm-"):
+        kind = args.arm.split("-", 1)[1]
+        path = args.rm_dir or os.path.join(args.work_dir, f"rm_{kind}")
+        rm = SpanRewardModel.from_pretrained(path, batch_size=args.batch_size)
+    train_topics, _ = topic_split()
+    rows = constrained_text.prompt_rows(args.updates * args.batch_size, args.seed, train_topics)
+    dataset = Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]})
+    reward_mode = "scalar" if args.arm == "rm-scalar" else "span"
+    recorder = make_recorder(get_task("text"), reward_mode, rm, args.kl_coef)
+    run_name = f"text_{args.arm}_kl{args.kl_coef:g}_seed{args.seed}"
+    logs: list[dict] = []
+    progress = progress_callback(args, recorder, logs, run_name)
+    config = SpanPPOConfig(reward_mode=reward_mode, **ppo_settings(args, run_name))
+    trainer = SpanPPOTrainer(
+        args=config,
+        processing_class=load_default_tokenizer(),
+        model=load_default_model(),
+        ref_model=None,
+        reward_model=recorder,
+        train_dataset=dataset,
+        peft_config=lora_config(args),
+        callbacks=[progress],
+    )
+    t0 = time.perf_counter()
+    trainer.train()
+    write_run(args, run_name, recorder, logs, time.perf_counter() - t0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("data", help="(a) sample and annotate")
+    d.add_argument("--per-topic", type=int, default=48, help="Responses sampled per topic (16 topics).")
+    d.add_argument("--indist-fraction", type=float, default=0.15, help="Share of train-topic responses held out.")
+    d.add_argument("--temperature", type=float, default=0.7)
+    d.add_argument("--response-length", type=int, default=32)
+    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument("--seed", type=int, default=1234)
+    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--out", default=DEFAULT_OUT)
+    d.set_defaults(func=cmd_data)
+    t = sub.add_parser("train-rm", help="(b) train and evaluate a reward model")
+    t.add_argument("--kind", choices=["span", "scalar"], default="span", help="span labels or the collapsed label.")
+    t.add_argument("--max-steps", type=int, default=300)
+    t.add_argument("--minutes", type=float, default=30.0, help="Stop training after this many minutes.")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=5e-4)
+    t.add_argument("--class-weights", type=float, nargs=3, default=None, help="neutral good poor")
+    t.add_argument("--lora-layers", type=int, default=10, help="LoRA on the top N layers (0: all).")
+    t.add_argument("--eval-every", type=int, default=50, help="Held-out evaluation every N steps (0: never).")
+    t.add_argument("--curve-rows", type=int, default=0, help="Rows of the periodic evaluation (0: all).")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--out", default=DEFAULT_OUT)
+    t.add_argument("--work-dir", default=DEFAULT_WORK)
+    t.set_defaults(func=cmd_train_rm)
+    p = sub.add_parser("ppo", help="(c) one PPO run")
+    p.add_argument("--arm", choices=ARMS, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kl-coef", type=float, default=0.05)
+    p.add_argument("--updates", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--response-length", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--rm-dir", default=None, help="Reward model folder (default: WORK_DIR/rm_<span|scalar>).")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "runs"))
+    p.add_argument("--work-dir", default=DEFAULT_WORK)
+    p.set_defaults(func=cmd_ppo)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
