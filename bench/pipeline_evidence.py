@@ -425,6 +425,263 @@ def cmd_ppo(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# (d) report
+# ----------------------------------------------------------------------------------------------------------------
+
+COLORS = {"rm-span": "tab:blue", "critic-span": "tab:green", "rm-scalar": "tab:orange"}
+
+
+def load_pipeline_runs(directory: str) -> dict[tuple[str, float], dict[int, list[dict]]]:
+    """Complete runs by (arm, kl_coef) and seed; interrupted runs (fewer updates than the longest) are left out."""
+    import glob
+
+    runs: dict[tuple[str, float], dict[int, list[dict]]] = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*.jsonl"))):
+        with open(path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if rows:
+            runs.setdefault((rows[0]["arm"], float(rows[0]["kl_coef"])), {})[rows[0]["seed"]] = rows
+    full = max((len(r) for seeds in runs.values() for r in seeds.values()), default=0)
+    for key, seeds in list(runs.items()):
+        for seed in [s for s, r in seeds.items() if len(r) < full]:
+            print(f"leaving out {key[0]} kl {key[1]} seed {seed}: {len(seeds[seed])} of {full} updates (interrupted)")
+            del seeds[seed]
+        if not seeds:
+            del runs[key]
+    return runs
+
+
+def late(rows: list[dict], key: str) -> float:
+    """Mean of ``key`` over the second half of a run (updates ``n // 2 + 1`` .. ``n``)."""
+    part = rows[len(rows) // 2 :]
+    return sum(r[key] for r in part) / len(part)
+
+
+def untrained_success(annotations: str) -> tuple[float, int]:
+    """The untrained policy's success on the train topics (the train and in-distribution rows of (a))."""
+    from trl_text2grad.tasks import constrained_text
+
+    splits = load_splits(annotations)
+    rows = splits["train"] + splits["indist"]
+    judged = constrained_text.ConstrainedTextCritic().judge(
+        [r["response"] for r in rows], required=[r["required"] for r in rows], forbidden=[r["forbidden"] for r in rows]
+    )
+    return sum(j.success for j in judged) / len(judged), len(judged)
+
+
+def matched_kl_difference(points: dict[str, list[tuple[float, float]]], a: str, b: str, resamples: int = 10000):
+    """Success of arm ``a`` minus arm ``b`` at the median KL of their runs, from a least-squares line per arm
+    (``points[arm]`` = [(kl, success)] per run); 95 % CI from resampling each arm's runs."""
+    import numpy as np
+
+    at = float(np.median([k for arm in (a, b) for k, _ in points[arm]]))
+
+    def value(pa, pb):
+        out = []
+        for p in (pa, pb):
+            x, y = np.array([q[0] for q in p]), np.array([q[1] for q in p])
+            if np.ptp(x) == 0:
+                return None
+            slope, intercept = np.polyfit(x, y, 1)
+            out.append(intercept + slope * at)
+        return out[0] - out[1]
+
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(resamples):
+        pa = [points[a][i] for i in rng.integers(0, len(points[a]), len(points[a]))]
+        pb = [points[b][i] for i in rng.integers(0, len(points[b]), len(points[b]))]
+        v = value(pa, pb)
+        if v is not None:
+            draws.append(v)
+    low, high = np.quantile(draws, [0.025, 0.975])
+    return {"at_kl": at, "difference": value(points[a], points[b]), "ci": [float(low), float(high)]}
+
+
+def cmd_report(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trl_text2grad.reward.evaluation import bootstrap_mean_ci
+
+    runs = load_pipeline_runs(os.path.join(args.out, "runs"))
+    if not runs:
+        raise SystemExit(f"no complete run files in {args.out}/runs")
+    base, base_n = untrained_success(os.path.join(args.out, "annotations.jsonl"))
+    lines = [f"Untrained policy, train topics: success {base:.3f} (n={base_n})", ""]
+    lines.append(
+        "| arm | kl_coef | seeds | success, updates 1-3 | success, 2nd half (per seed) | mean [95% CI] "
+        "| KL, 2nd half (per seed) | final KL | RM agrees with critic (success verdict) | wall s |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    summary: dict = {"untrained_success": base, "untrained_n": base_n, "arms": {}}
+    order = sorted(runs, key=lambda k: (k[1], ARMS.index(k[0]) if k[0] in ARMS else 9))
+    for arm, kl in order:
+        seeds = runs[(arm, kl)]
+        ss = sorted(seeds)
+        succ = [late(seeds[s], "success") for s in ss]
+        kls = [late(seeds[s], "kl") for s in ss]
+        first3 = [sum(r["success"] for r in seeds[s][:3]) / 3 for s in ss]
+        mean, lo, hi = bootstrap_mean_ci(succ)
+        agree = [late(seeds[s], "rm_success_agreement") for s in ss if "rm_success_agreement" in seeds[s][-1]]
+        wall = [seeds[s][-1]["wall_s"] for s in ss]
+        summary["arms"][f"{arm}@{kl:g}"] = {
+            "seeds": ss,
+            "success_late": succ,
+            "success_late_mean_ci": [mean, lo, hi],
+            "kl_late": kls,
+            "kl_final": [seeds[s][-1]["kl"] for s in ss],
+            "success_first3": first3,
+            "rm_success_agreement_late": agree,
+            "wall_s": wall,
+        }
+        lines.append(
+            f"| {arm} | {kl:g} | {len(ss)} | {sum(first3) / len(first3):.2f} | "
+            + ", ".join(f"{v:.2f}" for v in succ)
+            + f" | {mean:.3f} [{lo:.3f}, {hi:.3f}] | "
+            + ", ".join(f"{v:.1f}" for v in kls)
+            + f" | {sum(r[-1]['kl'] for r in seeds.values()) / len(ss):.2f} | "
+            + (f"{sum(agree) / len(agree):.2f}" if agree else "—")
+            + f" | {sum(wall) / len(wall):.0f} |"
+        )
+    lines += ["", "Paired differences (by seed) in success over the second half:", ""]
+    pairs = [("critic-span", "rm-span"), ("rm-span", "rm-scalar"), ("critic-span", "rm-scalar")]
+    summary["paired"] = {}
+    for kl in sorted({k for _, k in runs}):
+        for a, b in pairs:
+            if (a, kl) not in runs or (b, kl) not in runs:
+                continue
+            common = sorted(set(runs[(a, kl)]) & set(runs[(b, kl)]))
+            if not common:
+                continue
+            diffs = [late(runs[(a, kl)][s], "success") - late(runs[(b, kl)][s], "success") for s in common]
+            mean, lo, hi = bootstrap_mean_ci(diffs)
+            summary["paired"][f"{a} - {b} @{kl:g}"] = {"seeds": common, "diffs": diffs, "mean_ci": [mean, lo, hi]}
+            lines.append(
+                f"- kl_coef {kl:g}: {a} − {b}: "
+                + ", ".join(f"{d:+.3f}" for d in diffs)
+                + f" (seeds {common}); mean {mean:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]"
+            )
+    points: dict[str, list[tuple[float, float]]] = {}
+    for (arm, _kl), seeds in runs.items():
+        for rows in seeds.values():
+            points.setdefault(arm, []).append((late(rows, "kl"), late(rows, "success")))
+    summary["matched_kl"] = {}
+    for a, b in [("rm-span", "rm-scalar"), ("critic-span", "rm-scalar"), ("critic-span", "rm-span")]:
+        if a in points and b in points and min(len(points[a]), len(points[b])) >= 3:
+            try:
+                result = matched_kl_difference(points, a, b)
+            except (ValueError, IndexError) as error:
+                print(f"matched KL {a} vs {b}: {error}")
+                continue
+            if result["difference"] is None:
+                continue
+            summary["matched_kl"][f"{a} - {b}"] = result
+            lines.append(
+                f"- at equal KL ({result['at_kl']:.2f}, line per arm over its runs): {a} − {b} = "
+                f"{result['difference']:+.3f}, 95% CI [{result['ci'][0]:+.3f}, {result['ci'][1]:+.3f}]"
+            )
+    # success against KL, all rollouts binned by the KL logged for them
+    bins = [(0, 1), (1, 2), (2, 4), (4, 8), (8, float("inf"))]
+    lines += ["", "| rollouts binned by KL | " + " | ".join(f"{a}–{b}" for a, b in bins) + " |"]
+    lines.append("|---" * (len(bins) + 1) + "|")
+    for arm, kl in order:
+        cells = []
+        for a, b in bins:
+            rs = [r for rows in runs[(arm, kl)].values() for r in rows if a <= r["kl"] < b]
+            cells.append(f"{sum(r['success'] for r in rs) / len(rs):.2f} ({len(rs)})" if rs else "— (0)")
+        lines.append(f"| {arm} @ {kl:g} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print(text)
+    Path(args.out, "summary.md").write_text(text + "\n")
+    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+
+    # curves: one figure per KL setting
+    metrics = [("success", "task success (critic)"), ("critic_reward", "critic reward"), ("kl", "KL to reference")]
+    metrics.append(("rm_success_agreement", "RM verdict = critic verdict"))
+    for kl in sorted({k for _, k in runs}):
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6))
+        for ax, (metric, label) in zip(axes, metrics):
+            for arm in ARMS:
+                seeds = runs.get((arm, kl))
+                if not seeds or metric not in seeds[min(seeds)][-1]:
+                    continue
+                length = min(len(r) for r in seeds.values())
+                mean = [sum(r[i][metric] for r in seeds.values()) / len(seeds) for i in range(length)]
+                sm = [sum(mean[max(0, i - 2) : i + 1]) / len(mean[max(0, i - 2) : i + 1]) for i in range(length)]
+                for rows in seeds.values():
+                    ax.plot(range(1, length + 1), [r[metric] for r in rows], color=COLORS[arm], alpha=0.2, lw=0.8)
+                ax.plot(range(1, length + 1), sm, color=COLORS[arm], label=f"{arm} (n={len(seeds)})", lw=2)
+            if metric == "success":
+                ax.axhline(base, color="grey", ls=":", lw=1, label="untrained")
+            ax.set_title(label, fontsize=10)
+            ax.set_xlabel("PPO update")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(
+            f"text task, kl_coef {kl:g}: per-seed curves (thin) and the 3-update moving average of their mean",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        fig.savefig(os.path.join(args.out, f"curves_kl{kl:g}.png"), dpi=100)
+        plt.close(fig)
+    # success against KL: every run
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    markers = {0.05: "o", 0.2: "s"}
+    for (arm, kl), seeds in sorted(runs.items()):
+        xs = [late(r, "kl") for r in seeds.values()]
+        ys = [late(r, "success") for r in seeds.values()]
+        ax.scatter(xs, ys, color=COLORS[arm], marker=markers.get(kl, "^"), label=f"{arm}, kl_coef {kl:g}", s=40)
+    for arm, pts in points.items():
+        if len({round(p[0], 6) for p in pts}) >= 2:
+            import numpy as np
+
+            slope, intercept = np.polyfit([p[0] for p in pts], [p[1] for p in pts], 1)
+            xs = np.linspace(min(p[0] for p in pts), max(p[0] for p in pts), 20)
+            ax.plot(xs, intercept + slope * xs, color=COLORS[arm], lw=1, ls="--")
+    ax.axhline(base, color="grey", ls=":", lw=1, label="untrained")
+    ax.set_xlabel("mean KL to reference, updates 8-15 (nats per response)")
+    ax.set_ylabel("success, updates 8-15")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("every run: success against KL (dashed: least-squares line per arm)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "success_vs_kl.png"), dpi=100)
+    plt.close(fig)
+    # reward-model training curves
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for kind, style in (("span", "-"), ("scalar", "--")):
+        path = Path(args.out, f"rm_{kind}.json")
+        if not path.exists():
+            continue
+        report = json.loads(path.read_text())
+        steps = [p["step"] for p in report["curve"]]
+        if kind == "span":
+            for key, color in (("good_f1", "tab:green"), ("poor_f1", "tab:red")):
+                ax[0].plot(
+                    steps, [p["rm"][key] or 0 for p in report["curve"]], style, color=color, label=f"{kind} RM {key}"
+                )
+                best = max(b[key] or 0 for b in report["heldout_topics"]["baselines"].values())
+                ax[0].axhline(best, color=color, ls=":", lw=1, label=f"best baseline {key}")
+        for key, color in (("success_accuracy", "tab:blue"), ("sign_accuracy", "tab:purple")):
+            ax[1].plot(steps, [p["rm"][key] for p in report["curve"]], style, color=color, label=f"{kind} RM {key}")
+            if kind == "span":
+                best = max(b[key] for b in report["heldout_topics"]["baselines"].values())
+                ax[1].axhline(best, color=color, ls=":", lw=1, label=f"best baseline {key}")
+    for a, title in zip(ax, ("token-level F1, held-out topics", "sequence-level accuracy, held-out topics")):
+        a.set_xlabel("reward-model training step")
+        a.set_title(title, fontsize=10)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "rm_training.png"), dpi=100)
+    plt.close(fig)
+    print(f"wrote {args.out}/summary.md, summary.json and the PNGs")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -471,6 +728,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "runs"))
     p.add_argument("--work-dir", default=DEFAULT_WORK)
     p.set_defaults(func=cmd_ppo)
+    r = sub.add_parser("report", help="(d) tables, CIs and plots over every finished run")
+    r.add_argument("--out", default=DEFAULT_OUT)
+    r.set_defaults(func=cmd_report)
     return parser.parse_args(argv)
 
 
