@@ -249,6 +249,10 @@ def cmd_train_rm(args) -> None:
     tokenizer = load_default_tokenizer()
     out_dir = os.path.join(args.work_dir, f"rm_{args.kind}")
     curve: list[dict] = []
+    previous = Path(args.out, f"rm_{args.kind}.json")
+    if args.init_from and previous.exists():  # keep the earlier part of the training curve
+        curve = json.loads(previous.read_text())["curve"]
+        previous.rename(Path(args.out, f"rm_{args.kind}_part1.json"))
     eval_rows = splits["test"][: args.curve_rows] if args.curve_rows else splits["test"]
 
     class Monitor(TrainerCallback):
@@ -265,7 +269,9 @@ def cmd_train_rm(args) -> None:
             if args.eval_every and state.global_step % args.eval_every == 0:
                 rm = self.trainer.span_reward_model(batch_size=16)
                 point = evaluate_rm(rm, eval_rows, train_rows, tokenizer, with_baselines=False)
-                point.update({"step": state.global_step, "train_s": round(elapsed, 1)})
+                point.update(
+                    {"step": state.global_step + args.steps_before, "train_s": round(elapsed + args.seconds_before, 1)}
+                )
                 point["loss"] = next((e["loss"] for e in reversed(state.log_history) if "loss" in e), None)
                 curve.append(point)
                 m = point["rm"]
@@ -309,13 +315,20 @@ def cmd_train_rm(args) -> None:
         layers_to_transform=list(range(num_layers - args.lora_layers, num_layers)) if args.lora_layers else None,
         task_type="CAUSAL_LM",
     )
+    model, peft_config = default_model_path(), lora
+    if args.init_from:  # continue training a saved reward model (its adapter and head), e.g. with a larger budget
+        model = SpanRewardModel.from_pretrained(args.init_from, device="cpu", merge_adapter=False).model
+        for name, param in model.named_parameters():
+            param.requires_grad = "lora_" in name or name.startswith("span_head")
+        model.train()
+        peft_config = None
     monitor = Monitor()
     trainer = SpanRewardTrainer(
-        default_model_path(),
+        model,
         args=config,
         train_dataset=train_ds,
         processing_class=tokenizer,
-        peft_config=lora,
+        peft_config=peft_config,
         callbacks=[monitor],
     )
     monitor.trainer = trainer
@@ -331,10 +344,11 @@ def cmd_train_rm(args) -> None:
         "saved_to": out_dir,
         "train_rows": len(train_rows),
         "train_topics": sorted({r["topic"] for r in train_rows}),
-        "steps": result.global_step,
+        "steps": result.global_step + args.steps_before,
+        "continued_from": args.init_from,
         "epochs": round(trainer.state.epoch or 0, 2),
-        "train_s_total": round(train_s, 1),
-        "train_s_without_curve_evals": round(train_s - eval_in_curve_s, 1),
+        "train_s_total": round(train_s + args.seconds_before, 1),
+        "train_s_without_curve_evals": round(train_s + args.seconds_before - eval_in_curve_s, 1),
         "train_loss": round(result.training_loss, 4),
         "data_stats": trainer.data_stats,
         "settings": {k: v for k, v in vars(args).items() if k != "func"},
@@ -709,6 +723,9 @@ def parse_args(argv=None):
     t.add_argument("--lora-layers", type=int, default=10, help="LoRA on the top N layers (0: all).")
     t.add_argument("--eval-every", type=int, default=50, help="Held-out evaluation every N steps (0: never).")
     t.add_argument("--curve-rows", type=int, default=0, help="Rows of the periodic evaluation (0: all).")
+    t.add_argument("--init-from", default=None, help="Continue from a saved reward model folder.")
+    t.add_argument("--steps-before", type=int, default=0, help="Steps the --init-from model was trained (reported).")
+    t.add_argument("--seconds-before", type=float, default=0.0, help="Its training seconds (reported).")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--out", default=DEFAULT_OUT)
