@@ -320,6 +320,9 @@ def cmd_train_rm(args) -> None:
         model = SpanRewardModel.from_pretrained(args.init_from, device="cpu", merge_adapter=False).model
         for name, param in model.named_parameters():
             param.requires_grad = "lora_" in name or name.startswith("span_head")
+        if args.class_weights is not None:  # the class weights of the continued training
+            del model.class_weights
+            model.register_buffer("class_weights", torch.tensor(args.class_weights, dtype=torch.float32))
         model.train()
         peft_config = None
     monitor = Monitor()
