@@ -364,6 +364,33 @@ def cmd_train_rm(args) -> None:
     print(json.dumps({k: v for k, v in report.items() if k != "curve"}, indent=1, default=str))
 
 
+def gate(report: dict, f1_margin: float = 0.10, accuracy_margin: float = 0.05) -> tuple[bool, list[str]]:
+    """Q1 of docs/evidence.md: on the held-out topics, good F1 and poor F1 each beat the best trivial baseline by
+    ``f1_margin``, sign and success accuracy each by ``accuracy_margin``. Returns (passed, one line per check)."""
+    heldout = report["heldout_topics"]
+    passed = True
+    checks = [("good_f1", f1_margin), ("poor_f1", f1_margin), ("sign_accuracy", accuracy_margin)]
+    checks.append(("success_accuracy", accuracy_margin))
+    lines = []
+    for key, margin in checks:
+        value = heldout["rm"][key] or 0.0
+        best_name, best = max(((n, b[key] or 0.0) for n, b in heldout["baselines"].items()), key=lambda x: x[1])
+        ok = value >= best + margin
+        passed &= ok
+        lines.append(
+            f"{key}: RM {value:.3f} vs best baseline {best:.3f} ({best_name}) + {margin}: {'pass' if ok else 'FAIL'}"
+        )
+    return passed, lines
+
+
+def cmd_gate(args) -> None:
+    report = json.loads(Path(args.out, f"rm_{args.kind}.json").read_text())
+    passed, lines = gate(report)
+    print("\n".join(lines))
+    print(f"gate {'passed' if passed else 'FAILED'} ({report['steps']} steps, {report['train_s_total']:.0f} s)")
+    raise SystemExit(0 if passed else 1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # (c) PPO
 # ----------------------------------------------------------------------------------------------------------------
@@ -748,6 +775,10 @@ def parse_args(argv=None):
     p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "runs"))
     p.add_argument("--work-dir", default=DEFAULT_WORK)
     p.set_defaults(func=cmd_ppo)
+    g = sub.add_parser("gate", help="Q1: does the reward model beat every trivial baseline clearly? (exit 0/1)")
+    g.add_argument("--kind", choices=["span", "scalar"], default="span")
+    g.add_argument("--out", default=DEFAULT_OUT)
+    g.set_defaults(func=cmd_gate)
     r = sub.add_parser("report", help="(d) tables, CIs and plots over every finished run")
     r.add_argument("--out", default=DEFAULT_OUT)
     r.set_defaults(func=cmd_report)
