@@ -542,6 +542,46 @@ def matched_kl_difference(points: dict[str, list[tuple[float, float]]], a: str, 
     return {"at_kl": at, "difference": value(points[a], points[b]), "ci": [float(low), float(high)]}
 
 
+def rm_tables(out: str) -> str:
+    """Markdown tables of every ``rm_*.json`` report in ``out``: held-out topics and in-distribution responses,
+    reward models against the trivial baselines."""
+    import glob
+
+    keys = ["good_precision", "good_recall", "good_f1", "poor_precision", "poor_recall", "poor_f1"]
+    keys += ["sign_accuracy", "success_accuracy"]
+    reports = []
+    for path in sorted(glob.glob(os.path.join(out, "rm_*.json"))):
+        if path.endswith("_curve.json"):
+            continue
+        report = json.loads(Path(path).read_text())
+        if "heldout_topics" in report:
+            reports.append((Path(path).stem, report))
+    reports.sort(key=lambda x: (x[1]["kind"], x[1]["steps"]))
+    text = []
+    for part, title in (("heldout_topics", "held-out topics"), ("indist_responses", "in-distribution responses")):
+        if not reports:
+            break
+        n = reports[0][1][part]["num_rows"]
+        text += [f"{title} ({n} responses)", ""]
+        text.append("| model | steps | epochs | train s | " + " | ".join(keys) + " |")
+        text.append("|---" * (len(keys) + 4) + "|")
+
+        def fmt(v):
+            return "—" if v is None else f"{v:.3f}"
+
+        for name, report in reports:
+            m = report[part]["rm"]
+            text.append(
+                f"| {report['kind']} RM ({name}) | {report['steps']} | "
+                f"{report['steps'] * report['settings']['batch_size'] / report['train_rows']:.2f} | "
+                f"{report['train_s_without_curve_evals']:.0f} | " + " | ".join(fmt(m[k]) for k in keys) + " |"
+            )
+        for bname, b in reports[-1][1][part]["baselines"].items():
+            text.append(f"| baseline: {bname} | | | | " + " | ".join(fmt(b.get(k)) for k in keys) + " |")
+        text.append("")
+    return "\n".join(text)
+
+
 def cmd_report(args) -> None:
     import matplotlib
 
@@ -550,6 +590,9 @@ def cmd_report(args) -> None:
 
     from trl_text2grad.reward.evaluation import bootstrap_mean_ci
 
+    tables = rm_tables(args.out)
+    print(tables)
+    Path(args.out, "rm_summary.md").write_text(tables + "\n")
     runs = load_pipeline_runs(os.path.join(args.out, "runs"))
     if not runs:
         raise SystemExit(f"no complete run files in {args.out}/runs")
