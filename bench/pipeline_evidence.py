@@ -651,6 +651,33 @@ def cmd_report(args) -> None:
                 + ", ".join(f"{d:+.3f}" for d in diffs)
                 + f" (seeds {common}); mean {mean:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]"
             )
+    # pooled over seeds: responses of the second halves (rate x batch size = count), two-proportion 95% interval
+    # (ignores the correlation of responses within a run: optimistic)
+    lines += [
+        "",
+        "Pooled responses of the second halves (all seeds), difference with a two-proportion 95% interval:",
+        "",
+    ]
+    summary["pooled"] = {}
+
+    def pooled(rows_by_seed):
+        part = [r for rows in rows_by_seed.values() for r in rows[len(rows) // 2 :]]
+        n = sum(r["episodes"] / r["update"] for r in part)
+        return sum(r["success"] * r["episodes"] / r["update"] for r in part), n
+
+    for kl in sorted({k for _, k in runs}):
+        for a, b in pairs:
+            if (a, kl) not in runs or (b, kl) not in runs:
+                continue
+            (ka, na), (kb, nb) = pooled(runs[(a, kl)]), pooled(runs[(b, kl)])
+            pa, pb = ka / na, kb / nb
+            se = (pa * (1 - pa) / na + pb * (1 - pb) / nb) ** 0.5
+            diff = pa - pb
+            summary["pooled"][f"{a} - {b} @{kl:g}"] = {"a": [ka, na], "b": [kb, nb], "diff": diff, "se": se}
+            lines.append(
+                f"- kl_coef {kl:g}: {a} {ka:.0f}/{na:.0f} = {pa:.3f}, {b} {kb:.0f}/{nb:.0f} = {pb:.3f}; "
+                f"difference {diff:+.3f}, 95% CI [{diff - 1.96 * se:+.3f}, {diff + 1.96 * se:+.3f}]"
+            )
     points: dict[str, list[tuple[float, float]]] = {}
     for (arm, _kl), seeds in runs.items():
         for rows in seeds.values():
