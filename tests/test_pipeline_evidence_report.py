@@ -82,6 +82,8 @@ def test_report_pairs_seeds_and_leaves_out_interrupted_runs(tmp_path):
     assert paired["diffs"] == pytest.approx([0.25] * 3)
     assert paired["mean_ci"] == pytest.approx([0.25, 0.25, 0.25])
     assert summary["paired"]["critic-span - rm-span @0.05"]["diffs"] == pytest.approx([0.1] * 3)
+    pooled = summary["pooled"]["rm-span - rm-scalar @0.05"]
+    assert pooled["a"] == pytest.approx([0.6 * 72, 72]) and pooled["diff"] == pytest.approx(0.25)
     matched = summary["matched_kl"]["rm-span - rm-scalar"]
     assert matched["ci"][0] <= matched["difference"] <= matched["ci"][1]
     for name in ("summary.md", "curves_kl0.05.png", "curves_kl0.2.png", "success_vs_kl.png"):
