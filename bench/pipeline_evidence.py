@@ -764,25 +764,32 @@ def cmd_report(args) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "success_vs_kl.png"), dpi=100)
     plt.close(fig)
-    # reward-model training curves
+    # reward-model training curves: the periodic evaluations and the final evaluation of every saved stage
+    import glob
+
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
-    for kind, style in (("span", "-"), ("scalar", "--")):
-        path = Path(args.out, f"rm_{kind}.json")
-        if not path.exists():
+    for kind, style in (("span", "-o"), ("scalar", "--s")):
+        points, baselines = {}, None
+        for path in sorted(glob.glob(os.path.join(args.out, f"rm_{kind}*.json"))):
+            if path.endswith("_curve.json"):
+                continue
+            report = json.loads(Path(path).read_text())
+            for p in report.get("curve", []):
+                points[p["step"]] = p["rm"]
+            points[report["steps"]] = report["heldout_topics"]["rm"]
+            baselines = report["heldout_topics"]["baselines"]
+        if not points:
             continue
-        report = json.loads(path.read_text())
-        steps = [p["step"] for p in report["curve"]]
+        steps = sorted(points)
         if kind == "span":
             for key, color in (("good_f1", "tab:green"), ("poor_f1", "tab:red")):
-                ax[0].plot(
-                    steps, [p["rm"][key] or 0 for p in report["curve"]], style, color=color, label=f"{kind} RM {key}"
-                )
-                best = max(b[key] or 0 for b in report["heldout_topics"]["baselines"].values())
+                ax[0].plot(steps, [points[t][key] or 0 for t in steps], style, color=color, label=f"{kind} RM {key}")
+                best = max(b[key] or 0 for b in baselines.values())
                 ax[0].axhline(best, color=color, ls=":", lw=1, label=f"best baseline {key}")
         for key, color in (("success_accuracy", "tab:blue"), ("sign_accuracy", "tab:purple")):
-            ax[1].plot(steps, [p["rm"][key] for p in report["curve"]], style, color=color, label=f"{kind} RM {key}")
+            ax[1].plot(steps, [points[t][key] for t in steps], style, color=color, label=f"{kind} RM {key}")
             if kind == "span":
-                best = max(b[key] for b in report["heldout_topics"]["baselines"].values())
+                best = max(b[key] for b in baselines.values())
                 ax[1].axhline(best, color=color, ls=":", lw=1, label=f"best baseline {key}")
     for a, title in zip(ax, ("token-level F1, held-out topics", "sequence-level accuracy, held-out topics")):
         a.set_xlabel("reward-model training step")
