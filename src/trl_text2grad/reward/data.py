@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from datasets import Dataset
 
-from ..spans import Critique
+from ..spans import Critique, locate_critique
 from .preference import split_preference_row
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ __all__ = [
     "row_critique",
     "check_columns",
     "clean_rows",
+    "collapse_to_sequence_label",
     "span_rows",
 ]
 
@@ -164,3 +165,43 @@ def span_rows(dataset: Dataset) -> Dataset:
     if "prompt" not in dataset.column_names and "messages" in dataset.column_names:
         dataset = dataset.rename_column("messages", "prompt")
     return dataset
+
+
+def collapse_to_sequence_label(row: Mapping[str, Any], fuzzy_threshold: float = 90.0) -> dict[str, Any]:
+    """A copy of an annotated span row whose annotation is collapsed to one label for the whole response.
+
+    The row's spans (its quotes located in the response, or its ``located_spans`` / ``spans``) give one number, the
+    normalised sum of their scores (``sum(scores) / number of spans``, 0 without spans); the copy marks the whole
+    response (outer whitespace trimmed) good when that number is positive, poor when negative, and nothing when it
+    is 0. Trained on such rows, a token-head reward model learns a *scalar* judgement of the response from the same
+    annotations (the sign of the collapsed score, the same for every token) instead of where the good and poor
+    parts are. The copy keeps every other column, sets ``located_spans`` to the new span and records the collapsed
+    number in ``collapsed_score``.
+
+    Raises:
+        ValueError: the row has no ``response`` string.
+    """
+    response = row.get("response")
+    if not isinstance(response, str):
+        raise ValueError(
+            f"collapse_to_sequence_label: the row has no response string (got {type(response).__name__})."
+        )
+    critique, spans = row_critique(row)
+    if critique is not None and (critique.good or critique.poor):
+        located = locate_critique(response, critique, fuzzy_threshold=fuzzy_threshold)
+        spans = [(s.start, s.end, s.score) for s in located.spans]
+    scores = [float(s[2]) for s in (spans or []) if float(s[2]) != 0]
+    score = sum(scores) / len(scores) if scores else 0.0
+    start, end = 0, len(response)
+    while start < end and response[start].isspace():
+        start += 1
+    while end > start and response[end - 1].isspace():
+        end -= 1
+    whole = response[start:end]
+    out = dict(row)
+    out["collapsed_score"] = score
+    out["good_spans"] = [whole] if score > 0 and whole else []
+    out["poor_spans"] = [whole] if score < 0 and whole else []
+    out["located_spans"] = [[start, end, 1.0 if score > 0 else -1.0]] if score != 0 and whole else []
+    out["spans"] = None
+    return out

@@ -11,6 +11,18 @@ Metrics (all micro-averaged over the evaluated rows):
 * ``parse_rate``: fraction of model outputs that parsed (always 1 for the token head).
 * ``critique_rougeL``: ROUGE-L F-measure of the predicted critique against the annotator's, over rows where both
   are non-empty (``None`` when there are none, e.g. a token head without critique generation).
+
+Trivial baselines and sequence-level agreement (to tell whether a reward model learned anything):
+
+* :func:`constant_predictions` marks every response wholly good or wholly poor ("all good" / "all poor");
+* :func:`token_label_rates` counts the reference's good / poor tokens (the base rates of a training split), and
+  :func:`random_baseline_metrics` gives the *expected* token-level precision / recall / F1 of labelling each token
+  good with probability ``p_good`` and poor with ``p_poor`` independently of the text ("random at the same rate");
+* :func:`sequence_agreement` collapses predicted and reference spans per response to the sign of their normalised
+  sum of scores (``sum(scores) / number of spans``, 0 without spans) and to a verdict "success" = at least one good
+  span and no poor span, and reports how often the two agree; :func:`random_sequence_baseline` is the expected
+  agreement of guessing at a training split's rates;
+* :func:`bootstrap_mean_ci` is a percentile bootstrap confidence interval of a mean (e.g. over seeds).
 """
 
 from __future__ import annotations
@@ -23,7 +35,18 @@ import numpy as np
 from ..alignment import token_rewards_from_offsets
 from ..spans import Critique, ScoredSpan, locate_critique
 
-__all__ = ["span_metrics", "evaluate_span_reward_model", "reference_spans"]
+__all__ = [
+    "bootstrap_mean_ci",
+    "constant_predictions",
+    "evaluate_span_reward_model",
+    "random_baseline_metrics",
+    "random_sequence_baseline",
+    "reference_spans",
+    "sequence_agreement",
+    "sequence_verdict",
+    "span_metrics",
+    "token_label_rates",
+]
 
 
 def _trim(response: str, start: int, end: int) -> tuple[int, int]:
@@ -169,3 +192,158 @@ def evaluate_span_reward_model(model, rows: Any, fuzzy_threshold: float = 90.0) 
         parsed=[p.parsed for p in predictions],
         fuzzy_threshold=fuzzy_threshold,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Trivial baselines, sequence-level agreement, confidence intervals
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def constant_predictions(responses: Sequence[str], score: float) -> list[list[tuple[int, int, float]]]:
+    """One span over each whole response with ``score`` (the "all good" / "all poor" baseline); ``[]`` for an
+    empty response."""
+    return [[(0, len(r), float(score))] if r else [] for r in responses]
+
+
+def token_label_rates(
+    responses: Sequence[str], references: Sequence[Sequence[tuple[int, int, float]]], tokenizer
+) -> dict[str, float]:
+    """Token counts of the reference labels, projected on ``tokenizer``'s tokens as :func:`span_metrics` does.
+
+    Returns ``tokens`` (all response tokens), ``good`` / ``poor`` (tokens of each polarity) and their rates
+    ``good_rate`` / ``poor_rate`` (0 when there are no tokens).
+    """
+    if len(responses) != len(references):
+        raise ValueError(f"token_label_rates: {len(responses)} responses, {len(references)} references.")
+    counts = {"tokens": 0, "good": 0, "poor": 0}
+    if responses:
+        encoding = tokenizer(list(responses), add_special_tokens=False, return_offsets_mapping=True)
+        for i, (response, reference) in enumerate(zip(responses, references)):
+            labels = np.sign(token_rewards_from_offsets(response, encoding["offset_mapping"][i], reference))
+            counts["tokens"] += len(labels)
+            counts["good"] += int((labels > 0).sum())
+            counts["poor"] += int((labels < 0).sum())
+    total = counts["tokens"]
+    return {
+        "tokens": float(total),
+        "good": float(counts["good"]),
+        "poor": float(counts["poor"]),
+        "good_rate": counts["good"] / total if total else 0.0,
+        "poor_rate": counts["poor"] / total if total else 0.0,
+    }
+
+
+def _prf(precision: float | None, recall: float | None) -> float | None:
+    if precision is None or recall is None:
+        return None
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def random_baseline_metrics(reference: Mapping[str, float], p_good: float, p_poor: float) -> dict[str, float | None]:
+    """Expected token-level metrics of labelling each token good with probability ``p_good``, poor with ``p_poor``
+    (neutral otherwise), independently of the text, against references with the counts ``reference`` (the output
+    of :func:`token_label_rates` on the evaluated rows).
+
+    Precision is the ratio of expected counts (``E[TP] / E[predicted]`` = the reference rate of the polarity),
+    recall is ``p``; F1 is computed from the two. ``None`` where undefined (no tokens, ``p = 0``).
+    """
+    if not (0.0 <= p_good <= 1.0 and 0.0 <= p_poor <= 1.0 and p_good + p_poor <= 1.0):
+        raise ValueError(
+            f"random_baseline_metrics: need 0 <= p_good, p_poor and p_good + p_poor <= 1, got {p_good}, {p_poor}."
+        )
+    total = float(reference["tokens"])
+    metrics: dict[str, float | None] = {}
+    for name, p in (("good", p_good), ("poor", p_poor)):
+        positives = float(reference[name])
+        precision = positives / total if total and p > 0 else None
+        recall = p if positives else None
+        metrics[f"{name}_precision"] = precision
+        metrics[f"{name}_recall"] = recall
+        metrics[f"{name}_f1"] = 0.0 if p == 0 and positives else _prf(precision, recall)
+    return metrics
+
+
+def sequence_verdict(spans: Sequence[tuple[int, int, float]]) -> tuple[int, bool]:
+    """``(sign, success)`` of one response's spans: the sign of their normalised sum of scores (0 without spans),
+    and success = at least one good span and no poor span."""
+    scores = [float(s[2]) for s in spans if float(s[2]) != 0]
+    sign = int(np.sign(sum(scores) / len(scores))) if scores else 0
+    return sign, bool(scores) and all(s > 0 for s in scores)
+
+
+def sequence_agreement(
+    predictions: Sequence[Sequence[tuple[int, int, float]]],
+    references: Sequence[Sequence[tuple[int, int, float]]],
+) -> dict[str, float | None]:
+    """How often the collapsed verdicts (:func:`sequence_verdict`) of predicted and reference spans agree.
+
+    Returns ``sign_accuracy`` (same sign of the normalised score, three classes -/0/+), ``success_accuracy``
+    (same success verdict), ``success_precision`` / ``success_recall`` (of predicted success against the
+    reference's; None when undefined), ``predicted_success_rate``, ``reference_success_rate`` and ``num_samples``.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"sequence_agreement: {len(predictions)} predictions, {len(references)} references.")
+    if not predictions:
+        raise ValueError("sequence_agreement: no rows.")
+    pred = [sequence_verdict(p) for p in predictions]
+    ref = [sequence_verdict(r) for r in references]
+    tp = sum(p[1] and r[1] for p, r in zip(pred, ref))
+    n_pred = sum(p[1] for p in pred)
+    n_ref = sum(r[1] for r in ref)
+    n = len(pred)
+    return {
+        "sign_accuracy": sum(p[0] == r[0] for p, r in zip(pred, ref)) / n,
+        "success_accuracy": sum(p[1] == r[1] for p, r in zip(pred, ref)) / n,
+        "success_precision": tp / n_pred if n_pred else None,
+        "success_recall": tp / n_ref if n_ref else None,
+        "predicted_success_rate": n_pred / n,
+        "reference_success_rate": n_ref / n,
+        "num_samples": float(n),
+    }
+
+
+def random_sequence_baseline(
+    train_references: Sequence[Sequence[tuple[int, int, float]]],
+    references: Sequence[Sequence[tuple[int, int, float]]],
+) -> dict[str, float | None]:
+    """Expected :func:`sequence_agreement` accuracies of guessing each verdict at the rates of
+    ``train_references`` (sign drawn from its -/0/+ frequencies, success from its success rate), independently of
+    the response, against ``references``."""
+    if not train_references or not references:
+        raise ValueError("random_sequence_baseline: needs training and evaluated references.")
+    train = [sequence_verdict(r) for r in train_references]
+    test = [sequence_verdict(r) for r in references]
+    sign_p = {c: sum(t[0] == c for t in train) / len(train) for c in (-1, 0, 1)}
+    sign_q = {c: sum(t[0] == c for t in test) / len(test) for c in (-1, 0, 1)}
+    q = sum(t[1] for t in train) / len(train)
+    s = sum(t[1] for t in test) / len(test)
+    return {
+        "sign_accuracy": sum(sign_p[c] * sign_q[c] for c in (-1, 0, 1)),
+        "success_accuracy": q * s + (1 - q) * (1 - s),
+        "success_precision": s if q > 0 else None,
+        "success_recall": q if s > 0 else None,
+        "predicted_success_rate": q,
+        "reference_success_rate": s,
+        "num_samples": float(len(test)),
+    }
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], confidence: float = 0.95, num_resamples: int = 10000, seed: int = 0
+) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` and its percentile bootstrap confidence interval.
+
+    NaN values are an error (drop them explicitly first); one value gives ``(v, v, v)``.
+    """
+    data = np.asarray(list(values), dtype=float)
+    if data.size == 0:
+        raise ValueError("bootstrap_mean_ci: no values.")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"bootstrap_mean_ci: values must be finite, got {data.tolist()}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"bootstrap_mean_ci: confidence must be in (0, 1), got {confidence}.")
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(int(num_resamples), data.size))].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(data.mean()), float(low), float(high)
