@@ -173,3 +173,17 @@ def tiny_model_dir(tmp_path_factory, smollm2_tokenizer):
     build_tiny_llama(smollm2_tokenizer, max_position_embeddings=2048).save_pretrained(path)
     smollm2_tokenizer.save_pretrained(path)
     return str(path)
+
+
+#: Settings every small SpanPPOConfig of the tests shares: log each step, no reporters, fp32, no checkpoints, stop at
+#: EOS, no progress bars, seed 0. ``SpanPPOConfig(output_dir=..., **QUIET_PPO_SETTINGS, ...)``.
+QUIET_PPO_SETTINGS = dict(
+    logging_steps=1,
+    report_to=[],
+    bf16=False,
+    gradient_checkpointing=False,
+    save_strategy="no",
+    stop_token="eos",
+    disable_tqdm=True,
+    seed=0,
+)

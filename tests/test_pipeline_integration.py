@@ -13,6 +13,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from conftest import QUIET_PPO_SETTINGS
 from trl_text2grad.alignment import token_char_offsets
 from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
 from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
@@ -109,14 +110,7 @@ def test_annotations_to_reward_model_to_span_ppo(tmp_path, tiny_llama, smollm2_t
         kl_coef=0.0,  # the per-token reward is then exactly the span reward
         good_span_reward=GOOD,
         poor_span_reward=POOR,
-        logging_steps=1,
-        report_to=[],
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        stop_token="eos",
-        disable_tqdm=True,
-        seed=0,
+        **QUIET_PPO_SETTINGS,
     )
     prompts = Dataset.from_dict({"prompt": [r["prompt"] for r in rows[:4]], "task_id": list(range(4))})
     policy = tiny_llama(seed=2)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from conftest import QUIET_PPO_SETTINGS
 from trl_text2grad import Critique
 from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
 from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
@@ -40,14 +41,7 @@ def _args(tmp_path, **overrides) -> SpanPPOConfig:
         temperature=TEMPERATURE,
         kl_coef=0.05,
         reward_mode="span",
-        logging_steps=1,
-        report_to=[],
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        stop_token="eos",
-        disable_tqdm=True,
-        seed=0,
+        **QUIET_PPO_SETTINGS,
     )
     settings.update(overrides)
     return SpanPPOConfig(**settings)

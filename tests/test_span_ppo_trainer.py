@@ -9,6 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from conftest import QUIET_PPO_SETTINGS
 from trl_text2grad import Critique
 from trl_text2grad.alignment import token_char_offsets
 from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
@@ -49,14 +50,7 @@ def _args(tmp_path, **overrides) -> SpanPPOConfig:
         response_length=8,
         total_episodes=8,
         learning_rate=1e-3,
-        logging_steps=1,
-        report_to=[],
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        stop_token="eos",
-        disable_tqdm=True,
-        seed=0,
+        **QUIET_PPO_SETTINGS,
     )
     settings.update(overrides)
     return SpanPPOConfig(**settings)
