@@ -187,3 +187,28 @@ QUIET_PPO_SETTINGS = dict(
     disable_tqdm=True,
     seed=0,
 )
+
+
+def free_port() -> int:
+    """A local TCP port that was free a moment ago (bound, then closed): for a launcher's rendezvous, or as an
+    endpoint where nothing listens."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def accelerate_launch() -> list[str]:
+    """The command prefix of ``accelerate launch`` for this interpreter: the ``accelerate`` script next to it, else the
+    one on PATH, else ``python -m accelerate.commands.launch`` (which is the launch command itself)."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("accelerate")
+    if script.exists():
+        return [str(script), "launch"]
+    if shutil.which("accelerate"):
+        return ["accelerate", "launch"]
+    return [sys.executable, "-m", "accelerate.commands.launch"]

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from trl_text2grad.annotate import annotate, format_summary, read_annotations, summarize
 from trl_text2grad.critics.base import BaseCritic
 from trl_text2grad.rewards import CriticFailureError
@@ -32,12 +32,6 @@ class EchoCritic(BaseCritic):
     def critique(self, prompts, responses, **context):
         self.asked.extend(responses)
         return self._finish([Critique("ok", [r.split()[0]], []) for r in responses])
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _lines(path: Path) -> list[dict]:
@@ -183,7 +177,7 @@ def test_dead_endpoint_failures_are_counted_and_retried_on_resume(tmp_path):
     pytest.importorskip("openai")
     from trl_text2grad.critics.openai_compatible import OpenAICompatibleCritic
 
-    port = _closed_port()
+    port = free_port()
     critic = OpenAICompatibleCritic(
         model="judge", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=None, max_retries=0, timeout=2
     )
@@ -221,7 +215,7 @@ def test_cli_exits_non_zero_when_the_critic_is_dead(tmp_path):
     data.write_text("".join(json.dumps({"prompt": f"p{i}", "response": f"r {i}"}) + "\n" for i in range(3)))
     command = [sys.executable, "-m", "trl_text2grad.cli.annotate", "--dataset_path", str(data)]
     command += ["--output_path", str(out), "--critic", "openai", "--model", "judge", "--max_retries", "0"]
-    command += ["--base_url", f"http://127.0.0.1:{_closed_port()}/v1", "--api_key_env", "none"]
+    command += ["--base_url", f"http://127.0.0.1:{free_port()}/v1", "--api_key_env", "none"]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]

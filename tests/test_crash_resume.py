@@ -157,18 +157,16 @@ def test_two_process_checkpoints_are_complete_and_resume_exactly(tmp_path):
     """DDP on 2 CPU processes: every checkpoint holds both ranks' rollout state and its marker; resuming from
     checkpoint-1 (checkpoint-2 removed) ends with the parameters of the uninterrupted run."""
     import shutil
-    import socket
+
+    from conftest import accelerate_launch, free_port
 
     script = Path(__file__).parent / "scripts" / "multiproc_span_ppo.py"
     config = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "multi_cpu.yaml"
     shared = tmp_path / "ckpt"
 
     def launch(out: Path, *extra: str) -> list[dict]:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--num_processes",
-               "2", "--main_process_port", str(port), str(script), "--out", str(out), "--updates", "2",
+        cmd = [*accelerate_launch(), "--config_file", str(config), "--num_processes",
+               "2", "--main_process_port", str(free_port()), str(script), "--out", str(out), "--updates", "2",
                "--checkpoint-dir", str(shared), *extra]  # fmt: skip
         env = dict(_env(), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
         env.pop("ACCELERATE_USE_CPU", None)

@@ -6,12 +6,12 @@ Tiny random Llama policies (fast); the dead endpoint is a closed port on 127.0.0
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch
 from datasets import Dataset
 
+from conftest import accelerate_launch, free_port
 from trl_text2grad import CriticFailure, CriticFailureError, Critique
 from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
 from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
@@ -52,12 +52,6 @@ def _changed(before, model) -> float:
     return max(float((a - b).abs().max()) for a, b in zip(before, model.parameters()))
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:  # bound then closed: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class _Counting:
     """Wraps a reward function and counts its calls."""
 
@@ -76,7 +70,7 @@ def test_dead_endpoint_stops_training_within_the_budget(tmp_path, bpe_tokenizer,
     pytest.importorskip("openai")
     from trl_text2grad.critics.openai_compatible import OpenAICompatibleCritic
 
-    port = _closed_port()
+    port = free_port()
     critic = OpenAICompatibleCritic(
         model="judge", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=None, max_retries=0, timeout=2
     )
@@ -204,7 +198,7 @@ def test_demo_with_a_dead_critic_exits_non_zero(tiny_model_dir, tmp_path, monkey
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     out = tmp_path / "demo_dead"
     argv = ["--model", tiny_model_dir, "--output_dir", str(out), "--critic", "openai", "--critic_model", "judge"]
-    argv += ["--critic_base_url", f"http://127.0.0.1:{_closed_port()}/v1", *tiny]
+    argv += ["--critic_base_url", f"http://127.0.0.1:{free_port()}/v1", *tiny]
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert "failed on every one of the 2 stage-1 answers" in captured.err and "connection" in captured.err
@@ -242,17 +236,13 @@ def test_reward_contract_failures_have_kinds():
 def test_two_processes_stop_together(tmp_path, dead_ranks, rate):
     """The budget is decided on counts gathered over the processes: all of them stop at the same rollout."""
     import os
-    import shutil
     import subprocess
-    import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    exe = Path(sys.executable).with_name("accelerate")
-    launcher = [str(exe)] if exe.exists() else [shutil.which("accelerate") or "accelerate"]
     out = tmp_path / "out"
-    cmd = [*launcher, "launch", "--config_file", str(repo / "recipes" / "accelerate" / "multi_cpu.yaml"),
-           "--num_processes", "2", "--main_process_port", str(_closed_port()),
+    cmd = [*accelerate_launch(), "--config_file", str(repo / "recipes" / "accelerate" / "multi_cpu.yaml"),
+           "--num_processes", "2", "--main_process_port", str(free_port()),
            str(repo / "tests" / "scripts" / "multiproc_dead_critic.py"), "--out", str(out),
            "--dead_ranks", dead_ranks, "--max_critic_failure_rate", str(rate)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")

@@ -290,13 +290,10 @@ def test_request_failures_have_their_kind(server):
 
 
 def test_dead_endpoint_rows_fail_and_never_become_zero_reward():
-    import socket
-
+    from conftest import free_port
     from trl_text2grad.rewards import normalize_reward_output
 
-    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     critic = OpenAICompatibleCritic(
         model="m", base_url=f"http://127.0.0.1:{port}/v1", api_key_env=None, max_retries=0, timeout=2
     )

@@ -5,39 +5,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import accelerate_launch, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "multiproc_span_ppo.py"
 CONFIG = REPO / "recipes" / "accelerate" / "multi_cpu.yaml"
 
 
-def _accelerate() -> list[str]:
-    exe = Path(sys.executable).with_name("accelerate")
-    if exe.exists():
-        return [str(exe)]
-    if shutil.which("accelerate"):
-        return ["accelerate"]
-    return [sys.executable, "-m", "accelerate.commands.launch"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.multiproc
 def test_two_cpu_processes_train_with_gloo(tmp_path):
     out = tmp_path / "out"
-    cmd = [*_accelerate(), "launch", "--config_file", str(CONFIG), "--num_processes", "2",
-           "--main_process_port", str(_free_port()), str(SCRIPT), "--out", str(out), "--updates", "2"]  # fmt: skip
+    cmd = [*accelerate_launch(), "--config_file", str(CONFIG), "--num_processes", "2",
+           "--main_process_port", str(free_port()), str(SCRIPT), "--out", str(out), "--updates", "2"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     env.pop("ACCELERATE_USE_CPU", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
@@ -80,8 +64,8 @@ def test_deepspeed_recipes_on_two_cpu_processes(tmp_path, recipe):
     out = tmp_path / "out"
     config = REPO / "recipes" / "accelerate" / f"{recipe}.yaml"
     # bf16 (the recipes' GPU default) is switched off on the CPU; everything else is the recipe's
-    cmd = [*_accelerate(), "launch", "--config_file", str(config), "--num_processes", "2", "--mixed_precision", "no",
-           "--main_process_port", str(_free_port()), str(SCRIPT), "--out", str(out), "--updates", "2",
+    cmd = [*accelerate_launch(), "--config_file", str(config), "--num_processes", "2", "--mixed_precision", "no",
+           "--main_process_port", str(free_port()), str(SCRIPT), "--out", str(out), "--updates", "2",
            "--gradient_accumulation_steps", "2"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     env.pop("ACCELERATE_USE_CPU", None)

@@ -495,19 +495,10 @@ def test_reward_cli_trains_the_token_head_on_pairs(tmp_path, tiny_model_dir):
 @pytest.mark.multiproc
 def test_mixed_batches_in_two_processes_neither_hang_nor_diverge(tmp_path):
     """A step where one process has a pair and the other a span row: every process gathers the same statistics."""
-    import shutil
-    import socket
+    from conftest import accelerate_launch, free_port
 
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-
-    exe = Path(sys.executable).with_name("accelerate")
-    launcher = [str(exe)] if exe.exists() else ([shutil.which("accelerate")] if shutil.which("accelerate") else None)
-    launcher = launcher or [sys.executable, "-m", "accelerate.commands.launch"]
     out = tmp_path / "out"
-    cmd = [*launcher, "launch", "--config_file", str(REPO / "recipes" / "accelerate" / "multi_cpu.yaml"),
+    cmd = [*accelerate_launch(), "--config_file", str(REPO / "recipes" / "accelerate" / "multi_cpu.yaml"),
            "--num_processes", "2", "--main_process_port", str(free_port()),
            str(REPO / "tests" / "scripts" / "multiproc_span_reward.py"), "--out", str(out)]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")

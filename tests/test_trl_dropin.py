@@ -15,8 +15,6 @@ import copy
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from conftest import accelerate_launch, free_port
 from trl_text2grad import SpanPPOConfig, SpanPPOTrainer
 from trl_text2grad.ppo.span_ppo_trainer import substitute_pad_token_id
 
@@ -301,27 +300,12 @@ def test_trl112_example_script_one_process(tmp_path, trl_style_assets):
     _check_run(proc, out, per_update=2)
 
 
-def _accelerate() -> list[str]:
-    exe = Path(sys.executable).with_name("accelerate")
-    if exe.exists():
-        return [str(exe)]
-    if shutil.which("accelerate"):
-        return ["accelerate"]
-    return [sys.executable, "-m", "accelerate.commands.launch"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.multiproc
 def test_trl112_example_script_two_cpu_processes(tmp_path, trl_style_assets):
     out = tmp_path / "out"
     # the documented command: no --use_cpu needed, SpanPPOConfig selects the CPU when there is no accelerator
-    cmd = [*_accelerate(), "launch", "--config_file", str(MULTI_CPU), "--num_processes", "2", "--main_process_port",
-           str(_free_port()), str(SCRIPT), *_script_args(trl_style_assets, out, episodes=12)]  # fmt: skip
+    cmd = [*accelerate_launch(), "--config_file", str(MULTI_CPU), "--num_processes", "2", "--main_process_port",
+           str(free_port()), str(SCRIPT), *_script_args(trl_style_assets, out, episodes=12)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=900, cwd=tmp_path)
     _check_run(proc, out, per_update=4)
     assert proc.stdout.count("'episode'") == 3  # logged once, by the main process
