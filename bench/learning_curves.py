@@ -502,6 +502,12 @@ def plot(args) -> None:
     print(markdown_table(summary))
     print()
     print(halves_table(runs))
+    paired = paired_table(runs)
+    if paired:
+        print()
+        print(paired)
+        with open(os.path.join(plot_dir, "paired.md"), "w") as f:
+            f.write(paired + "\n")
 
 
 def halves_table(runs) -> str:
@@ -526,6 +532,44 @@ def halves_table(runs) -> str:
             second = sum(sum(r.get(key, 0.0) for r in rows[half:]) / (len(rows) - half) for rows in complete)
             second /= len(complete)
             lines.append(f"| {task} | {arm} | {len(complete)} | {key} | {first:.3f} | {second:.3f} |")
+    return "\n".join(lines)
+
+
+def paired_table(runs, baselines: tuple[str, ...] = ("scalar", "trl112", "scalar-vmodel")) -> str:
+    """Markdown lines: per task, the span arm minus each other arm in success over the second half of the run, paired
+    by seed (complete runs of both arms), with the mean and its bootstrap 95 % CI over the seeds; and the pooled
+    responses of the second halves with a two-proportion 95 % interval (ignores the correlation within a run)."""
+    from trl_text2grad.reward.evaluation import bootstrap_mean_ci
+
+    def second_half(rows):
+        part = rows[len(rows) // 2 :]
+        n = sum(r["episodes"] / r["update"] for r in part)
+        k = sum(r["success"] * r["episodes"] / r["update"] for r in part)
+        return sum(r["success"] for r in part) / len(part), k, n
+
+    lines = []
+    full = defaultdict(int)
+    for (task, _), seeds in runs.items():
+        full[task] = max([full[task]] + [len(r) for r in seeds.values()])
+    for task in sorted(full):
+        span = {s: rows for s, rows in runs.get((task, "span"), {}).items() if len(rows) == full[task]}
+        for other in baselines:
+            theirs = {s: rows for s, rows in runs.get((task, other), {}).items() if len(rows) == full[task]}
+            common = sorted(set(span) & set(theirs))
+            if not common:
+                continue
+            diffs = [second_half(span[s])[0] - second_half(theirs[s])[0] for s in common]
+            mean, low, high = bootstrap_mean_ci(diffs)
+            ka, na = (sum(second_half(span[s])[i] for s in common) for i in (1, 2))
+            kb, nb = (sum(second_half(theirs[s])[i] for s in common) for i in (1, 2))
+            pa, pb = ka / na, kb / nb
+            se = math.sqrt(pa * (1 - pa) / na + pb * (1 - pb) / nb)
+            lines.append(
+                f"- {task}, {full[task]} updates: span − {other}, success over updates {full[task] // 2 + 1}-"
+                f"{full[task]}: " + ", ".join(f"{d:+.3f}" for d in diffs) + f" (seeds {common}); mean {mean:+.3f}, "
+                f"bootstrap 95% CI [{low:+.3f}, {high:+.3f}]; pooled {ka:.0f}/{na:.0f} = {pa:.3f} vs "
+                f"{kb:.0f}/{nb:.0f} = {pb:.3f}, {pa - pb:+.3f} [{pa - pb - 1.96 * se:+.3f}, {pa - pb + 1.96 * se:+.3f}]"
+            )
     return "\n".join(lines)
 
 

@@ -11,7 +11,8 @@ One command per stage (raw outputs under ``docs/evidence/pipeline/``)::
     python bench/pipeline_evidence.py train-rm --kind scalar --max-steps 300
     # (c) PPO, one run per command (arm, seed, KL coefficient)
     python bench/pipeline_evidence.py ppo --arm rm-span --seed 0 --kl-coef 0.05 --updates 12
-    # (d) tables, plots and bootstrap confidence intervals over every finished run
+    # (d) tables, plots and bootstrap confidence intervals over every finished run (of runs/, or of another
+    #     folder: ppo --out docs/evidence/pipeline/runs30 ... then report --runs runs30)
     python bench/pipeline_evidence.py report
 
 Data (``data``): the text task is ``trl_text2grad.tasks.constrained_text`` (16 topics, one prompt per topic).
@@ -501,6 +502,17 @@ def late(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in part) / len(part)
 
 
+def early_window(num_updates: int) -> int:
+    """Updates at the start of a run that count as "before learning": ``max(3, n // 6)`` (3 of 12, 5 of 30)."""
+    return max(3, num_updates // 6)
+
+
+def early(rows: list[dict], key: str) -> float:
+    """Mean of ``key`` over the first ``early_window(len(rows))`` updates."""
+    part = rows[: early_window(len(rows))]
+    return sum(r[key] for r in part) / len(part)
+
+
 def untrained_success(annotations: str) -> tuple[float, int]:
     """The untrained policy's success on the train topics (the train and in-distribution rows of (a))."""
     from trl_text2grad.tasks import constrained_text
@@ -593,16 +605,21 @@ def cmd_report(args) -> None:
     tables = rm_tables(args.out)
     print(tables)
     Path(args.out, "rm_summary.md").write_text(tables + "\n")
-    runs = load_pipeline_runs(os.path.join(args.out, "runs"))
+    runs = load_pipeline_runs(os.path.join(args.out, args.runs))
     if not runs:
-        raise SystemExit(f"no complete run files in {args.out}/runs")
+        raise SystemExit(f"no complete run files in {args.out}/{args.runs}")
+    # outputs of the default run folder keep their names; another folder's get its name as a suffix
+    tag = "" if args.runs == "runs" else f"_{args.runs}"
+    num_updates = len(next(iter(next(iter(runs.values())).values())))
+    first = early_window(num_updates)
     base, base_n = untrained_success(os.path.join(args.out, "annotations.jsonl"))
     lines = [f"Untrained policy, train topics: success {base:.3f} (n={base_n})", ""]
     lines.append(
-        "| arm | kl_coef | seeds | success, updates 1-3 | success, 2nd half (per seed) | mean [95% CI] "
+        f"| arm | kl_coef | seeds | success, updates 1-{first} | success, 2nd half (per seed) | mean [95% CI] "
+        f"| rise: 2nd half − updates 1-{first} (per seed) | mean rise [95% CI] "
         "| KL, 2nd half (per seed) | final KL | RM agrees with critic (success verdict) | wall s |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     summary: dict = {"untrained_success": base, "untrained_n": base_n, "arms": {}}
     order = sorted(runs, key=lambda k: (k[1], ARMS.index(k[0]) if k[0] in ARMS else 9))
     for arm, kl in order:
@@ -610,8 +627,10 @@ def cmd_report(args) -> None:
         ss = sorted(seeds)
         succ = [late(seeds[s], "success") for s in ss]
         kls = [late(seeds[s], "kl") for s in ss]
-        first3 = [sum(r["success"] for r in seeds[s][:3]) / 3 for s in ss]
+        first3 = [early(seeds[s], "success") for s in ss]
+        rise = [a - b for a, b in zip(succ, first3)]
         mean, lo, hi = bootstrap_mean_ci(succ)
+        rise_mean, rise_lo, rise_hi = bootstrap_mean_ci(rise)
         agree = [late(seeds[s], "rm_success_agreement") for s in ss if "rm_success_agreement" in seeds[s][-1]]
         wall = [seeds[s][-1]["wall_s"] for s in ss]
         summary["arms"][f"{arm}@{kl:g}"] = {
@@ -620,7 +639,10 @@ def cmd_report(args) -> None:
             "success_late_mean_ci": [mean, lo, hi],
             "kl_late": kls,
             "kl_final": [seeds[s][-1]["kl"] for s in ss],
+            "early_updates": first,
             "success_first3": first3,
+            "success_rise": rise,
+            "success_rise_mean_ci": [rise_mean, rise_lo, rise_hi],
             "rm_success_agreement_late": agree,
             "wall_s": wall,
         }
@@ -628,6 +650,8 @@ def cmd_report(args) -> None:
             f"| {arm} | {kl:g} | {len(ss)} | {sum(first3) / len(first3):.2f} | "
             + ", ".join(f"{v:.2f}" for v in succ)
             + f" | {mean:.3f} [{lo:.3f}, {hi:.3f}] | "
+            + ", ".join(f"{v:+.2f}" for v in rise)
+            + f" | {rise_mean:+.3f} [{rise_lo:+.3f}, {rise_hi:+.3f}] | "
             + ", ".join(f"{v:.1f}" for v in kls)
             + f" | {sum(r[-1]['kl'] for r in seeds.values()) / len(ss):.2f} | "
             + (f"{sum(agree) / len(agree):.2f}" if agree else "—")
@@ -709,8 +733,9 @@ def cmd_report(args) -> None:
         lines.append(f"| {arm} @ {kl:g} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     print(text)
-    Path(args.out, "summary.md").write_text(text + "\n")
-    Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
+    summary["num_updates"] = num_updates
+    Path(args.out, f"summary{tag}.md").write_text(text + "\n")
+    Path(args.out, f"summary{tag}.json").write_text(json.dumps(summary, indent=1))
 
     # curves: one figure per KL setting
     metrics = [("success", "task success (critic)"), ("critic_reward", "critic reward"), ("kl", "KL to reference")]
@@ -735,11 +760,12 @@ def cmd_report(args) -> None:
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.suptitle(
-            f"text task, kl_coef {kl:g}: per-seed curves (thin) and the 3-update moving average of their mean",
+            f"text task, {num_updates} updates, kl_coef {kl:g}: per-seed curves (thin) and the 3-update moving "
+            "average of their mean",
             fontsize=10,
         )
         fig.tight_layout()
-        fig.savefig(os.path.join(args.out, f"curves_kl{kl:g}.png"), dpi=100)
+        fig.savefig(os.path.join(args.out, f"curves{tag}_kl{kl:g}.png"), dpi=100)
         plt.close(fig)
     # success against KL: every run
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -762,7 +788,7 @@ def cmd_report(args) -> None:
     ax.legend(fontsize=7)
     ax.set_title("every run: success against KL (dashed: least-squares line per arm)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "success_vs_kl.png"), dpi=100)
+    fig.savefig(os.path.join(args.out, f"success_vs_kl{tag}.png"), dpi=100)
     plt.close(fig)
     # reward-model training curves: the periodic evaluations and the final evaluation of every saved stage
     import glob
@@ -799,7 +825,7 @@ def cmd_report(args) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "rm_training.png"), dpi=100)
     plt.close(fig)
-    print(f"wrote {args.out}/summary.md, summary.json and the PNGs")
+    print(f"wrote {args.out}/summary{tag}.md, summary{tag}.json and the PNGs")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -858,6 +884,11 @@ def parse_args(argv=None):
     g.set_defaults(func=cmd_gate)
     r = sub.add_parser("report", help="(d) tables, CIs and plots over every finished run")
     r.add_argument("--out", default=DEFAULT_OUT)
+    r.add_argument(
+        "--runs",
+        default="runs",
+        help="Folder of run files under --out (e.g. runs30); outputs other than the default get it as a suffix.",
+    )
     r.set_defaults(func=cmd_report)
     return parser.parse_args(argv)
 

@@ -317,6 +317,9 @@ def test_plot_mode_writes_pngs_summary_and_table(tmp_path):
     # span: 0.4, 0.5, 0.6, 0.7 (+0.01 * seed) -> the 3-update moving average first reaches 0.6 at update 4
     assert ",4;4;4," in by_arm["span"]
     assert ",-;-;-," in by_arm["scalar"]
+    # span minus scalar over updates 4-6, per seed: (0.3 + 0.1u) - (0.3 + 0.02u) averaged over u = 4, 5, 6 = 0.4
+    paired = (tmp_path / "plots" / "paired.md").read_text()
+    assert "span − scalar, success over updates 4-6: +0.400, +0.400, +0.400 (seeds [0, 1, 2]); mean +0.400" in paired
 
 
 def test_plot_mode_without_runs_fails_clearly(tmp_path):

@@ -88,3 +88,40 @@ def test_report_pairs_seeds_and_leaves_out_interrupted_runs(tmp_path):
     assert matched["ci"][0] <= matched["difference"] <= matched["ci"][1]
     for name in ("summary.md", "curves_kl0.05.png", "curves_kl0.2.png", "success_vs_kl.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_report_of_another_run_folder_reports_the_within_run_rise(tmp_path):
+    """``report --runs runs30``: the early window of 30 updates is updates 1-5, the rise is the second half minus
+    that window per seed, and the outputs carry the folder's name (the 12-update outputs are not overwritten)."""
+    runs = tmp_path / "runs30"
+    runs.mkdir()
+    _annotations(tmp_path / "annotations.jsonl")
+    for seed, late_rate in ((0, 0.5), (1, 0.6), (2, 0.4)):
+        # updates 1-5 at 0.2, 6-15 at 0.9 (neither early nor late), 16-30 at late_rate
+        success = [0.2] * 5 + [0.9] * 10 + [late_rate] * 15
+        _write_run(runs, "rm-span", 0.05, seed, success, [1.0 + seed] * 30)
+        _write_run(runs, "rm-scalar", 0.05, seed, [0.3] * 30, [2.0 + seed] * 30)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "report", "--out", str(tmp_path), "--runs", "runs30"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "summary.json").exists()
+    summary = json.loads((tmp_path / "summary_runs30.json").read_text())
+    assert summary["num_updates"] == 30
+    span = summary["arms"]["rm-span@0.05"]
+    assert span["early_updates"] == 5
+    assert span["success_first3"] == pytest.approx([0.2] * 3)
+    assert span["success_late"] == pytest.approx([0.5, 0.6, 0.4])
+    assert span["success_rise"] == pytest.approx([0.3, 0.4, 0.2])
+    mean, low, high = span["success_rise_mean_ci"]
+    assert mean == pytest.approx(0.3) and 0.2 <= low < mean < high <= 0.4
+    scalar = summary["arms"]["rm-scalar@0.05"]
+    assert scalar["success_rise"] == pytest.approx([0.0] * 3)
+    assert "updates 1-5" in (tmp_path / "summary_runs30.md").read_text()
+    for name in ("curves_runs30_kl0.05.png", "success_vs_kl_runs30.png"):
+        assert (tmp_path / name).stat().st_size > 0
