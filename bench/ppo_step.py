@@ -18,6 +18,8 @@ Rows:
   ours-span-lora-merged  ours-span-lora with merge_adapters_for_generation=True (adapters folded into the weights
                     while sampling, base restored bit for bit)
   ours-span-qlora   ours-span-lora on a 4-bit nf4 base (bitsandbytes; skipped with the reason where it has no backend)
+  ours-span-lora-bf16  ours-span-lora on a bfloat16 base (the recipes' ``dtype: bfloat16``): the frozen base weights
+                    in bf16, the LoRA adapters, value head and optimizer state in fp32
 
 ``--profile`` also prints, for our rows, the seconds per update spent in each phase (generation, rollout forwards,
 reward, advantages, loss forwards, backward, optimizer step).
@@ -59,6 +61,7 @@ ROWS = (
     "ours-span-lora",
     "ours-span-lora-merged",
     "ours-span-qlora",
+    "ours-span-lora-bf16",
 )
 PHASES = ("generation", "rollout_forwards", "reward", "advantages", "loss_forward", "backward", "optimizer")
 
@@ -214,6 +217,7 @@ def run_span_ppo(
     profile: bool = False,
     qlora: bool = False,
     merge_generation: bool = False,
+    bf16_base: bool = False,
     **extra_config,
 ) -> dict:
     """Train ``SpanPPOTrainer`` with TRL 1.12-equivalent settings; return metrics in the harness's JSON layout.
@@ -243,6 +247,9 @@ def run_span_ppo(
         policy_model = AutoModelForCausalLM.from_pretrained(
             str(policy), dtype=torch.float32, quantization_config=quantization, device_map={"": "cpu"}
         )
+        lora = True
+    elif bf16_base:  # LoRA on a bf16 base: the frozen weights in bf16; PEFT keeps the adapters in fp32
+        policy_model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.bfloat16)
         lora = True
     else:
         policy_model = AutoModelForCausalLM.from_pretrained(str(policy), dtype=torch.float32)
@@ -343,7 +350,7 @@ def run_span_ppo(
     return {
         "implementation": f"SpanPPOTrainer reward_mode={reward_mode}"
         + (" value_head" if value_head else "")
-        + (" qlora" if qlora else " lora" if lora else "")
+        + (" qlora" if qlora else " lora bf16-base" if bf16_base else " lora" if lora else "")
         + (" merged-generation" if merge_generation else ""),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -389,7 +396,7 @@ def worker_main(args) -> int:
             num_prompts=args.batch_size, num_updates=args.num_updates, batch_size=args.batch_size,
             num_ppo_epochs=args.num_ppo_epochs, response_length=args.response_length, temperature=0.7,
             learning_rate=3e-6, seed=args.seed, threads=args.threads, profile=args.profile, qlora=args.qlora,
-            merge_generation=args.merge_generation,
+            merge_generation=args.merge_generation, bf16_base=args.bf16_base,
         )  # fmt: skip
     result.pop("trainer")
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -436,7 +443,8 @@ def bench_main(args) -> int:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out),
                        "--paths", json.dumps(paths), "--reward-mode", "scalar" if row == "ours-scalar" else "span",
                        *common]  # fmt: skip
-                if row in ("ours-span-vhead", "ours-span-lora", "ours-span-lora-merged", "ours-span-qlora"):
+                if row in ("ours-span-vhead", "ours-span-lora", "ours-span-lora-merged", "ours-span-qlora",
+                           "ours-span-lora-bf16"):  # fmt: skip
                     cmd.append("--value-head")
                 if row in ("ours-span-lora", "ours-span-lora-merged"):
                     cmd.append("--lora")
@@ -444,6 +452,8 @@ def bench_main(args) -> int:
                     cmd.append("--merge-generation")
                 if row == "ours-span-qlora":
                     cmd.append("--qlora")
+                if row == "ours-span-lora-bf16":
+                    cmd.append("--bf16-base")
                 if args.profile:
                     cmd.append("--profile")
                 _run(cmd, env=env)
@@ -526,6 +536,7 @@ def parse_args(argv=None):
     p.add_argument("--value-head", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--lora", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--qlora", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--bf16-base", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--merge-generation", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
