@@ -13,7 +13,8 @@ the trained generative model wrote per critique) so that the comparison does not
 happens to write. Each measurement is preceded by one warm-up batch; the two forms are timed alternately so that
 background load affects both alike, in wall-clock and CPU seconds (``time.process_time``; with ``--threads 1`` it is
 robust to other jobs on the machine). Prints a table and one JSON line with seconds per sample, the ratios
-generative / token_head, and the mean number of tokens the generative model wrote.
+generative / token_head, and the mean number of tokens the generative model wrote. ``--dtype bfloat16`` loads both
+forms' backbones in bfloat16 (the token head's linear layer stays float32).
 """
 
 from __future__ import annotations
@@ -51,16 +52,16 @@ def time_scoring(model, prompts, responses, batch_size: int, repeats: int) -> li
     return times
 
 
-def synthetic_models(new_tokens: int):
+def synthetic_models(new_tokens: int, dtype=None):
     """Both forms from the packaged SmolLM2-135M-Instruct, the generative one writing exactly ``new_tokens``."""
     from trl_text2grad.models import load_default_model, load_default_tokenizer
     from trl_text2grad.reward.modeling import SpanTokenHeadModel
     from trl_text2grad.reward.scoring import SpanRewardModel
 
     tokenizer = load_default_tokenizer()
-    head = SpanTokenHeadModel(load_default_model(), num_labels=3).eval()
+    head = SpanTokenHeadModel(load_default_model(dtype=dtype), num_labels=3).eval()
     token_head = SpanRewardModel(head, tokenizer, {"model_form": "token_head", "head_layout": "repeat"})
-    causal_lm = load_default_model().eval()
+    causal_lm = load_default_model(dtype=dtype).eval()
     generate = causal_lm.generate
 
     def fixed_length_generate(*args, **kwargs):
@@ -84,6 +85,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=None, help="override the generative checkpoint's")
+    parser.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of both forms' backbones"
+    )
     args = parser.parse_args()
     if not args.synthetic and not (args.token_head and args.generative):
         parser.error("give --token-head and --generative checkpoint folders, or --synthetic")
@@ -96,10 +100,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     prompts, responses = load_pairs(args.data, args.samples)
     if args.synthetic:
-        token_head, generative = synthetic_models(args.generative_new_tokens)
+        token_head, generative = synthetic_models(args.generative_new_tokens, getattr(torch, args.dtype))
     else:
-        token_head = SpanRewardModel.from_pretrained(args.token_head)
-        generative = SpanRewardModel.from_pretrained(args.generative)
+        token_head = SpanRewardModel.from_pretrained(args.token_head, dtype=getattr(torch, args.dtype))
+        generative = SpanRewardModel.from_pretrained(args.generative, dtype=getattr(torch, args.dtype))
     if args.max_new_tokens:
         generative.config["max_new_tokens"] = args.max_new_tokens
     device = str(token_head.device)
@@ -135,6 +139,7 @@ def main() -> None:
         "generative_mean_new_tokens": round(sum(written) / len(written), 1),
         "generative_max_new_tokens": generative.config.get("max_new_tokens"),
         "synthetic": bool(args.synthetic),
+        "dtype": args.dtype,
         "token_head_max_padding_fraction": getattr(token_head, "max_padding_fraction", None),
         "results": results,
     }
