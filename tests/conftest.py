@@ -189,6 +189,27 @@ QUIET_PPO_SETTINGS = dict(
 )
 
 
+def small_span_ppo_config(output_dir, **overrides):
+    """A one-micro-batch ``SpanPPOConfig`` for tiny models: batches of 4 prompts, 2 PPO epochs, 10 new tokens, one
+    update (4 episodes), span rewards, KL coefficient 0.05, plus ``QUIET_PPO_SETTINGS``; ``overrides`` win."""
+    from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
+
+    settings = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        num_ppo_epochs=2,
+        num_mini_batches=1,
+        response_length=10,
+        total_episodes=4,
+        kl_coef=0.05,
+        reward_mode="span",
+        **QUIET_PPO_SETTINGS,
+    )
+    settings.update(overrides)
+    return SpanPPOConfig(**settings)
+
+
 def free_port() -> int:
     """A local TCP port that was free a moment ago (bound, then closed): for a launcher's rendezvous, or as an
     endpoint where nothing listens."""

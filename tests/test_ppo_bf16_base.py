@@ -9,9 +9,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from conftest import QUIET_PPO_SETTINGS
+from conftest import small_span_ppo_config
 from trl_text2grad import Critique
-from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
 from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,19 +26,7 @@ def test_lora_on_a_bf16_base_trains_the_adapters_and_keeps_the_base(tmp_path, ti
     peft = pytest.importorskip("peft")
     model = tiny_llama().to(torch.bfloat16)
     base_before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = SpanPPOConfig(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        num_ppo_epochs=2,
-        num_mini_batches=1,
-        response_length=10,
-        total_episodes=8,
-        learning_rate=1e-2,
-        kl_coef=0.05,
-        reward_mode="span",
-        **QUIET_PPO_SETTINGS,
-    )
+    config = small_span_ppo_config(tmp_path / "out", total_episodes=8, learning_rate=1e-2)
     trainer = SpanPPOTrainer(
         args=config,
         processing_class=smollm2_tokenizer,

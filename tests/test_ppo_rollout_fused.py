@@ -17,7 +17,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from conftest import QUIET_PPO_SETTINGS
+from conftest import small_span_ppo_config
 from trl_text2grad import Critique
 from trl_text2grad.ppo.span_ppo_config import SpanPPOConfig
 from trl_text2grad.ppo.span_ppo_trainer import SpanPPOTrainer
@@ -29,22 +29,10 @@ TEMPERATURE = 0.7
 
 
 def _args(tmp_path, **overrides) -> SpanPPOConfig:
-    settings = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        gradient_accumulation_steps=1,
-        num_ppo_epochs=2,
-        num_mini_batches=1,
-        response_length=10,
-        total_episodes=4,
-        learning_rate=0.0,  # the weights stay those of the rollout, so it can be recomputed afterwards
-        temperature=TEMPERATURE,
-        kl_coef=0.05,
-        reward_mode="span",
-        **QUIET_PPO_SETTINGS,
-    )
+    # learning rate 0: the weights stay those of the rollout, so it can be recomputed afterwards
+    settings = dict(learning_rate=0.0, temperature=TEMPERATURE)
     settings.update(overrides)
-    return SpanPPOConfig(**settings)
+    return small_span_ppo_config(tmp_path / "out", **settings)
 
 
 def _dataset(n: int = 4) -> Dataset:
