@@ -20,6 +20,8 @@ Rows:
   ours-span-qlora   ours-span-lora on a 4-bit nf4 base (bitsandbytes; skipped with the reason where it has no backend)
   ours-span-lora-bf16  ours-span-lora on a bfloat16 base (the recipes' ``dtype: bfloat16``): the frozen base weights
                     in bf16, the LoRA adapters, value head and optimizer state in fp32
+  trl112-bf16       trl112 with its four models loaded in bfloat16 (full fine-tuning of bf16 weights): the
+                    like-for-like reference for ours-span-lora-bf16
 
 ``--profile`` also prints, for our rows, the seconds per update spent in each phase (generation, rollout forwards,
 reward, advantages, loss forwards, backward, optimizer step).
@@ -62,6 +64,7 @@ ROWS = (
     "ours-span-lora-merged",
     "ours-span-qlora",
     "ours-span-lora-bf16",
+    "trl112-bf16",
 )
 PHASES = ("generation", "rollout_forwards", "reward", "advantages", "loss_forward", "backward", "optimizer")
 
@@ -430,7 +433,7 @@ def bench_main(args) -> int:
             common = ["--num-updates", str(args.num_updates), "--batch-size", str(args.batch_size),
                       "--response-length", str(args.response_length), "--seed", str(args.seed),
                       "--threads", str(args.threads), "--num-ppo-epochs", str(args.num_ppo_epochs)]  # fmt: skip
-            if row == "trl112":
+            if row in ("trl112", "trl112-bf16"):
                 python = TRL112_VENV / "bin" / "python"
                 if not python.exists():
                     _run(["bash", str(REPO / "scripts" / "make_trl112_venv.sh"), str(TRL112_VENV)])
@@ -438,6 +441,8 @@ def bench_main(args) -> int:
                        "--policy", paths["policy"], "--value", paths["value"], "--reward", paths["reward"],
                        "--tokenizer", paths["tokenizer"], "--num-prompts", str(args.batch_size),
                        "--no-argmax-sampling", "--learning-rate", "3e-6", *common]  # fmt: skip
+                if row == "trl112-bf16":
+                    cmd += ["--dtype", "bfloat16"]
                 _run(cmd, env={**env, "PYTHONPATH": ""})
             else:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out),
@@ -485,10 +490,11 @@ def bench_main(args) -> int:
     print(f"PPO update on CPU ({torch.get_num_threads()} torch threads here, --threads {args.threads}): "
           f"SmolLM2-135M, batch {args.batch_size}, {args.response_length} new tokens, {args.num_ppo_epochs} PPO "
           f"epochs, {args.num_updates} updates (first excluded), best of {args.repeats}")  # fmt: skip
+    with_bf16 = "trl112-bf16" in results
     header = (
         f"{'row':<23}{'s/update':>10}{'CPU s/update':>14}{'1st update s':>14}{'peak RSS MB':>13}"
         f"{'time vs trl':>13}{'CPU vs trl':>12}{'RSS vs trl':>12}"
-    )
+    ) + (f"{'time vs trl-bf16':>18}" if with_bf16 else "")
     print(header)
     print("-" * len(header))
     for row in rows:
@@ -498,7 +504,11 @@ def bench_main(args) -> int:
             rt = f"{t / best('trl112', 's_per_update'):.2f}x"
             rc = f"{c / best('trl112', 'cpu_s_per_update'):.2f}x"
             rm = f"{m / best('trl112', 'peak_rss_mb'):.2f}x"
-        print(f"{row:<23}{t:>10.2f}{c:>14.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rc:>12}{rm:>12}")
+        rb = f"{t / best('trl112-bf16', 's_per_update'):.2f}x" if with_bf16 else ""
+        print(
+            f"{row:<23}{t:>10.2f}{c:>14.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rc:>12}{rm:>12}"
+            + (f"{rb:>18}" if with_bf16 else "")
+        )
     if profiles:
         for suffix, label in (("", "wall-clock"), ("_cpu", "CPU")):
             print()

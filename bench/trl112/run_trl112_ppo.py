@@ -67,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = leave as is)")
     p.add_argument("--argmax-sampling", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of all four models")
     p.add_argument("--dump-tokens", action="store_true", help="also dump queries and generated tokens per update")
     return p.parse_args(argv)
 
@@ -125,12 +126,11 @@ def main(argv=None) -> int:
     t_load = time.perf_counter()
     tokenizer = tiny_setup.load_tokenizer(paths["tokenizer"])
     set_seed(args.seed)  # seeds python, numpy (PPO's mini-batch permutation) and torch
-    policy = AutoModelForCausalLM.from_pretrained(paths["policy"], dtype=torch.float32)
-    ref_policy = AutoModelForCausalLM.from_pretrained(paths["policy"], dtype=torch.float32)
-    value_model = AutoModelForSequenceClassification.from_pretrained(paths["value"], num_labels=1, dtype=torch.float32)
-    reward_model = AutoModelForSequenceClassification.from_pretrained(
-        paths["reward"], num_labels=1, dtype=torch.float32
-    )
+    dtype = getattr(torch, args.dtype)
+    policy = AutoModelForCausalLM.from_pretrained(paths["policy"], dtype=dtype)
+    ref_policy = AutoModelForCausalLM.from_pretrained(paths["policy"], dtype=dtype)
+    value_model = AutoModelForSequenceClassification.from_pretrained(paths["value"], num_labels=1, dtype=dtype)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(paths["reward"], num_labels=1, dtype=dtype)
     load_s = time.perf_counter() - t_load
 
     prompts = tiny_setup.make_prompts(args.num_prompts)
