@@ -231,8 +231,8 @@ def evaluate_rm(rm, rows: list[dict], train_rows: list[dict], tokenizer, with_ba
 def cmd_train_rm(args) -> None:
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoConfig, TrainerCallback
+    from reward_real_run import top_layers_lora_config
+    from transformers import TrainerCallback
 
     from trl_text2grad import SpanRewardConfig, SpanRewardTrainer
     from trl_text2grad.models import default_model_path, load_default_tokenizer
@@ -307,16 +307,7 @@ def cmd_train_rm(args) -> None:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    num_layers = AutoConfig.from_pretrained(default_model_path()).num_hidden_layers
-    lora = LoraConfig(
-        r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        layers_to_transform=list(range(num_layers - args.lora_layers, num_layers)) if args.lora_layers else None,
-        task_type="CAUSAL_LM",
-    )
-    model, peft_config = default_model_path(), lora
+    model, peft_config = default_model_path(), top_layers_lora_config(args.lora_layers)
     if args.init_from:  # continue training a saved reward model (its adapter and head), e.g. with a larger budget
         model = SpanRewardModel.from_pretrained(args.init_from, device="cpu", merge_adapter=False).model
         for name, param in model.named_parameters():

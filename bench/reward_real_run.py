@@ -113,11 +113,30 @@ def build_data(out: Path, per_problem: int = 2, test_fraction: float = 0.2, seed
         print(f"{name}: {len(split)} rows, {len(set(split['task_id']))} problems, {sum(split['passed'])} passing")
 
 
+def top_layers_lora_config(num_top_layers: int):
+    """The reward models' LoRA: r=16, alpha=32 on every attention and MLP projection of the top ``num_top_layers``
+    layers of the default model (0: all layers); backpropagation then stops below them."""
+    from peft import LoraConfig
+    from transformers import AutoConfig
+
+    from trl_text2grad.models import default_model_path
+
+    num_layers = AutoConfig.from_pretrained(default_model_path()).num_hidden_layers
+    top = list(range(num_layers - num_top_layers, num_layers)) if num_top_layers else None
+    return LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        layers_to_transform=top,
+        task_type="CAUSAL_LM",
+    )
+
+
 def train(args: argparse.Namespace) -> dict:
     import torch
     from datasets import load_from_disk
-    from peft import LoraConfig
-    from transformers import AutoConfig, TrainerCallback
+    from transformers import TrainerCallback
 
     from trl_text2grad import SpanRewardConfig, SpanRewardTrainer
     from trl_text2grad.models import default_model_path, load_default_tokenizer
@@ -167,16 +186,7 @@ def train(args: argparse.Namespace) -> dict:
         seed=0,
         dataloader_num_workers=0,
     )
-    num_layers = AutoConfig.from_pretrained(default_model_path()).num_hidden_layers
-    top = list(range(num_layers - args.lora_layers, num_layers)) if args.lora_layers else None
-    lora = LoraConfig(
-        r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        layers_to_transform=top,
-        task_type="CAUSAL_LM",
-    )
+    lora = top_layers_lora_config(args.lora_layers)
     trainer = SpanRewardTrainer(
         default_model_path(),
         args=config,
