@@ -17,6 +17,7 @@ from trl_text2grad.spans import (
     locate_critique,
     locate_quotes,
     normalize_with_offsets,
+    strip_span,
 )
 
 CODE = "def add(a, b):\n    # Return the sum.\n    return a + b\n\nprint(add(1, 2))\n"
@@ -71,6 +72,14 @@ def test_normalised_match_maps_back_to_original_characters(text, quote, expected
     [span] = locate_quotes(text, [quote], fuzzy=False)
     assert span is not None, (text, quote)
     assert _quoted(text, span) == expected
+
+
+def test_strip_span_moves_both_edges_past_whitespace_only_within_the_range():
+    text = " \t a b \n x"
+    assert strip_span(text, 0, len(text)) == (3, 10)
+    assert strip_span(text, 0, 8) == (3, 6)  # "a b" without the spaces around it
+    assert strip_span(text, 4, 5) == (5, 5)  # only whitespace: an empty range
+    assert strip_span(text, 3, 4) == (3, 4)  # nothing to strip
 
 
 def test_normalize_with_offsets_maps_each_character_to_its_source():

@@ -44,6 +44,7 @@ __all__ = [
     "locate_quotes",
     "locate_critique",
     "normalize_with_offsets",
+    "strip_span",
 ]
 
 DEFAULT_FUZZY_THRESHOLD = 90.0
@@ -308,6 +309,16 @@ def _normalize_char(ch: str) -> str:
     return "".join(out)
 
 
+def strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """``(start, end)`` moved inwards past the whitespace at the edges of ``text[start:end]``; ``start == end`` when
+    the range holds only whitespace."""
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
 def normalize_with_offsets(text: str) -> tuple[str, list[int]]:
     """Normalise ``text`` for matching and map every normalised character back to its source character.
 
@@ -478,12 +489,8 @@ def locate_quotes(
                 if window is None:
                     window = _fuzzy_window(needle, normalised_text, 0, fuzzy_threshold)
                 if window is not None:
-                    start, end = origin[window[0]], origin[window[1] - 1] + 1
                     # Trim whitespace the fuzzy window may have caught at its edges.
-                    while start < end and text[start].isspace():
-                        start += 1
-                    while end > start and text[end - 1].isspace():
-                        end -= 1
+                    start, end = strip_span(text, origin[window[0]], origin[window[1] - 1] + 1)
                     if end > start:
                         span = (start, end)
         if span is not None:

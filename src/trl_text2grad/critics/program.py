@@ -41,7 +41,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
-from ..spans import CriticFailure, Critique
+from ..spans import CriticFailure, Critique, strip_span
 from .base import BaseCritic, check_batch
 from .harness import TestProgram, TestResult, check_sandbox_health, run_tests
 from .prompts import prompt_to_text
@@ -314,11 +314,7 @@ class UnitTestCritic(BaseCritic):
         if not (0 <= first <= last < len(ranges)):
             return None
         start, end = ranges[first][0] + job["code_start"], ranges[last][1] + job["code_start"]
-        text = job["response"]
-        while start < end and text[start].isspace():
-            start += 1
-        while end > start and text[end - 1].isspace():
-            end -= 1
+        start, end = strip_span(job["response"], start, end)
         return (start, end) if end > start else None
 
     def _raising_code_line(self, job: dict, result: TestResult) -> int | None:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from datasets import Dataset
 
-from ..spans import Critique, locate_critique
+from ..spans import Critique, locate_critique, strip_span
 from .preference import split_preference_row
 
 logger = logging.getLogger(__name__)
@@ -192,11 +192,7 @@ def collapse_to_sequence_label(row: Mapping[str, Any], fuzzy_threshold: float = 
         spans = [(s.start, s.end, s.score) for s in located.spans]
     scores = [float(s[2]) for s in (spans or []) if float(s[2]) != 0]
     score = sum(scores) / len(scores) if scores else 0.0
-    start, end = 0, len(response)
-    while start < end and response[start].isspace():
-        start += 1
-    while end > start and response[end - 1].isspace():
-        end -= 1
+    start, end = strip_span(response, 0, len(response))
     whole = response[start:end]
     out = dict(row)
     out["collapsed_score"] = score
