@@ -107,6 +107,7 @@ class RewardRecorder:
         for key in keys:
             record[f"rate_{key}"] = sum(j.details.get(key, 0.0) for j in judgements) / n
         self.records.append(record)
+        self.last_judgements = judgements
         if len(self.samples) < 64:
             self.samples.append(
                 {

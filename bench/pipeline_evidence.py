@@ -44,7 +44,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -62,13 +65,78 @@ ARMS = ("rm-span", "critic-span", "rm-scalar")
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def topic_split(test_fraction: float = 0.25, seed: int = 0) -> tuple[list, list]:
-    """The text task's fixed topic partition (train topics, test topics): the reward model's split by prompt."""
+@dataclass(frozen=True)
+class PipelineTask:
+    """What the pipeline needs of a task: its prompt groups (``items``: the text task's topics, one prompt each; the
+    code task's problems), a row per item, the critic and the critic's context columns.
+
+    The rows' ``topic`` field names the item a response answers (the text task's topic; the code task's function
+    name): the reward model's held-out split is by that field.
+    """
+
+    name: str
+    items: tuple
+    item_name: Callable[[Any], str]
+    make_row: Callable[[Any], dict]
+    prompt_rows: Callable[[int, int, list], list[dict]]
+    make_critic: Callable[[], Any]
+    context_columns: tuple[str, ...]
+    default_out: str
+    default_work: str
+
+
+def _text_task() -> PipelineTask:
     from trl_text2grad.tasks import constrained_text
+
+    return PipelineTask(
+        name="text",
+        items=constrained_text.TOPICS,
+        item_name=lambda topic: topic[0],
+        make_row=lambda topic: constrained_text.make_row(topic[0], topic[1], [topic[2], topic[3]]),
+        prompt_rows=constrained_text.prompt_rows,
+        make_critic=constrained_text.ConstrainedTextCritic,
+        context_columns=("required", "forbidden"),
+        default_out=DEFAULT_OUT,
+        default_work=DEFAULT_WORK,
+    )
+
+
+def _code_task() -> PipelineTask:
+    from trl_text2grad.tasks import simple_code
+
+    return PipelineTask(
+        name="code",
+        items=simple_code.PROBLEMS,
+        item_name=lambda problem: problem.entry_point,
+        make_row=lambda problem: simple_code.prompt_rows(1, 0, [problem])[0],
+        prompt_rows=simple_code.prompt_rows,
+        make_critic=simple_code.SimpleCodeCritic,
+        context_columns=("entry_point", "tests"),
+        default_out=DEFAULT_OUT + "_code",
+        default_work=DEFAULT_WORK + "-code",
+    )
+
+
+PIPELINE_TASKS = {"text": _text_task, "code": _code_task}
+
+
+def get_pipeline_task(name: str) -> PipelineTask:
+    if name not in PIPELINE_TASKS:
+        raise SystemExit(f"unknown task {name!r}; choose one of {sorted(PIPELINE_TASKS)}")
+    return PIPELINE_TASKS[name]()
+
+
+def item_split(task: PipelineTask, test_fraction: float = 0.25, seed: int = 0) -> tuple[list, list]:
+    """The task's fixed partition of its items (train items, test items): the reward model's split by prompt."""
     from trl_text2grad.tasks.programmatic import split_items
 
-    topics = constrained_text.TOPICS
-    return split_items(topics, "train", test_fraction, seed), split_items(topics, "test", test_fraction, seed)
+    return split_items(task.items, "train", test_fraction, seed), split_items(task.items, "test", test_fraction, seed)
+
+
+def judge_rows(task: PipelineTask, rows: list[dict]) -> list:
+    """The task critic's judgements of ``rows`` (their ``response`` and context columns)."""
+    context = {c: [r[c] for r in rows] for c in task.context_columns}
+    return task.make_critic().judge([r["response"] for r in rows], **context)
 
 
 def sample_responses(rows: list[dict], temperature: float, max_new_tokens: int, batch_size: int, seed: int):
@@ -108,22 +176,23 @@ def cmd_data(args) -> None:
     import torch
 
     from trl_text2grad.annotate import annotate, format_summary, summarize
-    from trl_text2grad.tasks import constrained_text
 
     torch.set_num_threads(args.threads)
-    train_topics, test_topics = topic_split()
-    test_names = {t[0] for t in test_topics}
+    task = get_pipeline_task(args.task)
+    train_items, test_items = item_split(task)
+    test_names = {task.item_name(item) for item in test_items}
     rng = random.Random(args.seed)
     rows = []
-    for topic, required, a, b in constrained_text.TOPICS:
-        split = "test" if topic in test_names else "train"
+    for item in task.items:
+        name = task.item_name(item)
+        split = "test" if name in test_names else "train"
         for i in range(args.per_topic):
-            row = constrained_text.make_row(topic, required, [a, b])
-            row.update({"topic": topic, "split": split, "sample": i})
+            row = task.make_row(item)
+            row.update({"topic": name, "split": split, "sample": i})
             rows.append(row)
-    # in-distribution held-out responses: a fixed share of each train topic's samples
-    for topic, *_ in train_topics:
-        idx = [i for i, r in enumerate(rows) if r["topic"] == topic]
+    # in-distribution held-out responses: a fixed share of each train item's samples
+    for item in train_items:
+        idx = [i for i, r in enumerate(rows) if r["topic"] == task.item_name(item)]
         for i in rng.sample(idx, round(len(idx) * args.indist_fraction)):
             rows[i]["split"] = "indist"
     t0 = time.perf_counter()
@@ -137,10 +206,10 @@ def cmd_data(args) -> None:
     t0 = time.perf_counter()
     records = annotate(
         rows,
-        constrained_text.ConstrainedTextCritic(),
+        task.make_critic(),
         path,
         batch_size=64,
-        context_columns={"required": "required", "forbidden": "forbidden"},
+        context_columns={c: c for c in task.context_columns},
         resume=False,
         progress=False,
         return_dataset=False,
@@ -150,9 +219,10 @@ def cmd_data(args) -> None:
     print(format_summary(summary))
     meta = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "task": task.name,
         "rows": len(records),
         "rows_by_split": {s: sum(r["split"] == s for r in records) for s in ("train", "indist", "test")},
-        "train_topics": [t[0] for t in train_topics],
+        "train_topics": [task.item_name(item) for item in train_items],
         "test_topics": sorted(test_names),
         "sample_s": round(sample_s, 1),
         "annotate_s": round(annotate_s, 2),
@@ -406,7 +476,7 @@ def make_recorder(task, mode: str, rm, kl_coef: float):
             t0 = time.perf_counter()
             predictions = [_spans(p) for p in rm.predict(list(prompts), list(responses))]
             record["rm_s"] = time.perf_counter() - t0
-            judgements = self.task.judge(list(responses), **context)
+            judgements = self.last_judgements  # the critic's verdicts on this rollout (judged once)
             agreement = sequence_agreement(predictions, [j.spans for j in judgements])
             record["rm_sign_agreement"] = agreement["sign_accuracy"]
             record["rm_success_agreement"] = agreement["success_accuracy"]
@@ -424,24 +494,24 @@ def cmd_ppo(args) -> None:
     from trl_text2grad import SpanPPOConfig, SpanPPOTrainer
     from trl_text2grad.models import load_default_model, load_default_tokenizer
     from trl_text2grad.reward.scoring import SpanRewardModel
-    from trl_text2grad.tasks import constrained_text
 
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     torch.manual_seed(args.seed)
+    task = get_pipeline_task(args.task)
     # the fields learning_curves' helpers read
-    args.task, args.num_mini_batches, args.ppo_epochs, args.lora_r = "text", 1, 2, 16
+    args.num_mini_batches, args.ppo_epochs, args.lora_r = 1, 2, 16
     rm = None
     if args.arm.startswith("rm-"):
         kind = args.arm.split("-", 1)[1]
         path = args.rm_dir or os.path.join(args.work_dir, f"rm_{kind}")
         rm = SpanRewardModel.from_pretrained(path, batch_size=args.batch_size)
-    train_topics, _ = topic_split()
-    rows = constrained_text.prompt_rows(args.updates * args.batch_size, args.seed, train_topics)
+    train_items, _ = item_split(task)
+    rows = task.prompt_rows(args.updates * args.batch_size, args.seed, train_items)
     dataset = Dataset.from_dict({k: [r[k] for r in rows] for k in rows[0]})
     reward_mode = "scalar" if args.arm == "rm-scalar" else "span"
-    recorder = make_recorder(get_task("text"), reward_mode, rm, args.kl_coef)
-    run_name = f"text_{args.arm}_kl{args.kl_coef:g}_seed{args.seed}"
+    recorder = make_recorder(get_task(task.name), reward_mode, rm, args.kl_coef)
+    run_name = f"{task.name}_{args.arm}_kl{args.kl_coef:g}_seed{args.seed}"
     logs: list[dict] = []
     progress = progress_callback(args, recorder, logs, run_name)
     config = SpanPPOConfig(reward_mode=reward_mode, **ppo_settings(args, run_name))
@@ -504,15 +574,11 @@ def early(rows: list[dict], key: str) -> float:
     return sum(r[key] for r in part) / len(part)
 
 
-def untrained_success(annotations: str) -> tuple[float, int]:
-    """The untrained policy's success on the train topics (the train and in-distribution rows of (a))."""
-    from trl_text2grad.tasks import constrained_text
-
+def untrained_success(annotations: str, task: PipelineTask) -> tuple[float, int]:
+    """The untrained policy's success on the train items (the train and in-distribution rows of (a)), judged again
+    by the task's critic."""
     splits = load_splits(annotations)
-    rows = splits["train"] + splits["indist"]
-    judged = constrained_text.ConstrainedTextCritic().judge(
-        [r["response"] for r in rows], required=[r["required"] for r in rows], forbidden=[r["forbidden"] for r in rows]
-    )
+    judged = judge_rows(task, splits["train"] + splits["indist"])
     return sum(j.success for j in judged) / len(judged), len(judged)
 
 
@@ -603,8 +669,12 @@ def cmd_report(args) -> None:
     tag = "" if args.runs == "runs" else f"_{args.runs}"
     num_updates = len(next(iter(next(iter(runs.values())).values())))
     first = early_window(num_updates)
-    base, base_n = untrained_success(os.path.join(args.out, "annotations.jsonl"))
-    lines = [f"Untrained policy, train topics: success {base:.3f} (n={base_n})", ""]
+    task = get_pipeline_task(args.task)
+    base, base_n = untrained_success(os.path.join(args.out, "annotations.jsonl"), task)
+    lines = [
+        f"Untrained policy, train {'topics' if task.name == 'text' else 'problems'}: success {base:.3f} (n={base_n})",
+        "",
+    ]
     lines.append(
         f"| arm | kl_coef | seeds | success, updates 1-{first} | success, 2nd half (per seed) | mean [95% CI] "
         f"| rise: 2nd half − updates 1-{first} (per seed) | mean rise [95% CI] "
@@ -751,7 +821,7 @@ def cmd_report(args) -> None:
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.suptitle(
-            f"text task, {num_updates} updates, kl_coef {kl:g}: per-seed curves (thin) and the 3-update moving "
+            f"{task.name} task, {num_updates} updates, kl_coef {kl:g}: per-seed curves (thin) and the 3-update moving "
             "average of their mean",
             fontsize=10,
         )
@@ -835,7 +905,7 @@ def parse_args(argv=None):
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--seed", type=int, default=1234)
     d.add_argument("--threads", type=int, default=1)
-    d.add_argument("--out", default=DEFAULT_OUT)
+    d.add_argument("--out", default=None)
     d.set_defaults(func=cmd_data)
     t = sub.add_parser("train-rm", help="(b) train and evaluate a reward model")
     t.add_argument("--kind", choices=["span", "scalar"], default="span", help="span labels or the collapsed label.")
@@ -852,8 +922,8 @@ def parse_args(argv=None):
     t.add_argument("--seconds-before", type=float, default=0.0, help="Its training seconds (reported).")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
-    t.add_argument("--out", default=DEFAULT_OUT)
-    t.add_argument("--work-dir", default=DEFAULT_WORK)
+    t.add_argument("--out", default=None)
+    t.add_argument("--work-dir", default=None)
     t.set_defaults(func=cmd_train_rm)
     p = sub.add_parser("ppo", help="(c) one PPO run")
     p.add_argument("--arm", choices=ARMS, required=True)
@@ -866,22 +936,36 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--rm-dir", default=None, help="Reward model folder (default: WORK_DIR/rm_<span|scalar>).")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "runs"))
-    p.add_argument("--work-dir", default=DEFAULT_WORK)
+    p.add_argument("--out", default=None, help="Run folder (default: the task's evidence folder + /runs).")
+    p.add_argument("--work-dir", default=None)
     p.set_defaults(func=cmd_ppo)
     g = sub.add_parser("gate", help="Q1: does the reward model beat every trivial baseline clearly? (exit 0/1)")
     g.add_argument("--kind", choices=["span", "scalar"], default="span")
-    g.add_argument("--out", default=DEFAULT_OUT)
+    g.add_argument("--out", default=None)
     g.set_defaults(func=cmd_gate)
     r = sub.add_parser("report", help="(d) tables, CIs and plots over every finished run")
-    r.add_argument("--out", default=DEFAULT_OUT)
+    r.add_argument("--out", default=None)
     r.add_argument(
         "--runs",
         default="runs",
         help="Folder of run files under --out (e.g. runs30); outputs other than the default get it as a suffix.",
     )
     r.set_defaults(func=cmd_report)
-    return parser.parse_args(argv)
+    for sp in (d, t, p, g, r):
+        sp.add_argument(
+            "--task",
+            choices=sorted(PIPELINE_TASKS),
+            default="text",
+            help="text: constrained_text (outputs in docs/evidence/pipeline, models in /tmp/t2g-pipeline); code: "
+            "simple_code (docs/evidence/pipeline_code, /tmp/t2g-pipeline-code).",
+        )
+    args = parser.parse_args(argv)
+    task = get_pipeline_task(args.task)
+    if getattr(args, "out", None) is None:
+        args.out = os.path.join(task.default_out, "runs") if args.command == "ppo" else task.default_out
+    if hasattr(args, "work_dir") and args.work_dir is None:
+        args.work_dir = task.default_work
+    return args
 
 
 def main(argv=None) -> None:
