@@ -25,6 +25,7 @@ TEMPLATE = "P: {prompt}\nR: {response}"
 class _State:
     def __init__(self):
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # notified when a request starts
         self.reset()
 
     def reset(self):
@@ -36,6 +37,7 @@ class _State:
 
 
 STATE = _State()
+SLOW_GROUP = 3
 
 
 def _answer_for(body: dict) -> str:
@@ -110,8 +112,11 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(400, b'{"error": {"message": "response_format is not supported"}}')
                 else:
                     self._send(200, _completion(_answer_for(body)))
-            elif mode == "slow":
-                time.sleep(0.3)
+            elif mode == "slow":  # hold each request until SLOW_GROUP are in flight (at most 2 s), then 0.3 s more
+                with STATE.changed:
+                    STATE.changed.notify_all()
+                    STATE.changed.wait_for(lambda: STATE.active >= SLOW_GROUP, timeout=2.0)
+                time.sleep(0.3)  # then stay in flight a while: requests beyond the limit would pile up here
                 self._send(200, _completion(_answer_for(body)))
             elif mode == "prose":
                 self._send(
@@ -224,13 +229,15 @@ def test_json_mode_true_does_not_fall_back(server):
 
 
 def test_concurrency_limit_is_respected_and_used(server):
-    critic = _critic(server, "slow", max_concurrency=3)
+    # the server holds each request until three are in flight: a critic that sent them one at a time would see
+    # max_active 1 (and wait 2 s a request), one that ignored the limit would reach more than 3
+    critic = _critic(server, "slow", max_concurrency=SLOW_GROUP)
     start = time.monotonic()
     out = critic.critique(["q"] * 6, [f"answer number {i}" for i in range(6)])
     elapsed = time.monotonic() - start
     assert [c.good for c in out] == [["answer number"]] * 6
-    assert STATE.max_active == 3
-    assert elapsed < 6 * 0.3  # ran in parallel
+    assert STATE.max_active == SLOW_GROUP
+    assert elapsed < 4.0  # two groups of 0.3 s; never waited out the 2 s hold twice
 
 
 def test_prose_wrapped_answer_is_repaired(server):
