@@ -22,6 +22,9 @@ Rows:
                     in bf16, the LoRA adapters, value head and optimizer state in fp32
   trl112-bf16       trl112 with its four models loaded in bfloat16 (full fine-tuning of bf16 weights): the
                     like-for-like reference for ours-span-lora-bf16
+  ours-span-lora-compiled, ours-span-lora-merged-compiled, ours-span-lora-bf16-compiled
+                    those rows with compile_generation=True (static KV cache, torch.compile'd decoding step); the
+                    compilation falls in the first update, which the s/update column leaves out (see "1st update")
 
 ``--profile`` also prints, for our rows, the seconds per update spent in each phase (generation, rollout forwards,
 reward, advantages, loss forwards, backward, optimizer step).
@@ -65,6 +68,9 @@ ROWS = (
     "ours-span-qlora",
     "ours-span-lora-bf16",
     "trl112-bf16",
+    "ours-span-lora-compiled",
+    "ours-span-lora-merged-compiled",
+    "ours-span-lora-bf16-compiled",
 )
 PHASES = ("generation", "rollout_forwards", "reward", "advantages", "loss_forward", "backward", "optimizer")
 
@@ -221,6 +227,7 @@ def run_span_ppo(
     qlora: bool = False,
     merge_generation: bool = False,
     bf16_base: bool = False,
+    compile_generation: bool = False,
     **extra_config,
 ) -> dict:
     """Train ``SpanPPOTrainer`` with TRL 1.12-equivalent settings; return metrics in the harness's JSON layout.
@@ -303,6 +310,8 @@ def run_span_ppo(
     )
     if merge_generation:
         config_kwargs["merge_adapters_for_generation"] = True
+    if compile_generation:
+        config_kwargs["compile_generation"] = True
     config_kwargs.update(extra_config)
     # TRL 1.12 reproduction switches (trl112_*) live in the parity config, not in the documented SpanPPOConfig
     config_class = Trl112ParityConfig if any(k.startswith("trl112_") for k in config_kwargs) else SpanPPOConfig
@@ -354,7 +363,8 @@ def run_span_ppo(
         "implementation": f"SpanPPOTrainer reward_mode={reward_mode}"
         + (" value_head" if value_head else "")
         + (" qlora" if qlora else " lora bf16-base" if bf16_base else " lora" if lora else "")
-        + (" merged-generation" if merge_generation else ""),
+        + (" merged-generation" if merge_generation else "")
+        + (" compiled-generation" if compile_generation else ""),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "updates": updates,
@@ -400,6 +410,7 @@ def worker_main(args) -> int:
             num_ppo_epochs=args.num_ppo_epochs, response_length=args.response_length, temperature=0.7,
             learning_rate=3e-6, seed=args.seed, threads=args.threads, profile=args.profile, qlora=args.qlora,
             merge_generation=args.merge_generation, bf16_base=args.bf16_base,
+            compile_generation=args.compile_generation,
         )  # fmt: skip
     result.pop("trainer")
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -448,17 +459,20 @@ def bench_main(args) -> int:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out),
                        "--paths", json.dumps(paths), "--reward-mode", "scalar" if row == "ours-scalar" else "span",
                        *common]  # fmt: skip
-                if row in ("ours-span-vhead", "ours-span-lora", "ours-span-lora-merged", "ours-span-qlora",
-                           "ours-span-lora-bf16"):  # fmt: skip
+                base_row = row.removesuffix("-compiled")
+                if base_row in ("ours-span-vhead", "ours-span-lora", "ours-span-lora-merged", "ours-span-qlora",
+                                "ours-span-lora-bf16"):  # fmt: skip
                     cmd.append("--value-head")
-                if row in ("ours-span-lora", "ours-span-lora-merged"):
+                if base_row in ("ours-span-lora", "ours-span-lora-merged"):
                     cmd.append("--lora")
-                if row == "ours-span-lora-merged":
+                if base_row == "ours-span-lora-merged":
                     cmd.append("--merge-generation")
-                if row == "ours-span-qlora":
+                if base_row == "ours-span-qlora":
                     cmd.append("--qlora")
-                if row == "ours-span-lora-bf16":
+                if base_row == "ours-span-lora-bf16":
                     cmd.append("--bf16-base")
+                if row.endswith("-compiled"):
+                    cmd.append("--compile-generation")
                 if args.profile:
                     cmd.append("--profile")
                 _run(cmd, env=env)
@@ -492,7 +506,7 @@ def bench_main(args) -> int:
           f"epochs, {args.num_updates} updates (first excluded), best of {args.repeats}")  # fmt: skip
     with_bf16 = "trl112-bf16" in results
     header = (
-        f"{'row':<23}{'s/update':>10}{'CPU s/update':>14}{'1st update s':>14}{'peak RSS MB':>13}"
+        f"{'row':<31}{'s/update':>10}{'CPU s/update':>14}{'1st update s':>14}{'peak RSS MB':>13}"
         f"{'time vs trl':>13}{'CPU vs trl':>12}{'RSS vs trl':>12}"
     ) + (f"{'time vs trl-bf16':>18}" if with_bf16 else "")
     print(header)
@@ -506,18 +520,18 @@ def bench_main(args) -> int:
             rm = f"{m / best('trl112', 'peak_rss_mb'):.2f}x"
         rb = f"{t / best('trl112-bf16', 's_per_update'):.2f}x" if with_bf16 else ""
         print(
-            f"{row:<23}{t:>10.2f}{c:>14.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rc:>12}{rm:>12}"
+            f"{row:<31}{t:>10.2f}{c:>14.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rc:>12}{rm:>12}"
             + (f"{rb:>18}" if with_bf16 else "")
         )
     if profiles:
         for suffix, label in (("", "wall-clock"), ("_cpu", "CPU")):
             print()
             print(f"{label} seconds per update by phase (mean over the updates after the first; best repeat):")
-            print(f"{'row':<23}" + "".join(f"{p:>17}" for p in PHASES) + f"{'sum':>8}")
+            print(f"{'row':<31}" + "".join(f"{p:>17}" for p in PHASES) + f"{'sum':>8}")
             for row, runs in profiles.items():
                 mean = min(runs, key=lambda r: sum(r[p + suffix] for p in PHASES))
                 values = [mean[p + suffix] for p in PHASES]
-                print(f"{row:<23}" + "".join(f"{v:>17.2f}" for v in values) + f"{sum(values):>8.2f}")
+                print(f"{row:<31}" + "".join(f"{v:>17.2f}" for v in values) + f"{sum(values):>8.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "phases": profiles}, indent=1))
     return 0
@@ -548,6 +562,7 @@ def parse_args(argv=None):
     p.add_argument("--qlora", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bf16-base", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--merge-generation", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--compile-generation", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 

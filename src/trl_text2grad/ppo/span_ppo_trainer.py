@@ -53,6 +53,7 @@ from transformers import (
     TrainerCallback,
     set_seed,
 )
+from transformers.generation.configuration_utils import CompileConfig
 from transformers.trainer_utils import enable_full_determinism, speed_metrics
 
 # Imported here, not lazily: importing trl.models.utils draws from Python's `random`, which must not happen after
@@ -91,6 +92,7 @@ logger = logging.getLogger(__name__)
 
 _STATE_FILE = "span_ppo_state_rank{rank}.pt"
 _EPS_TEMPERATURE = 1e-7  # TRL 1.12 samples and scores with `temperature + 1e-7`
+_COMPILE_PAD_MULTIPLE = 64  # compile_generation: prompt widths are rounded up to a multiple of this
 _EVAL_TEMPERATURE = 0.01  # TRL 1.12's near-greedy sampling for sample generations (`generate_completions`)
 _PRINTED_COMPLETIONS = 5  # rows of a completions table printed (TRL 1.12 printed the first 5); all are saved
 
@@ -414,7 +416,13 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         self.last_rollout: dict[str, Any] | None = None  # the latest scored rollout (for tests and inspection)
         self._loss_forward_model: nn.Module | None = None  # set while compute_loss makes a rollout (see rollout())
         self._loss_forward_outputs: tuple | None = None
+        self._compile_config: CompileConfig | None = None  # compile_generation's, made on the first rollout
 
+        if args.compile_generation and (self.is_deepspeed_enabled or _is_quantized(self.policy_model)):
+            raise ValueError(
+                "compile_generation=True works with plain and LoRA policies on one device per process; it does not "
+                "support DeepSpeed or quantized (bitsandbytes) policies. Set compile_generation=False."
+            )
         device = self.accelerator.device
         if self.is_deepspeed_enabled:
             if self.ref_model is not None:
@@ -648,6 +656,8 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         This is the hook to override for a fixed generation (e.g. to feed identical rollouts to two trainers).
         """
         config = self.generation_config()
+        if self.args.compile_generation:
+            prompt_ids, prompt_mask = self._pad_for_compiled_generation(config, prompt_ids, prompt_mask)
         chunks = []
         step = self.args.local_rollout_forward_batch_size
         with _generation_config(policy, config):
@@ -661,6 +671,24 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         width = max(c.shape[1] for c in chunks)
         pad_id = self.model_pad_token_id
         return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks], dim=0)
+
+    def _pad_for_compiled_generation(
+        self, config: GenerationConfig, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``compile_generation``: a static cache and transformers' compiled decoding step in ``config``, and the
+        prompts left-padded to a multiple of ``_COMPILE_PAD_MULTIPLE`` tokens (masked; positions come from the mask,
+        so the padding changes no position) so that the compiled step sees few cache shapes."""
+        if self._compile_config is None:  # one object for the whole run: a new one would make transformers recompile
+            self._compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+            self._compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+        config.cache_implementation = "static"
+        config.compile_config = self._compile_config
+        width = prompt_ids.shape[1]
+        extra = -width % _COMPILE_PAD_MULTIPLE
+        if extra:
+            prompt_ids = nn.functional.pad(prompt_ids, (extra, 0), value=self.model_pad_token_id)
+            prompt_mask = nn.functional.pad(prompt_mask, (extra, 0), value=0)
+        return prompt_ids, prompt_mask
 
     @contextlib.contextmanager
     def evaluation_sampling(self, temperature: float = _EVAL_TEMPERATURE):
