@@ -125,3 +125,39 @@ def test_report_of_another_run_folder_reports_the_within_run_rise(tmp_path):
     assert "updates 1-5" in (tmp_path / "summary_runs30.md").read_text()
     for name in ("curves_runs30_kl0.05.png", "success_vs_kl_runs30.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_report_of_the_code_task_judges_the_untrained_policy_with_the_unit_tests(tmp_path):
+    """``report --task code``: the untrained policy's success is the sandboxed unit-test critic's verdict on the
+    train and in-distribution rows of the code task's annotations (held-out problems left out)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    tests = "def check(candidate):\n    assert candidate(1) == 4\n    assert candidate(0) == 3\n"
+    answers = [
+        ("def add_three(x):\n    return x + 3\n", "train"),  # passes
+        ("def add_three(x):\n    return x + 2\n", "train"),  # fails an assertion
+        ("I cannot write code.", "indist"),  # no code
+        ("def add_three(x):\n    return x + 3\n", "indist"),  # passes
+        ("def add_three(x):\n    return x + 3\n", "test"),  # held out: not counted
+    ]
+    rows = []
+    for i, (response, split) in enumerate(answers):
+        rows.append(
+            {"prompt": "Write add_three.", "response": response, "entry_point": "add_three", "tests": tests}
+            | {"split": split, "topic": "add_three", "row_error": None, "_row": i, "_key": f"k{i}"}
+        )
+    (tmp_path / "annotations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for seed in (0, 1, 2):
+        _write_run(runs, "rm-span", 0.05, seed, [0.2, 0.4, 0.6, 0.8], [1.0 + seed] * 4)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "report", "--task", "code", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["untrained_n"] == 4 and summary["untrained_success"] == pytest.approx(0.5)
+    assert "train problems: success 0.500" in (tmp_path / "summary.md").read_text()
