@@ -22,7 +22,7 @@ Rows:
                     in bf16, the LoRA adapters, value head and optimizer state in fp32
   trl112-bf16       trl112 with its four models loaded in bfloat16 (full fine-tuning of bf16 weights): the
                     like-for-like reference for ours-span-lora-bf16
-  ours-span-lora-compiled, ours-span-lora-merged-compiled, ours-span-lora-bf16-compiled
+  ours-span-compiled, ours-span-lora-compiled, ours-span-lora-merged-compiled, ours-span-lora-bf16-compiled
                     those rows with compile_generation=True (static KV cache, torch.compile'd decoding step); the
                     compilation falls in the first update, which the s/update column leaves out (see "1st update")
 
@@ -68,6 +68,7 @@ ROWS = (
     "ours-span-qlora",
     "ours-span-lora-bf16",
     "trl112-bf16",
+    "ours-span-compiled",
     "ours-span-lora-compiled",
     "ours-span-lora-merged-compiled",
     "ours-span-lora-bf16-compiled",
