@@ -12,6 +12,8 @@ the rollout configuration the docs recommend) and with the adapters merged into 
 ``SpanPPOTrainer(merge_adapters_for_generation=True)`` does around each rollout's generation), and prints decode
 tokens/s, steps/s and the fraction of the bound. Times exclude the prompt's prefill (a 1-token generation is timed
 separately and subtracted). The merged row also gives the seconds one merge + restore costs, paid once per rollout.
+``--compile`` adds the plain and merged models decoding as ``SpanPPOConfig(compile_generation=True)`` does (static
+KV cache, ``torch.compile``d step); their compilation happens in the warm-up and is not timed.
 """
 
 from __future__ import annotations
@@ -42,16 +44,28 @@ def parameter_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def time_generate(model, inputs: dict, new_tokens: int, repeats: int) -> float:
+def compiled_generation_kwargs() -> dict:
+    """What ``SpanPPOConfig(compile_generation=True)`` passes to ``generate``: a static KV cache and transformers'
+    ``torch.compile``d decoding step, switched on for every device type."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+    config._compile_all_devices = True
+    return {"cache_implementation": "static", "compile_config": config}
+
+
+def time_generate(model, inputs: dict, new_tokens: int, repeats: int, **generate_kwargs) -> float:
     """Seconds of ``new_tokens - 1`` decoding steps (best of ``repeats``; the prefill step is subtracted)."""
 
     def run(tokens: int) -> float:
         start = time.perf_counter()
         with torch.no_grad():
-            model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+            model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, **generate_kwargs)
         return time.perf_counter() - start
 
-    run(2)  # warm-up
+    run(2)  # warm-up (with a static cache every length is a shape of its own: each is compiled here once)
+    if generate_kwargs:
+        run(1), run(new_tokens)
     prefill = min(run(1) for _ in range(repeats))
     full = min(run(new_tokens) for _ in range(repeats))
     return max(full - prefill, 1e-9)
@@ -63,9 +77,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="Also time compile_generation's decoding (static cache, compiled step; compiled in the warm-up).",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compile:  # one graph per (model, generated length): more than dynamo's default of 8 in this script
+        torch._dynamo.config.cache_size_limit = 64
     torch.manual_seed(0)
     tokenizer = load_default_tokenizer()
     tokenizer.padding_side = "left"
@@ -84,12 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | decode tokens/s | steps/s | fraction of the bound |")
     print("| --- | ---: | ---: | ---: |")
 
-    def row(name: str, m) -> None:
-        seconds = time_generate(m, inputs, args.new_tokens, args.repeats)
+    def row(name: str, m, **generate_kwargs) -> None:
+        seconds = time_generate(m, inputs, args.new_tokens, args.repeats, **generate_kwargs)
         rate = steps / seconds
         print(f"| {name} | {rate * args.batch:.1f} | {rate:.2f} | {rate / bound:.2f} |")
 
     row("plain", model)
+    if args.compile:
+        row("plain, static cache + compiled step", model, **compiled_generation_kwargs())
+        del model._compiled_call  # the LoRA rows below wrap the same modules
     lora = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0))
     for module in lora.modules():  # non-zero B so that merging changes the weights as after training
         if hasattr(module, "lora_B") and "default" in getattr(module, "lora_B", {}):
@@ -104,6 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         costs.append(time.perf_counter() - start)
     with merged_lora_adapters(lora) as merge:
         row(f"LoRA r=16, merged ({merge.layers} layers; merge + exact restore: {min(costs):.2f} s)", lora)
+        if args.compile:
+            row("LoRA r=16, merged, static cache + compiled step", lora, **compiled_generation_kwargs())
 
 
 if __name__ == "__main__":
