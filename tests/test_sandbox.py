@@ -19,6 +19,7 @@ import uuid
 
 import pytest
 
+from sandbox_processes import surviving_sandbox_processes
 from trl_text2grad.critics import sandbox
 from trl_text2grad.critics.sandbox import run_python, sandbox_capabilities
 
@@ -66,49 +67,6 @@ def test_huge_allocation_hits_memory_limit(backend):
     assert not result.passed and "allocated" not in result.stdout and "memory limit" in result.reason
 
 
-def _stat_ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _argv0(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return os.path.basename(handle.read().split(b"\0")[0].decode(errors="replace"))
-    except OSError:
-        return ""
-
-
-def _survivor(pid: int) -> bool:
-    """A sandbox process outside every live sandbox, or inside one this test process started (and should have
-    killed). Sandboxes of other processes on the machine (concurrent test runs) are not ours to judge."""
-    ancestor = pid if _argv0(pid) in ("bwrap", "unshare") else _stat_ppid(pid)
-    while ancestor > 1:
-        if _argv0(ancestor) in ("bwrap", "unshare"):
-            launcher = ancestor
-            while _argv0(_stat_ppid(launcher)) in ("bwrap", "unshare", "setpriv"):
-                launcher = _stat_ppid(launcher)
-            return _stat_ppid(launcher) == os.getpid()
-        ancestor = _stat_ppid(ancestor)
-    return True
-
-
-def _sandbox_processes() -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "/sandbox/boot.py" in cmdline and _survivor(int(pid)):
-            found.append(cmdline)
-    return found
-
-
 def test_fork_loop_is_bounded_and_nothing_survives(backend):
     program = (
         "import os, sys, time\nchildren = 0\ntry:\n    for _ in range(200):\n        if os.fork() == 0:\n"
@@ -120,7 +78,7 @@ def test_fork_loop_is_bounded_and_nothing_survives(backend):
     assert not result.passed and "limited after" in result.stdout, result.stdout + result.stderr
     assert int(result.stdout.split()[2]) < 8
     time.sleep(0.3)
-    assert not _sandbox_processes(), "sleeping children survived the sandbox"
+    assert not surviving_sandbox_processes(), "sleeping children survived the sandbox"
 
 
 def test_file_system_is_read_only_outside_private_dirs(backend, tmp_path):
@@ -232,7 +190,7 @@ def test_kill_sandbox_kills_every_process_it_started(backend):
     time.sleep(1.0)
     sandbox.kill_sandbox(process)
     time.sleep(0.3)
-    assert not _sandbox_processes()
+    assert not surviving_sandbox_processes()
 
 
 def test_bad_arguments_raise_clear_errors():
@@ -311,3 +269,46 @@ def test_an_interpreter_installed_in_home_does_not_expose_home(backend, monkeypa
         assert result.stdout.strip() == home  # still recognised as a virtual environment (pyvenv.cfg bound)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_survivor_check_judges_only_its_own_launches_and_orphans():
+    """The process check of these tests: a 'launcher' started by this test process counts, one started by another
+    live process (another run's sandbox) does not, and one orphaned to init counts (nobody owns it)."""
+    from sandbox_processes import cmdline, is_survivor, stat_ppid
+
+    # a process that calls itself bwrap and has a sandbox's marker; the command comes through the environment, so the
+    # shells around it have no marker in their own command lines
+    program = f"exec -a bwrap {sys.executable} -c 'import time; time.sleep(30)' /sandbox/boot.py"
+    env = dict(os.environ, FAKE_LAUNCH=program)
+    own = subprocess.Popen(["bash", "-c", 'eval "$FAKE_LAUNCH"'], env=env)
+    other = subprocess.Popen(["bash", "-c", 'eval "$FAKE_LAUNCH" & wait'], env=env)  # bash stays as its parent
+    orphan_parent = subprocess.Popen(["bash", "-c", '(eval "$FAKE_LAUNCH" &)'], env=env)  # its parent exits at once
+    orphan_parent.wait()
+    try:
+        deadline = time.monotonic() + 5.0
+        launchers: dict[int, int] = {}
+        while time.monotonic() < deadline:
+            launchers = {
+                int(pid): stat_ppid(int(pid))
+                for pid in filter(str.isdigit, os.listdir("/proc"))
+                if cmdline(int(pid)).startswith("bwrap ") and "/sandbox/boot.py" in cmdline(int(pid))
+            }
+            if len(launchers) >= 3:
+                break
+            time.sleep(0.05)
+        by_parent = {parent: pid for pid, parent in launchers.items()}
+        assert is_survivor(by_parent[os.getpid()])  # own: this process is its parent (bash exec'd into it)
+        assert not is_survivor(by_parent[other.pid])
+        orphans = [pid for pid, parent in launchers.items() if parent not in (os.getpid(), other.pid)]
+        assert orphans
+        if all(launchers[pid] == 1 for pid in orphans):  # (a sub-reaper other than init would adopt it instead)
+            assert all(is_survivor(pid) for pid in orphans)
+    finally:
+        for pid in launchers:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        for process in (own, other):
+            process.kill()
+            process.wait()

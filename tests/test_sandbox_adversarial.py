@@ -22,6 +22,7 @@ import uuid
 
 import pytest
 
+from sandbox_processes import stat_ppid, surviving_sandbox_processes
 from trl_text2grad.critics import sandbox
 from trl_text2grad.critics.harness import TestProgram, run_tests
 
@@ -38,6 +39,7 @@ if not _BACKENDS:
     )
 
 MARK = "t2g-adv-mark"
+SURVIVOR_MARKERS = ("/sandbox/boot.py", MARK)  # a sandbox's command line, or one a hostile program renamed itself to
 ADD_TESTS = "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-5, 5) == 0\n"
 ADD_TESTS += "    assert candidate(10 ** 30, 1) == 10 ** 30 + 1\n"
 
@@ -68,51 +70,6 @@ class _Server(threading.Thread):
             self.connections += 1
             conn.sendall(self.secret)
             conn.close()
-
-
-def _stat_ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return int(handle.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def _argv0(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return os.path.basename(handle.read().split(b"\0")[0].decode(errors="replace"))
-    except OSError:
-        return ""
-
-
-def _survivor(pid: int) -> bool:
-    """A sandbox process outside every live sandbox, or inside one this test process started (and should have
-    killed). Sandboxes of other processes on the machine (concurrent test runs) are not ours to judge."""
-    ancestor = pid if _argv0(pid) in ("bwrap", "unshare") else _stat_ppid(pid)
-    while ancestor > 1:
-        if _argv0(ancestor) in ("bwrap", "unshare"):
-            launcher = ancestor
-            while _argv0(_stat_ppid(launcher)) in ("bwrap", "unshare", "setpriv"):
-                launcher = _stat_ppid(launcher)
-            return _stat_ppid(launcher) == os.getpid()
-        ancestor = _stat_ppid(ancestor)
-    return True
-
-
-def _sandbox_processes() -> set[tuple[int, str]]:
-    found = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if ("/sandbox/boot.py" in cmdline or MARK in cmdline) and _survivor(int(pid)):
-            found.add((int(pid), cmdline))
-    return found
 
 
 def _sysv_keys(kind: str) -> set[str]:
@@ -172,9 +129,10 @@ def host(tmp_path_factory):
         assert tcp.connections == 0 and unix.connections == 0, "a host service was reached"
         assert str(key) not in _sysv_keys("shm") - shm_before and str(key) not in _sysv_keys("msg") - msg_before
         deadline = time.monotonic() + 1.0  # kill_sandbox returns once the namespace is gone
-        while _sandbox_processes() and time.monotonic() < deadline:
+        while surviving_sandbox_processes(SURVIVOR_MARKERS) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _sandbox_processes(), f"processes survived the run: {_sandbox_processes()}"
+        survivors = surviving_sandbox_processes(SURVIVOR_MARKERS)
+        assert not survivors, f"processes survived the run: {survivors}"
 
     os.environ["OPENAI_API_KEY"] = secret  # in the critic's own environment too
     try:
@@ -413,7 +371,7 @@ def test_fork_bomb_does_not_starve_a_concurrent_run(backend, host):
 def _descendants(root: int) -> set[int]:
     found, frontier = set(), {root}
     while frontier:
-        children = {int(p) for p in filter(str.isdigit, os.listdir("/proc")) if _stat_ppid(int(p)) in frontier} - found
+        children = {int(p) for p in filter(str.isdigit, os.listdir("/proc")) if stat_ppid(int(p)) in frontier} - found
         found |= children
         frontier = children
     return found
