@@ -173,10 +173,12 @@ class SpanPPOConfig(_ConfigBase):
             quantized bases, which stay unmerged); not with DeepSpeed.
         compile_generation (`bool`, *optional*, defaults to `False`):
             Sample rollouts with a static KV cache and a `torch.compile`d decoding step (transformers' generation
-            compile, switched on for every device type, CPUs included). Prompts are left-padded to a multiple of 64
-            tokens so that the compiled step sees few shapes. Compiling costs tens of seconds on the first rollout
-            (and again for each new prompt-width bucket or batch size), then each decoding step skips most of the
-            eager per-operation overhead. For long runs; not with DeepSpeed or quantized policies.
+            compile: its default configuration on accelerators, inductor without CUDA graphs on CPUs, where
+            transformers would not compile by itself). Prompts are left-padded to a multiple of 64 tokens so that the
+            compiled step sees few shapes. Compiling costs tens of seconds on the first rollout (and again for each
+            new prompt-width bucket or batch size). On a 2-core CPU with 32-token rollouts it saved nothing (see
+            `docs/benchmarks.md`); it is meant for long generations on GPUs, where it has not been measured here.
+            Not with DeepSpeed or quantized policies.
         reward_model_path (`str`, *optional*, defaults to `"EleutherAI/pythia-160m"`):
             Path to the reward model (read by the `trl-text2grad ppo` script for `critic: reward_model`).
         model_adapter_name (`str`, *optional*):

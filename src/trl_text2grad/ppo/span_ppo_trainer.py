@@ -679,8 +679,11 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         prompts left-padded to a multiple of ``_COMPILE_PAD_MULTIPLE`` tokens (masked; positions come from the mask,
         so the padding changes no position) so that the compiled step sees few cache shapes."""
         if self._compile_config is None:  # one object for the whole run: a new one would make transformers recompile
-            self._compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
-            self._compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+            if self.accelerator.device.type == "cpu":  # transformers compiles only on accelerators unless told
+                self._compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+                self._compile_config._compile_all_devices = True
+            else:  # transformers' own default there (CUDA graphs on GPUs)
+                self._compile_config = CompileConfig()
         config.cache_implementation = "static"
         config.compile_config = self._compile_config
         width = prompt_ids.shape[1]
