@@ -22,7 +22,7 @@ import uuid
 
 import pytest
 
-from sandbox_processes import stat_ppid, surviving_sandbox_processes
+from sandbox_processes import cmdline, stat_ppid, surviving_sandbox_processes
 from trl_text2grad.critics import sandbox
 from trl_text2grad.critics.harness import TestProgram, run_tests
 
@@ -399,11 +399,11 @@ def test_a_killed_critic_leaves_nothing_behind(backend, host):
         tree: set[int] = set()
         while time.monotonic() < deadline:
             tree = _descendants(critic.pid)
-            if sum("/sandbox/boot.py" in _cmdline(p) for p in tree) >= 2:  # the server and its forked child
+            if sum("/sandbox/boot.py" in cmdline(p) for p in tree) >= 2:  # the server and its forked child
                 break
             time.sleep(0.2)
         else:
-            pytest.fail(f"the sandbox did not start: {[_cmdline(p) for p in tree]}")
+            pytest.fail(f"the sandbox did not start: {[cmdline(p) for p in tree]}")
         time.sleep(0.5)
         tree = _descendants(critic.pid)
     finally:
@@ -412,16 +412,8 @@ def test_a_killed_critic_leaves_nothing_behind(backend, host):
     deadline = time.monotonic() + 3.0
     while any(_alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not [(p, _cmdline(p)) for p in tree if _alive(p)], "processes outlived the killed critic"
+    assert not [(p, cmdline(p)) for p in tree if _alive(p)], "processes outlived the killed critic"
     host["verify"]()
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def test_case_count():
