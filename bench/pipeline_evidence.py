@@ -15,6 +15,11 @@ One command per stage (raw outputs under ``docs/evidence/pipeline/``)::
     #     folder: ppo --out docs/evidence/pipeline/runs30 ... then report --runs runs30)
     python bench/pipeline_evidence.py report
 
+Every stage takes ``--task text`` (the default; outputs in ``docs/evidence/pipeline/``, reward models in
+``/tmp/t2g-pipeline/``) or ``--task code`` (``trl_text2grad.tasks.simple_code``: 42 generated Python problems, split
+by problem with the same ``split_items`` partition, annotated by the sandboxed unit-test critic
+``SimpleCodeCritic``; outputs in ``docs/evidence/pipeline_code/``, reward models in ``/tmp/t2g-pipeline-code/``).
+
 Data (``data``): the text task is ``trl_text2grad.tasks.constrained_text`` (16 topics, one prompt per topic).
 Its fixed topic split (``split_items(TOPICS, ..., test_fraction=0.25, seed=0)``: 12 train topics, 4 test topics)
 is the held-out split BY PROMPT of the reward model. Within the train topics a further ``--indist-fraction`` of the
