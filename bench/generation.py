@@ -45,13 +45,11 @@ def parameter_bytes(model: torch.nn.Module) -> int:
 
 
 def compiled_generation_kwargs() -> dict:
-    """What ``SpanPPOConfig(compile_generation=True)`` passes to ``generate``: a static KV cache and transformers'
-    ``torch.compile``d decoding step, switched on for every device type."""
-    from transformers.generation.configuration_utils import CompileConfig
+    """What ``SpanPPOConfig(compile_generation=True)`` passes to ``generate`` on a CPU: a static KV cache and
+    transformers' ``torch.compile``d decoding step."""
+    from trl_text2grad.ppo.span_ppo_trainer import compiled_generation_config
 
-    config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
-    config._compile_all_devices = True
-    return {"cache_implementation": "static", "compile_config": config}
+    return {"cache_implementation": "static", "compile_config": compiled_generation_config("cpu")}
 
 
 def time_generate(model, inputs: dict, new_tokens: int, repeats: int, **generate_kwargs) -> float:

@@ -81,6 +81,7 @@ class PipelineTask:
 
     name: str
     items: tuple
+    items_label: str  # what the items are called in the report ("topics", "problems")
     item_name: Callable[[Any], str]
     make_row: Callable[[Any], dict]
     prompt_rows: Callable[[int, int, list], list[dict]]
@@ -96,6 +97,7 @@ def _text_task() -> PipelineTask:
     return PipelineTask(
         name="text",
         items=constrained_text.TOPICS,
+        items_label="topics",
         item_name=lambda topic: topic[0],
         make_row=lambda topic: constrained_text.make_row(topic[0], topic[1], [topic[2], topic[3]]),
         prompt_rows=constrained_text.prompt_rows,
@@ -112,6 +114,7 @@ def _code_task() -> PipelineTask:
     return PipelineTask(
         name="code",
         items=simple_code.PROBLEMS,
+        items_label="problems",
         item_name=lambda problem: problem.entry_point,
         make_row=lambda problem: simple_code.prompt_rows(1, 0, [problem])[0],
         prompt_rows=simple_code.prompt_rows,
@@ -676,10 +679,7 @@ def cmd_report(args) -> None:
     first = early_window(num_updates)
     task = get_pipeline_task(args.task)
     base, base_n = untrained_success(os.path.join(args.out, "annotations.jsonl"), task)
-    lines = [
-        f"Untrained policy, train {'topics' if task.name == 'text' else 'problems'}: success {base:.3f} (n={base_n})",
-        "",
-    ]
+    lines = [f"Untrained policy, train {task.items_label}: success {base:.3f} (n={base_n})", ""]
     lines.append(
         f"| arm | kl_coef | seeds | success, updates 1-{first} | success, 2nd half (per seed) | mean [95% CI] "
         f"| rise: 2nd half − updates 1-{first} (per seed) | mean rise [95% CI] "

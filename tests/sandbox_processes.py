@@ -18,22 +18,24 @@ def stat_ppid(pid: int) -> int:
         return 0
 
 
-def argv0(pid: int) -> str:
-    """The program name of ``pid`` ("" when it is gone or unreadable)."""
+def _arguments(pid: int) -> list[str]:
+    """The command-line arguments of ``pid`` (``[]`` when it is gone or unreadable)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return os.path.basename(handle.read().split(b"\0")[0].decode(errors="replace"))
+            return handle.read().decode(errors="replace").split("\0")
     except OSError:
-        return ""
+        return []
+
+
+def argv0(pid: int) -> str:
+    """The program name of ``pid`` ("" when it is gone or unreadable)."""
+    arguments = _arguments(pid)
+    return os.path.basename(arguments[0]) if arguments else ""
 
 
 def cmdline(pid: int) -> str:
     """The command line of ``pid``, arguments separated by spaces ("" when it is gone or unreadable)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+    return " ".join(_arguments(pid))
 
 
 def is_survivor(pid: int, markers: tuple[str, ...] = ("/sandbox/boot.py",)) -> bool:

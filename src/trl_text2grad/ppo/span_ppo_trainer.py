@@ -199,6 +199,16 @@ def _generation_config(model: nn.Module, config: GenerationConfig):
         model.generation_config = original
 
 
+def compiled_generation_config(device_type: str) -> CompileConfig:
+    """The ``CompileConfig`` of ``compile_generation``: transformers' own default on accelerators (CUDA graphs on
+    GPUs); on CPUs, where transformers does not compile unless told, inductor without CUDA graphs."""
+    if device_type != "cpu":
+        return CompileConfig()
+    config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+    config._compile_all_devices = True
+    return config
+
+
 @dataclass
 class ScoredRollout:
     """What ``score()`` returns for a rollout (all tensors on the training device, rows = samples)."""
@@ -638,7 +648,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         temperature = self._generation_temperature
         if temperature is None:
             temperature = self.args.temperature
-        return GenerationConfig(
+        config = GenerationConfig(
             max_new_tokens=self.args.response_length,
             do_sample=True,
             temperature=temperature + _EPS_TEMPERATURE,
@@ -647,6 +657,12 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             eos_token_id=self.stop_token_id,
             pad_token_id=self.model_pad_token_id,
         )
+        if self.args.compile_generation:  # a static cache and transformers' compiled decoding step
+            if self._compile_config is None:  # one object for the run: a new one would make transformers recompile
+                self._compile_config = compiled_generation_config(self.accelerator.device.type)
+            config.cache_implementation = "static"
+            config.compile_config = self._compile_config
+        return config
 
     def generate_responses(
         self, policy: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
@@ -657,7 +673,7 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         """
         config = self.generation_config()
         if self.args.compile_generation:
-            prompt_ids, prompt_mask = self._pad_for_compiled_generation(config, prompt_ids, prompt_mask)
+            prompt_ids, prompt_mask = self._pad_to_compile_multiple(prompt_ids, prompt_mask)
         chunks = []
         step = self.args.local_rollout_forward_batch_size
         with _generation_config(policy, config):
@@ -672,20 +688,12 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
         pad_id = self.model_pad_token_id
         return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad_id) for c in chunks], dim=0)
 
-    def _pad_for_compiled_generation(
-        self, config: GenerationConfig, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    def _pad_to_compile_multiple(
+        self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``compile_generation``: a static cache and transformers' compiled decoding step in ``config``, and the
-        prompts left-padded to a multiple of ``_COMPILE_PAD_MULTIPLE`` tokens (masked; positions come from the mask,
-        so the padding changes no position) so that the compiled step sees few cache shapes."""
-        if self._compile_config is None:  # one object for the whole run: a new one would make transformers recompile
-            if self.accelerator.device.type == "cpu":  # transformers compiles only on accelerators unless told
-                self._compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
-                self._compile_config._compile_all_devices = True
-            else:  # transformers' own default there (CUDA graphs on GPUs)
-                self._compile_config = CompileConfig()
-        config.cache_implementation = "static"
-        config.compile_config = self._compile_config
+        """``compile_generation``: the prompts left-padded to a multiple of ``_COMPILE_PAD_MULTIPLE`` tokens (masked;
+        positions come from the mask, so the padding changes no position), so that the compiled step sees few cache
+        shapes."""
         width = prompt_ids.shape[1]
         extra = -width % _COMPILE_PAD_MULTIPLE
         if extra:
