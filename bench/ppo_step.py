@@ -25,6 +25,10 @@ Rows:
   ours-span-compiled, ours-span-lora-compiled, ours-span-lora-merged-compiled, ours-span-lora-bf16-compiled
                     those rows with compile_generation=True (static KV cache, torch.compile'd decoding step); the
                     compilation falls in the first update, which the s/update column leaves out (see "1st update")
+  ours-span-unpacked, ours-span-lora-unpacked, ours-span-lora-merged-unpacked, ours-span-lora-bf16-unpacked
+                    those rows with pack_weights_for_generation=False: sampling through PyTorch's default float32
+                    linear path instead of oneDNN pre-packed weights (the rows without the suffix pack, the default;
+                    ours-span-lora-merged-unpacked is the merge that packing replaces)
 
 ``--profile`` also prints, for our rows, the seconds per update spent in each phase (generation, rollout forwards,
 reward, advantages, loss forwards, backward, optimizer step).
@@ -44,6 +48,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,6 +77,10 @@ ROWS = (
     "ours-span-lora-compiled",
     "ours-span-lora-merged-compiled",
     "ours-span-lora-bf16-compiled",
+    "ours-span-unpacked",
+    "ours-span-lora-unpacked",
+    "ours-span-lora-merged-unpacked",
+    "ours-span-lora-bf16-unpacked",
 )
 PHASES = ("generation", "rollout_forwards", "reward", "advantages", "loss_forward", "backward", "optimizer")
 
@@ -229,6 +238,7 @@ def run_span_ppo(
     merge_generation: bool = False,
     bf16_base: bool = False,
     compile_generation: bool = False,
+    pack_generation: bool = True,
     **extra_config,
 ) -> dict:
     """Train ``SpanPPOTrainer`` with TRL 1.12-equivalent settings; return metrics in the harness's JSON layout.
@@ -313,6 +323,8 @@ def run_span_ppo(
         config_kwargs["merge_adapters_for_generation"] = True
     if compile_generation:
         config_kwargs["compile_generation"] = True
+    if not pack_generation:
+        config_kwargs["pack_weights_for_generation"] = False
     config_kwargs.update(extra_config)
     # TRL 1.12 reproduction switches (trl112_*) live in the parity config, not in the documented SpanPPOConfig
     config_class = Trl112ParityConfig if any(k.startswith("trl112_") for k in config_kwargs) else SpanPPOConfig
@@ -365,7 +377,8 @@ def run_span_ppo(
         + (" value_head" if value_head else "")
         + (" qlora" if qlora else " lora bf16-base" if bf16_base else " lora" if lora else "")
         + (" merged-generation" if merge_generation else "")
-        + (" compiled-generation" if compile_generation else ""),
+        + (" compiled-generation" if compile_generation else "")
+        + ("" if pack_generation else " unpacked-generation"),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "updates": updates,
@@ -411,7 +424,7 @@ def worker_main(args) -> int:
             num_ppo_epochs=args.num_ppo_epochs, response_length=args.response_length, temperature=0.7,
             learning_rate=3e-6, seed=args.seed, threads=args.threads, profile=args.profile, qlora=args.qlora,
             merge_generation=args.merge_generation, bf16_base=args.bf16_base,
-            compile_generation=args.compile_generation,
+            compile_generation=args.compile_generation, pack_generation=not args.unpacked_generation,
         )  # fmt: skip
     result.pop("trainer")
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -460,7 +473,7 @@ def bench_main(args) -> int:
                 cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--out", str(out),
                        "--paths", json.dumps(paths), "--reward-mode", "scalar" if row == "ours-scalar" else "span",
                        *common]  # fmt: skip
-                base_row = row.removesuffix("-compiled")
+                base_row = row.removesuffix("-unpacked").removesuffix("-compiled")
                 if base_row in ("ours-span-vhead", "ours-span-lora", "ours-span-lora-merged", "ours-span-qlora",
                                 "ours-span-lora-bf16"):  # fmt: skip
                     cmd.append("--value-head")
@@ -472,8 +485,10 @@ def bench_main(args) -> int:
                     cmd.append("--qlora")
                 if base_row == "ours-span-lora-bf16":
                     cmd.append("--bf16-base")
-                if row.endswith("-compiled"):
+                if row.removesuffix("-unpacked").endswith("-compiled"):
                     cmd.append("--compile-generation")
+                if row.endswith("-unpacked"):
+                    cmd.append("--unpacked-generation")
                 if args.profile:
                     cmd.append("--profile")
                 _run(cmd, env=env)
@@ -524,6 +539,19 @@ def bench_main(args) -> int:
             f"{row:<31}{t:>10.2f}{c:>14.2f}{best(row, 'first_update_s'):>14.2f}{m:>13.0f}{rt:>13}{rc:>12}{rm:>12}"
             + (f"{rb:>18}" if with_bf16 else "")
         )
+    if "trl112" in results and args.repeats > 1:
+        print()
+        print("time vs trl 1.12 within each repeat (each row against the trl112 run of the same round; the machine's")
+        print("speed drifts between rounds, so these paired ratios are steadier than ratios of bests):")
+        print(f"{'row':<31}{'median':>10}{'min':>8}{'max':>8}   per repeat")
+        for row in rows:
+            if row == "trl112":
+                continue
+            paired = [r["s_per_update"] / t["s_per_update"] for r, t in zip(results[row], results["trl112"])]
+            print(
+                f"{row:<31}{statistics.median(paired):>9.2f}x{min(paired):>7.2f}x{max(paired):>7.2f}x   "
+                + ", ".join(f"{v:.2f}" for v in paired)
+            )
     if profiles:
         for suffix, label in (("", "wall-clock"), ("_cpu", "CPU")):
             print()
@@ -547,7 +575,13 @@ def parse_args(argv=None):
     p.add_argument("--num-ppo-epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=2, help="torch threads in every run (same for all rows)")
-    p.add_argument("--repeats", type=int, default=1, help="run every row this many times, report the best")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every row this many times (rows interleaved round by round), report the best and, against "
+        "trl112, the median of the per-round ratios",
+    )
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "trl_text2grad" / "bench_models"))
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument(
@@ -564,6 +598,7 @@ def parse_args(argv=None):
     p.add_argument("--bf16-base", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--merge-generation", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--compile-generation", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--unpacked-generation", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 

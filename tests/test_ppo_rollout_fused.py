@@ -266,6 +266,7 @@ def test_trainer_with_merged_generation_samples_what_the_unmerged_policy_samples
             "lora",
             lora_scale=0.001,
             merge_adapters_for_generation=merge,
+            pack_weights_for_generation=False,  # packing would take precedence over merging
         )
         if merge:  # the adapters are small enough to be merged (not left unmerged for too many fix-ups)
             from trl_text2grad.ppo.merging import merged_lora_adapters
@@ -279,6 +280,56 @@ def test_trainer_with_merged_generation_samples_what_the_unmerged_policy_samples
         after = _bits(base)
         assert all(torch.equal(v, after[k]) for k, v in frozen.items())
     assert torch.equal(responses[False], responses[True])
+
+
+@pytest.mark.parametrize("variant", ["lora", "value_model"])
+def test_trainer_with_packed_generation_weights_samples_what_the_plain_policy_samples(
+    tmp_path, smollm2_tokenizer, tiny_llama, monkeypatch, variant
+):
+    """pack_weights_for_generation (the default on CPUs): the same seed gives the same rollout tokens, log-probs,
+    values and rewards as sampling through the plain layers; the packed context really ran (LoRA folded in)."""
+    import trl_text2grad.ppo.span_ppo_trainer as trainer_module
+    from trl_text2grad.ppo.packed_weights import packed_linear_available, packed_linear_weights
+
+    if not packed_linear_available():
+        pytest.skip("this PyTorch build has no oneDNN")
+    results = []
+
+    def recording(model, **kwargs):
+        context = packed_linear_weights(model, **kwargs)
+        outer = context.__enter__()
+        results.append(outer)
+        return _Entered(context, outer)
+
+    monkeypatch.setattr(trainer_module, "packed_linear_weights", recording)
+    rollouts = {}
+    for pack in (False, True):
+        trainer = _build(
+            tmp_path / str(pack), smollm2_tokenizer, tiny_llama, variant, pack_weights_for_generation=pack
+        )
+        assert trainer.packs_generation_weights(trainer.accelerator.unwrap_model(trainer.model).policy) == pack
+        trainer.train()
+        rollouts[pack] = {**trainer.last_rollout["rollout"], "rewards": trainer.last_rollout["rewards"]}
+    assert len(results) == 1 and results[0].layers == 15
+    assert results[0].lora_layers == (14 if variant == "lora" else 0)
+    plain, packed = rollouts[False], rollouts[True]
+    assert torch.equal(plain["responses"], packed["responses"])
+    for key in ("logprobs", "values", "ref_logprobs", "rewards"):
+        torch.testing.assert_close(packed[key], plain[key], **TOL, msg=lambda m, key=key: f"{key}: {m}")
+    assert float(plain["rewards"].abs().sum()) > 0
+
+
+class _Entered:
+    """A context manager already entered (so the test can read what the packing context yielded)."""
+
+    def __init__(self, context, value):
+        self.context, self.value = context, value
+
+    def __enter__(self):
+        return self.value
+
+    def __exit__(self, *exc):
+        return self.context.__exit__(*exc)
 
 
 def test_a_rollout_without_usable_rewards_is_not_trained_on(tmp_path, smollm2_tokenizer, tiny_llama):

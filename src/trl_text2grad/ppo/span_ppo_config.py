@@ -171,6 +171,16 @@ class SpanPPOConfig(_ConfigBase):
             few times, once per rollout: it pays off when decoding is long (long responses, GPUs); on a 2-core CPU
             with 32-token responses it saved nothing. Plain LoRA `Linear` layers only (not DoRA, LoRA bias or
             quantized bases, which stay unmerged); not with DeepSpeed.
+        pack_weights_for_generation (`bool`, *optional*, defaults to `True`):
+            On a CPU, sample each rollout with every linear layer computed by oneDNN on a pre-packed copy of its
+            weight (`torch.ops.mkldnn`), with LoRA adapters folded into the copy; the copies (one model's weights in
+            size) are made when the rollout's generation starts and freed when it ends, and the model's parameters are
+            not written. With few rows per decoding step, PyTorch's default float32 path re-packs every weight matrix
+            on every call; on the 2-core benchmark CPU the packed decoding step took about half the time (see
+            `docs/benchmarks.md`). The products equal the plain ones up to float rounding (relative differences of
+            about 1e-6), so sampling draws from the same distribution; log-probabilities and values are computed by
+            the training forwards as before. Ignored on GPUs, without oneDNN, with DeepSpeed or FSDP, with quantized
+            policies and with `compile_generation`; it takes precedence over `merge_adapters_for_generation`.
         compile_generation (`bool`, *optional*, defaults to `False`):
             Sample rollouts with a static KV cache and a `torch.compile`d decoding step (transformers' generation
             compile: its default configuration on accelerators, inductor without CUDA graphs on CPUs, where
@@ -380,6 +390,14 @@ class SpanPPOConfig(_ConfigBase):
         metadata={
             "help": "PEFT policies: fold the LoRA adapters into the base weights while sampling a rollout (no "
             "adapter products per decoding step) and restore the base weights bit for bit afterwards."
+        },
+    )
+    pack_weights_for_generation: bool = field(
+        default=True,
+        metadata={
+            "help": "On a CPU: sample rollouts with every linear layer on oneDNN with a pre-packed copy of its weight "
+            "(LoRA adapters folded into the copy), made at the start of each rollout's generation and freed after it. "
+            "Same products up to float rounding; no effect on GPUs, with DeepSpeed/FSDP or quantized policies."
         },
     )
     compile_generation: bool = field(

@@ -82,6 +82,7 @@ from .completions import print_completions_table, write_completions_table
 from .heatmaps import write_rollout_heatmaps
 from .merging import merged_lora_adapters
 from .modeling import VALUE_HEAD_FILE, VALUE_MODEL_DIR, PolicyWithValue
+from .packed_weights import packed_linear_available, packed_linear_weights
 from .prompts import drop_unusable_prompt_rows
 from .sampler import RolloutSampler
 from .span_ppo_config import SpanPPOConfig
@@ -728,10 +729,32 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
     def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
         return (attention_mask.cumsum(1) - 1).clamp(min=0)
 
+    def packs_generation_weights(self, policy: nn.Module) -> bool:
+        """Whether rollouts sample with pre-packed weights: ``pack_weights_for_generation`` on a CPU with oneDNN, not
+        with DeepSpeed or FSDP (their parameters may be partitioned), a quantized policy or ``compile_generation``."""
+        args = self.args
+        return (
+            args.pack_weights_for_generation
+            and not args.compile_generation
+            and not self.is_deepspeed_enabled
+            and not self.is_fsdp_enabled
+            and not _is_quantized(policy)
+            and self.accelerator.device.type == "cpu"
+            and packed_linear_available()
+        )
+
     @contextlib.contextmanager
     def _generation_weights(self, policy: nn.Module):
-        """``merge_adapters_for_generation``: the LoRA adapters folded into the weights while generating (the base
-        weights are restored bit for bit afterwards, see :mod:`~trl_text2grad.ppo.merging`)."""
+        """The weights the rollout samples with.
+
+        ``pack_weights_for_generation`` (CPU): the linear layers run on oneDNN with pre-packed copies of their weights,
+        LoRA adapters folded into the copies (see :mod:`~trl_text2grad.ppo.packed_weights`; the parameters are not
+        written). Else ``merge_adapters_for_generation``: the LoRA adapters folded into the weights while generating
+        (the base weights are restored bit for bit afterwards, see :mod:`~trl_text2grad.ppo.merging`)."""
+        if self.packs_generation_weights(policy):
+            with packed_linear_weights(policy, batch_size=self.args.local_rollout_forward_batch_size):
+                yield
+            return
         if not (self.args.merge_adapters_for_generation and self.is_peft_model and not self.is_deepspeed_enabled):
             yield
             return
