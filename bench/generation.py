@@ -12,6 +12,9 @@ the rollout configuration the docs recommend) and with the adapters merged into 
 ``SpanPPOTrainer(merge_adapters_for_generation=True)`` does around each rollout's generation), and prints decode
 tokens/s, steps/s and the fraction of the bound. Times exclude the prompt's prefill (a 1-token generation is timed
 separately and subtracted). The merged row also gives the seconds one merge + restore costs, paid once per rollout.
+The packed rows decode as ``SpanPPOConfig(pack_weights_for_generation=True)`` does on a CPU (the default): every
+linear layer on oneDNN with a pre-packed copy of its weight (``trl_text2grad.ppo.packed_weights``), LoRA adapters
+folded into the copies; their row gives the seconds packing costs, paid once per rollout (skipped without oneDNN).
 ``--compile`` adds the plain and merged models decoding as ``SpanPPOConfig(compile_generation=True)`` does (static
 KV cache, ``torch.compile``d step); their compilation happens in the warm-up and is not timed.
 """
@@ -26,6 +29,7 @@ from peft import LoraConfig, get_peft_model
 
 from trl_text2grad.models import load_default_model, load_default_tokenizer
 from trl_text2grad.ppo.merging import merged_lora_adapters
+from trl_text2grad.ppo.packed_weights import packed_linear_available, packed_linear_weights
 
 
 def copy_bandwidth_gbs(megabytes: int = 512, rounds: int = 5) -> float:
@@ -109,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {rate * args.batch:.1f} | {rate:.2f} | {rate / bound:.2f} |")
 
     row("plain", model)
+    if packed_linear_available():
+        with packed_linear_weights(model, batch_size=args.batch) as packed:
+            row(f"plain, packed weights ({packed.layers} layers)", model)
     if args.compile:
         row("plain, static cache (eager)", model, cache_implementation="static", disable_compile=True)
         row("plain, static cache + compiled step", model, **compiled_generation_kwargs())
@@ -129,6 +136,21 @@ def main(argv: list[str] | None = None) -> None:
         row(f"LoRA r=16, merged ({merge.layers} layers; merge + exact restore: {min(costs):.2f} s)", lora)
         if args.compile:
             row("LoRA r=16, merged, static cache + compiled step", lora, **compiled_generation_kwargs())
+    if not packed_linear_available():
+        print("(packed rows skipped: this PyTorch build has no oneDNN)")
+        return
+    costs = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        with packed_linear_weights(lora, batch_size=args.batch):
+            pass
+        costs.append(time.perf_counter() - start)
+    with packed_linear_weights(lora, batch_size=args.batch) as packed:
+        row(
+            f"LoRA r=16, packed with the adapters folded in ({packed.lora_layers} of {packed.layers} layers; "
+            f"packing + freeing: {min(costs):.2f} s)",
+            lora,
+        )
 
 
 if __name__ == "__main__":

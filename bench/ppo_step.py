@@ -123,13 +123,16 @@ class _PhaseTimer:
     ``loss_forward`` (the rest of :meth:`compute_loss`), ``backward`` (``accelerator.backward``) and ``optimizer``
     (from the ``Trainer``'s pre-optimizer-step callback to its optimizer-step callback). Each phase is timed in
     wall-clock seconds and in CPU seconds of the process (``time.process_time``: with one torch thread, robust to
-    other jobs sharing the machine); nested phases are subtracted from the enclosing one.
+    other jobs sharing the machine); nested phases are subtracted from the enclosing one. ``peak_rss_phase`` is the
+    phase at whose end the process's peak RSS was last seen to grow (the phase that set the peak).
     """
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
         self.snapshots: list[dict[str, float]] = []  # totals at the start of training and after every update
         self._optimizer_start: tuple[float, float] | None = None
+        self.peak_rss_mb = 0.0
+        self.peak_rss_phase = ""
 
     def per_update(self) -> list[dict[str, float]]:
         """Seconds per phase of each update (differences of consecutive snapshots)."""
@@ -156,6 +159,9 @@ class _PhaseTimer:
                 nested_wall = sum(timer.totals.get(p, 0.0) - before[p] for p in exclude)
                 nested_cpu = sum(timer.totals.get(p + "_cpu", 0.0) - before[p + "_cpu"] for p in exclude)
                 timer.add(phase, time.perf_counter() - wall - nested_wall, time.process_time() - cpu - nested_cpu)
+                rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                if rss > timer.peak_rss_mb:  # the phase during which the process's peak memory grew last
+                    timer.peak_rss_mb, timer.peak_rss_phase = rss, phase
 
         setattr(obj, name, timed)
 
@@ -389,6 +395,7 @@ def run_span_ppo(
         "train_seconds": train_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "phase_seconds_per_update": None if phases is None else phases.per_update(),
+        "peak_rss_phase": None if phases is None else phases.peak_rss_phase,
         "trainer": trainer,
     }
 
@@ -503,6 +510,7 @@ def bench_main(args) -> int:
                     "cpu_s_per_update": sum(cpu_steady) / len(cpu_steady),
                     "first_update_s": times[0],
                     "peak_rss_mb": result["peak_rss_mb"],
+                    "peak_rss_phase": result.get("peak_rss_phase"),
                 }
             )
             print(f"[{rep}] {row}: {results[row][-1]}", flush=True)

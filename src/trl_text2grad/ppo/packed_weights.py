@@ -2,9 +2,9 @@
 
 A decoding step multiplies a handful of rows (the batch) by every weight matrix of the model. On x86 CPUs PyTorch
 sends float32 ``F.linear`` to the BLAS library (MKL), which re-packs the weight matrix into its blocked layout on
-every call; with 8 rows that packing, not the arithmetic, is most of the cost: on the 2-core AMD machine of
-``docs/benchmarks.md`` a ``1536 x 576`` product with 8 rows ran at about a quarter of what the same weights in
-oneDNN's pre-packed layout take, and the ``49152 x 576`` output layer about 4x slower. Within
+every call; with 8 rows that packing, not the arithmetic, is most of the cost. On the 2-core AMD machine of
+``docs/benchmarks.md``, with 8 rows, a ``1536 x 576`` product took 2.4x as long through MKL as with the same
+weights in oneDNN's pre-packed layout, and the ``49152 x 576`` output layer 4x as long. Within
 :func:`packed_linear_weights`, every eligible linear layer computes its product with
 ``torch.ops.mkldnn._linear_pointwise`` on a copy of its weight packed once for the whole context (the copy is
 freed on exit). A LoRA layer (``peft``) whose adapters can be folded in is packed with the adapters folded into the
