@@ -370,6 +370,34 @@ def test_compiled_generation_samples_what_eager_generation_samples(tmp_path, smo
     torch.testing.assert_close(rollouts[True]["logprobs"], rollouts[False]["logprobs"], atol=1e-5, rtol=0)
 
 
+def test_static_cache_samples_what_the_dynamic_cache_samples(tmp_path, smollm2_tokenizer, tiny_llama, monkeypatch):
+    """cache_implementation='static' (allocated once per generation, written in place): the same seed gives the
+    same rollout tokens and log-probs as transformers' growing cache, and the static cache was really used."""
+    from transformers.cache_utils import StaticCache
+
+    used = []
+    original_init = StaticCache.__init__
+
+    def recording_init(self, *args, **kwargs):
+        used.append(True)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(StaticCache, "__init__", recording_init)
+    rollouts = {}
+    for cache in (None, "static"):
+        trainer = _build(tmp_path / str(cache), smollm2_tokenizer, tiny_llama, "lora", cache_implementation=cache)
+        trainer.train()
+        rollouts[cache] = trainer.last_rollout["rollout"]
+        assert bool(used) == (cache == "static")
+    assert torch.equal(rollouts[None]["responses"], rollouts["static"]["responses"])
+    torch.testing.assert_close(rollouts["static"]["logprobs"], rollouts[None]["logprobs"], **TOL)
+
+
+def test_unknown_cache_implementation_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="cache_implementation must be None or one of"):
+        _args(tmp_path, cache_implementation="growing")
+
+
 def test_compiled_generation_is_refused_with_a_quantized_policy(tmp_path, smollm2_tokenizer, tiny_llama):
     from peft import LoraConfig
 

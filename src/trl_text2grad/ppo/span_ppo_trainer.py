@@ -658,6 +658,8 @@ class SpanPPOTrainer(AtomicCheckpointMixin, Trainer):
             eos_token_id=self.stop_token_id,
             pad_token_id=self.model_pad_token_id,
         )
+        if self.args.cache_implementation is not None:
+            config.cache_implementation = self.args.cache_implementation
         if self.args.compile_generation:  # a static cache and transformers' compiled decoding step
             if self._compile_config is None:  # one object for the run: a new one would make transformers recompile
                 self._compile_config = compiled_generation_config(self.accelerator.device.type)
