@@ -73,6 +73,17 @@ def time_generate(model, inputs: dict, new_tokens: int, repeats: int, **generate
     return max(full - prefill, 1e-9)
 
 
+def context_seconds(make_context, repeats: int) -> float:
+    """Best seconds of entering and leaving a fresh ``make_context()`` (what a rollout pays once), of ``repeats``."""
+    costs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with make_context():
+            pass
+        costs.append(time.perf_counter() - start)
+    return min(costs)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=8)
@@ -126,29 +137,19 @@ def main(argv: list[str] | None = None) -> None:
             torch.nn.init.normal_(module.lora_B["default"].weight, std=1e-3)
     lora.eval()
     row("LoRA r=16, unmerged", lora)
-    costs = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        with merged_lora_adapters(lora):
-            pass
-        costs.append(time.perf_counter() - start)
+    cost = context_seconds(lambda: merged_lora_adapters(lora), args.repeats)
     with merged_lora_adapters(lora) as merge:
-        row(f"LoRA r=16, merged ({merge.layers} layers; merge + exact restore: {min(costs):.2f} s)", lora)
+        row(f"LoRA r=16, merged ({merge.layers} layers; merge + exact restore: {cost:.2f} s)", lora)
         if args.compile:
             row("LoRA r=16, merged, static cache + compiled step", lora, **compiled_generation_kwargs())
     if not packed_linear_available():
         print("(packed rows skipped: this PyTorch build has no oneDNN)")
         return
-    costs = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        with packed_linear_weights(lora, batch_size=args.batch):
-            pass
-        costs.append(time.perf_counter() - start)
+    cost = context_seconds(lambda: packed_linear_weights(lora, batch_size=args.batch), args.repeats)
     with packed_linear_weights(lora, batch_size=args.batch) as packed:
         row(
             f"LoRA r=16, packed with the adapters folded in ({packed.lora_layers} of {packed.layers} layers; "
-            f"packing + freeing: {min(costs):.2f} s)",
+            f"packing + freeing: {cost:.2f} s)",
             lora,
         )
 

@@ -57,16 +57,31 @@ def _mergeable_adapters(layer: nn.Module) -> list[str]:
     base = layer.get_base_layer()
     if type(base) is not nn.Linear or base.weight.dtype not in _INT_VIEW or not base.weight.is_contiguous():
         return []
-    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
-    for adapter in adapters:
-        if adapter in getattr(layer, "lora_variant", {}) or layer.lora_bias.get(adapter, False):
-            return []
-        if not isinstance(layer.lora_dropout[adapter], nn.Identity) and layer.lora_dropout[adapter].p > 0:
-            return []  # dropout only matters in training mode, but keep the generation path obviously equal
+    adapters = plain_active_adapters(layer)
+    if adapters is None or any(has_adapter_dropout(layer, adapter) for adapter in adapters):
+        return []  # dropout only matters in training mode, but keep the generation path obviously equal
     return adapters
 
 
-def _delta(layer: nn.Module, adapters: list[str]) -> torch.Tensor:
+def plain_active_adapters(layer: nn.Module) -> list[str] | None:
+    """The active adapters of a ``peft`` LoRA layer, or ``None`` if one of them is more than ``s * B @ A`` (a
+    variant such as DoRA, or a LoRA bias): only plain adapters fold into a weight matrix."""
+    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
+    for adapter in adapters:
+        if adapter in getattr(layer, "lora_variant", {}) or layer.lora_bias.get(adapter, False):
+            return None
+    return adapters
+
+
+def has_adapter_dropout(layer: nn.Module, adapter: str) -> bool:
+    """Whether ``adapter`` of a LoRA layer drops out its input (when the layer is in training mode)."""
+    dropout = layer.lora_dropout[adapter]
+    return not isinstance(dropout, nn.Identity) and dropout.p > 0
+
+
+def adapter_delta(layer: nn.Module, adapters: list[str]) -> torch.Tensor:
+    """``sum(s * B @ A)`` over ``adapters`` of a LoRA layer (``peft``'s ``get_delta_weight``), in the base weight's
+    dtype."""
     delta = None
     for adapter in adapters:
         part = layer.get_delta_weight(adapter)
@@ -100,7 +115,7 @@ def merged_lora_adapters(model: nn.Module, max_fixups: float = 0.1) -> Iterator[
                 continue
             weight = layer.get_base_layer().weight
             int_dtype = _INT_VIEW[weight.dtype]
-            delta = _delta(layer, adapters)
+            delta = adapter_delta(layer, adapters)
             merged_weight = weight + delta
             round_trip = merged_weight - delta
             wrong = (round_trip.view(int_dtype) != weight.view(int_dtype)).flatten().nonzero().flatten()
@@ -119,7 +134,7 @@ def merged_lora_adapters(model: nn.Module, max_fixups: float = 0.1) -> Iterator[
         for record in reversed(merged):
             layer = record.layer
             weight = layer.get_base_layer().weight
-            weight.sub_(_delta(layer, record.adapters))
+            weight.sub_(adapter_delta(layer, record.adapters))
             weight.view(-1)[record.fixup_index.long()] = record.fixup_value
             layer.merged_adapters = []
             if not torch.equal(_checksum(weight), record.checksum):

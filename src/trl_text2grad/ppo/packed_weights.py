@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .merging import adapter_delta, has_adapter_dropout, plain_active_adapters
+
 __all__ = ["PackResult", "packed_linear_weights", "packed_linear_available"]
 
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -65,30 +67,33 @@ def _eligible_linear(layer: nn.Module) -> bool:
     )
 
 
+def _is_lora_layer(layer: nn.Module) -> bool:
+    """Any ``peft`` LoRA layer (plain, quantized, embedding, ...): its adapter layers are never packed alone."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # peft is optional
+        return False
+    return isinstance(layer, LoraLayer)
+
+
 def _foldable_lora_adapters(layer: nn.Module) -> list[str] | None:
     """Active adapters of a plain ``peft`` LoRA ``Linear`` over an eligible ``nn.Linear`` (``[]``: adapters off),
     or ``None`` when the layer must keep its own forward."""
-    try:
-        from peft.tuners.lora import Linear as LoraLinear
-    except ImportError:  # peft is optional
-        return None
+    from peft.tuners.lora import Linear as LoraLinear
+
     if not isinstance(layer, LoraLinear) or not _eligible_linear(layer.get_base_layer()) or layer.merged:
         return None
     if layer.disable_adapters:
         return []
-    adapters = [a for a in layer.active_adapters if a in layer.lora_A]
-    for adapter in adapters:
-        if adapter in getattr(layer, "lora_variant", {}) or layer.lora_bias.get(adapter, False):
-            return None
-        dropout = layer.lora_dropout[adapter]
-        if not isinstance(dropout, nn.Identity) and dropout.p > 0 and layer.training:
-            return None  # dropout on the adapter input in training mode: not a fixed weight
+    adapters = plain_active_adapters(layer)
+    if adapters is None or (layer.training and any(has_adapter_dropout(layer, a) for a in adapters)):
+        return None  # a variant or bias, or dropout on the adapter input in training mode: not a fixed weight
     return adapters
 
 
 def _adapter_state(layer: nn.Module) -> tuple | None:
     """What decides a LoRA layer's weight (``None`` for a plain linear layer)."""
-    if not hasattr(layer, "lora_A"):
+    if not _is_lora_layer(layer):
         return None
     return bool(layer.disable_adapters), tuple(layer.active_adapters), bool(layer.merged)
 
@@ -111,7 +116,7 @@ def _folded_weight(
 ) -> torch.Tensor:
     """``W + sum(s * B @ A)`` over ``adapters``, in a scratch buffer that the next layer overwrites (it is packed
     before that). One adapter of the weight's dtype without ``fan_in_fan_out`` (the usual case): one ``addmm``;
-    otherwise ``peft``'s own ``get_delta_weight``."""
+    otherwise :func:`~trl_text2grad.ppo.merging.adapter_delta` (``peft``'s own ``get_delta_weight``)."""
     if not adapters:
         return weight
     buffer = scratch.get(weight.dtype)
@@ -121,10 +126,7 @@ def _folded_weight(
     lora_a, lora_b = layer.lora_A[adapters[0]].weight, layer.lora_B[adapters[0]].weight
     if len(adapters) == 1 and not layer.fan_in_fan_out and lora_a.dtype == lora_b.dtype == weight.dtype:
         return torch.addmm(weight, lora_b, lora_a, alpha=layer.scaling[adapters[0]], out=out)
-    out.copy_(weight)
-    for adapter in adapters:
-        out.add_(layer.get_delta_weight(adapter).to(weight.dtype))
-    return out
+    return torch.add(weight, adapter_delta(layer, adapters), out=out)
 
 
 @contextlib.contextmanager
@@ -147,17 +149,17 @@ def packed_linear_weights(model: nn.Module, batch_size: int = 8) -> Iterator[Pac
         return
     scratch: dict[torch.dtype, torch.Tensor] = {}  # one buffer for the folded weights, reused layer after layer
     try:
-        inside_lora: set[int] = set()
+        inside_lora: set[int] = set()  # the adapter layers (and folded bases) of LoRA layers: never packed alone
         for layer in model.modules():
             if id(layer) in inside_lora:
                 continue
-            if hasattr(layer, "lora_A") and hasattr(layer, "get_base_layer"):  # a peft LoRA layer: its adapter
-                base = layer.get_base_layer()  # layers stay as they are, its base is packed (below or on its own)
-                inside_lora.update(id(sub) for sub in layer.modules() if sub is not base and sub is not layer)
-            adapters = _foldable_lora_adapters(layer)
-            if adapters is not None:
+            if _is_lora_layer(layer):
                 base = layer.get_base_layer()
-                inside_lora.update(id(sub) for sub in layer.modules())  # its base and adapter layers
+                adapters = _foldable_lora_adapters(layer)
+                # folded: the whole layer is packed here; else its base is packed on its own when reached
+                inside_lora.update(id(sub) for sub in layer.modules() if adapters is not None or sub is not base)
+                if adapters is None:
+                    continue
                 weight = _folded_weight(layer, base.weight, adapters, scratch)
                 result.lora_layers += bool(adapters)
             elif _eligible_linear(layer):
